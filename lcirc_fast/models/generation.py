@@ -1,0 +1,125 @@
+"""Autoregressive decoding for LCIRCForCausalLM.
+
+Prefill runs the prompt once; every later step feeds one token per row through the base model's
+self-attention KV cache. The memory's GCA keys/values are projected once (and cached in the
+memory); `use_cache=False` recomputes everything at every step (the reference behaviour), which
+the tests use as the oracle.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p      # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    return logits
+
+
+def _next_token(logits, do_sample, temperature, top_k, top_p, generator):
+    logits = logits.float()
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = _filter_logits(logits / temperature, top_k, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check_options(max_new_tokens, do_sample, temperature, top_k, top_p):
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if do_sample:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
+             max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None,
+             eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
+             generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+    """Greedy or sampled decoding.
+
+    Args:
+        input_ids: int64 [B, T] prompts; left-pad rows of different lengths and pass
+            `attention_mask` [B, T] (1 = token, 0 = padding).
+        memory: CompressedMemory with batch B (or 1) or None (plain base model).
+        eos_token_id: stop a row at this id (or any of these ids); finished rows are filled
+            with `pad_token_id` (default: the first eos id).
+        use_cache: False recomputes the whole sequence, and the memory K/V, at every step.
+    Returns:
+        int64 [B, T + n] with n <= max_new_tokens (fewer when every row has finished).
+    """
+    ids = model._check_ids(input_ids, "input_ids")
+    _check_options(max_new_tokens, do_sample, temperature, top_k, top_p)
+    b = ids.shape[0]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(ids)
+    elif attention_mask.shape != ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+                         f"input_ids {tuple(ids.shape)}")
+    attention_mask = attention_mask.to(ids.device).long()
+    if bool((attention_mask.sum(-1) == 0).any()):
+        raise ValueError("attention_mask masks out every token of some prompt")
+    eos = [] if eos_token_id is None else (
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    eos_t = torch.tensor(eos, device=ids.device, dtype=torch.long)
+    finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
+    base = model.base
+    cache_kw = model._cache_kwarg
+
+    def positions(mask):
+        return (mask.cumsum(-1) - 1).clamp(min=0)
+
+    out = ids
+    if not use_cache:
+        for _ in range(max_new_tokens):
+            with model.inject(memory, b, use_cache=False):
+                logits = base(input_ids=out, attention_mask=attention_mask,
+                              position_ids=positions(attention_mask), use_cache=False).logits
+            nxt = _next_token(logits[:, -1], do_sample, temperature, top_k, top_p, generator)
+            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+            out = torch.cat([out, nxt[:, None]], 1)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], 1)
+            if eos:
+                finished |= torch.isin(nxt, eos_t)
+                if bool(finished.all()):
+                    break
+        return out
+
+    if max_new_tokens == 0:
+        return out
+    cache = DynamicCache(config=base.config)
+    with model.inject(memory, b, use_cache=True):
+        logits = base(input_ids=ids, attention_mask=attention_mask,
+                      position_ids=positions(attention_mask), use_cache=True,
+                      **{cache_kw: cache}).logits
+        for step in range(max_new_tokens):
+            nxt = _next_token(logits[:, -1], do_sample, temperature, top_k, top_p, generator)
+            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+            out = torch.cat([out, nxt[:, None]], 1)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], 1)
+            if eos:
+                finished |= torch.isin(nxt, eos_t)
+                if bool(finished.all()):
+                    break
+            if step == max_new_tokens - 1:
+                break
+            pos = positions(attention_mask)[:, -1:]
+            logits = base(input_ids=nxt[:, None], attention_mask=attention_mask,
+                          position_ids=pos, use_cache=True, **{cache_kw: cache}).logits
+    return out

@@ -1,0 +1,490 @@
+"""LCIRC / QD-LCIRC around a frozen Hugging Face Llama.
+
+The base model is not copied or re-implemented: each GCA block runs in a forward pre-hook of the
+decoder layer it precedes, reading the memory keys/values that `forward` / `generate` publish
+for the duration of the call. With every gate at 0 the logits equal the base model's exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import bptt as bptt_mod
+from ..backend import resolve_backend
+from ..config import LCIRCConfig
+from ..memory import CompressedMemory, _Record
+from ..modules import GatedCrossAttentionBlock, PerceiverCompressor
+from ..segmenting import balanced_boundaries, check_boundaries, fixed_boundaries
+from . import generation, official
+
+WEIGHTS_NAME = "lcirc_model.safetensors"
+CONFIG_NAME = "lcirc_config.json"
+
+
+def _decoder_layers(base) -> nn.ModuleList:
+    inner = getattr(base, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not hasattr(base, "lm_head"):
+        raise TypeError(f"LCIRCForCausalLM wraps a Llama-style causal LM (model.layers, lm_head); "
+                        f"got {type(base).__name__}")
+    return layers
+
+
+class LCIRCForCausalLM(nn.Module):
+    """A frozen causal LM plus the trainable LCIRC parts.
+
+    Trainable: `latents` (h0, [K, d]), `compressor`, the GCA blocks in `gca` (keyed by the
+    decoder layer they precede), and `mixer` when `config.query_dependent`.
+    """
+
+    def __init__(self, base: nn.Module, config: LCIRCConfig):
+        super().__init__()
+        layers = _decoder_layers(base)
+        cfg = config.resolve(base.config)
+        self.config = cfg
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        emb = base.get_input_embeddings().weight
+        dev, dt = emb.device, emb.dtype
+        d = cfg.hidden_size
+        self.latents = nn.Parameter(torch.randn(cfg.num_latents, d, device=dev, dtype=dt))
+        self.compressor = PerceiverCompressor(d, cfg.compressor_layers, cfg.compressor_heads,
+                                              cfg.compressor_head_dim, cfg.compressor_ffn,
+                                              cfg.max_segment_len, cfg.norm_eps, dev, dt)
+        block = lambda: GatedCrossAttentionBlock(d, cfg.gca_heads, cfg.gca_head_dim,  # noqa: E731
+                                                 cfg.gca_ffn, cfg.norm_eps, dev, dt)
+        self.gca = nn.ModuleDict({str(i): block() for i in cfg.gca_layers})
+        self.mixer = block() if cfg.query_dependent else None
+        self.backend = cfg.backend
+        self._injection: dict | None = None
+        self._fingerprint_cache: tuple | None = None
+        self._cache_kwarg = ("cache" if "cache" in inspect.signature(base.model.forward).parameters
+                             else "past_key_values")
+        self._hooks = [layers[i].register_forward_pre_hook(self._make_hook(str(i)),
+                                                           with_kwargs=True)
+                       for i in cfg.gca_layers]
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_base(cls, base_model: nn.Module, config: LCIRCConfig | None = None
+                  ) -> "LCIRCForCausalLM":
+        """Wrap `base_model` (a LlamaForCausalLM); its weights are frozen, not copied."""
+        return cls(base_model, config or LCIRCConfig())
+
+    def remove_hooks(self) -> None:
+        """Detach the GCA hooks from the base model (it then runs exactly as before wrapping)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.latents.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.latents.dtype
+
+    def resolved_backend(self) -> str:
+        return resolve_backend(self.backend, self.device)
+
+    def trainable_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("base.")]
+
+    def lcirc_state_dict(self) -> dict[str, torch.Tensor]:
+        """The LCIRC weights alone (no base-model tensors)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("base.")}
+
+    # ------------------------------------------------------------------ input checks
+    def _check_ids(self, ids: torch.Tensor, what: str) -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor of token ids, got {type(ids).__name__}")
+        if ids.dtype not in (torch.long, torch.int32, torch.int64):
+            raise TypeError(f"{what} must hold integer token ids (int64), got {ids.dtype}")
+        if ids.device != self.device:
+            raise ValueError(f"{what} is on {ids.device} but the model is on {self.device}")
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2:
+            raise ValueError(f"{what} must be [batch, length], got shape {tuple(ids.shape)}")
+        if ids.shape[1] == 0:
+            raise ValueError(f"{what} is empty (length 0)")
+        v = self.config.vocab_size
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= v:
+            raise ValueError(f"{what} holds token id {lo if lo < 0 else hi} outside the "
+                             f"vocabulary [0, {v})")
+        return ids.long()
+
+    def _check_memory(self, memory: CompressedMemory, batch: int) -> None:
+        if not isinstance(memory, CompressedMemory):
+            raise TypeError(f"memory must be a CompressedMemory, got {type(memory).__name__}")
+        if memory.fingerprint != self.fingerprint():
+            raise ValueError("memory was made by a different model (config or compressor "
+                             "weights differ); compress the context with this model")
+        if memory.batch_size not in (1, batch):
+            raise ValueError(f"memory has batch size {memory.batch_size} but the input has "
+                             f"batch size {batch}")
+        if memory.device != self.device:
+            raise ValueError(f"memory is on {memory.device} but the model is on {self.device}")
+        if memory.dtype != self.dtype:
+            raise ValueError(f"memory has dtype {memory.dtype} but the model has {self.dtype}")
+
+    # ------------------------------------------------------------------ fingerprint
+    def _fingerprint_params(self):
+        params = [("latents", self.latents)]
+        params += [("compressor." + n, p) for n, p in self.compressor.named_parameters()]
+        if self.mixer is not None:
+            params += [("mixer." + n, p) for n, p in self.mixer.named_parameters()]
+        params.append(("embed", self.base.get_input_embeddings().weight))
+        return params
+
+    def fingerprint(self) -> str:
+        """sha256 of the compressor-relevant config and of every tensor a memory depends on
+        (latents, compressor, mixer, token embeddings). Cached until a weight changes."""
+        params = self._fingerprint_params()
+        key = tuple((id(p), p._version) for _, p in params)
+        if self._fingerprint_cache is not None and self._fingerprint_cache[0] == key:
+            return self._fingerprint_cache[1]
+        h = hashlib.sha256(json.dumps(self.config.compressor_signature(),
+                                      sort_keys=True).encode())
+        for name, p in params:
+            t = p.detach().contiguous().cpu()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        fp = h.hexdigest()
+        self._fingerprint_cache = (key, fp)
+        return fp
+
+    # ------------------------------------------------------------------ compression
+    def _segment_plan(self, n: int, segment_len, boundaries) -> list[int]:
+        cfg = self.config
+        if boundaries is not None and segment_len is not None:
+            raise ValueError("pass either segment_len or boundaries, not both")
+        if boundaries is not None:
+            return check_boundaries(boundaries, n, cfg.max_segment_len)
+        if segment_len is not None:
+            if segment_len > cfg.max_segment_len:
+                raise ValueError(f"segment_len={segment_len} is longer than the position table "
+                                 f"({cfg.max_segment_len} rows; raise LCIRCConfig.max_segment_len)")
+            return fixed_boundaries(n, segment_len)
+        base = min(cfg.segment_len, (cfg.max_segment_len + 1) // 2)
+        return balanced_boundaries(n, base)
+
+    def _query_kv(self, query_ids, query_mask, batch):
+        """QD: the mixer's keys/values of the query embeddings (projected once per document)."""
+        if self.mixer is None:
+            if query_ids is not None:
+                raise ValueError("query_ids given to a model built with query_dependent=False")
+            return None
+        if query_ids is None:
+            raise ValueError("this is a QD-LCIRC model (query_dependent=True): pass query_ids")
+        q = self._check_ids(query_ids, "query_ids")
+        if q.shape[0] not in (1, batch):
+            raise ValueError(f"query_ids has batch size {q.shape[0]} but the context has {batch}")
+        if q.shape[0] != batch:
+            q = q.expand(batch, -1)
+        if query_mask is None:
+            query_mask = torch.ones_like(q, dtype=torch.bool)
+        else:
+            if query_mask.shape[-1] != q.shape[1]:
+                raise ValueError(f"query_mask shape {tuple(query_mask.shape)} does not match "
+                                 f"query_ids {tuple(q.shape)}")
+            query_mask = query_mask.to(self.device).bool().expand_as(q)
+            if not bool(query_mask.any(-1).all()):
+                raise ValueError("query_mask masks out every query token of some item")
+            if not bool((query_mask.long().cummin(-1).values == query_mask.long()).all()):
+                raise ValueError("query_mask must be right-padded (ones, then zeros)")
+        emb = self.base.get_input_embeddings()(q)
+        k, v = self.mixer.project_memory(emb)
+        return q, query_mask, (k, v, query_mask.sum(-1))
+
+    def _step(self, state, segment_ids, mode, is_h0, query_kv, backend):
+        """One recurrence step under a BPTT mode; returns the new state [B, K, d]."""
+        grad_ctx = torch.no_grad() if mode == bptt_mod.NONE else contextlib.nullcontext()
+        with grad_ctx:
+            if mode == bptt_mod.CUT and not is_h0:
+                state = state.detach()
+            if query_kv is not None:
+                k, v, lengths = query_kv
+                state = self.mixer(state, k, v, kv_lengths=lengths, backend=backend)
+            emb = self.base.get_input_embeddings()(segment_ids)
+            kvs = self.compressor.segment_kv(emb, backend=backend)
+            return self.compressor.step(state, kvs, backend=backend)
+
+    def _prune(self, memory: CompressedMemory) -> None:
+        """Drop slots that lie wholly outside the memory cap."""
+        cap = memory.cap
+        if cap is None:
+            return
+        k = self.config.num_latents
+        while len(memory.slots) > 1 and (len(memory.slots) - 1) * k >= cap:
+            memory.slots.pop(0)
+
+    def compress(self, context_ids, segment_len: int | None = None,
+                 boundaries: Sequence[int] | None = None, query_ids=None, query_mask=None,
+                 bptt=None) -> CompressedMemory:
+        """Compress a context into a memory: h(i) = Perceiver(h(i-1), Embed(s_i) + P).
+
+        Args:
+            context_ids: int64 [B, N] (or [N]); a list of 1-D tensors of different lengths is
+                compressed item by item and stacked (padded memory, masked by `lengths`).
+            segment_len: fixed segment length; default: the balanced ~`config.segment_len` rule.
+            boundaries: explicit boundaries [0, b1, ..., N] shared by the batch.
+            query_ids, query_mask: [B, Tq] QD query tokens (required iff query_dependent).
+            bptt: a `lcirc_fast.bptt` policy (default Full()); ignored under torch.no_grad().
+        Returns:
+            CompressedMemory with S*K vectors per item (newest `memory_cap` kept).
+        """
+        if isinstance(context_ids, (list, tuple)):
+            if not context_ids:
+                raise ValueError("context_ids is an empty list")
+            if query_ids is not None and len(query_ids) != len(context_ids):
+                raise ValueError("pass one query per context")
+            mems = [self.compress(c, segment_len, boundaries,
+                                  None if query_ids is None else query_ids[i],
+                                  None if query_mask is None else query_mask[i], bptt)
+                    for i, c in enumerate(context_ids)]
+            return CompressedMemory.stack(mems)
+        ids = self._check_ids(context_ids, "context_ids")
+        b, n = ids.shape
+        bounds = self._segment_plan(n, segment_len, boundaries)
+        policy = bptt_mod.as_policy(bptt)
+        num_steps = len(bounds) - 1
+        k = self.config.num_latents
+        cap = self.config.memory_cap
+        kept_steps = num_steps if cap is None else min(num_steps, -(-cap // k))
+        plan = policy.plan(num_steps, list(range(num_steps - kept_steps, num_steps)))
+        qinfo = self._query_kv(query_ids, query_mask, b)
+        backend = self.resolved_backend()
+        state = self.latents[None].expand(b, -1, -1)
+        slots = []
+        for i in range(num_steps):
+            state = self._step(state, ids[:, bounds[i]:bounds[i + 1]], plan[i], i == 0,
+                               None if qinfo is None else qinfo[2], backend)
+            slots.append(state)
+        mem = CompressedMemory(slots, state, num_steps,
+                               torch.full((b,), n, dtype=torch.long, device=self.device),
+                               self.fingerprint(), cap=cap,
+                               query_ids=None if qinfo is None else qinfo[0],
+                               query_mask=None if qinfo is None else qinfo[1])
+        if isinstance(policy, bptt_mod.Selective):
+            mem.selected_steps = list(policy.last_selected)
+        if isinstance(policy, bptt_mod.Truncated):
+            first = max(0, num_steps - policy.k + 1)
+            mem._records = [_Record(ids[:, bounds[i]:bounds[i + 1]],
+                                    slots[i - 1].detach() if i else None, i)
+                            for i in range(first, num_steps)]
+        self._prune(mem)
+        return mem
+
+    def _append(self, memory: CompressedMemory, segment_ids, bptt) -> None:
+        if not memory.uniform:
+            raise ValueError("cannot append to a stacked memory of different lengths; append to "
+                             "each document's memory before stacking")
+        if memory.fingerprint != self.fingerprint():
+            raise ValueError("memory was made by a different model (config or compressor "
+                             "weights differ)")
+        ids = self._check_ids(segment_ids, "segment_ids")
+        b = memory.batch_size
+        if ids.shape[0] != b:
+            raise ValueError(f"segment_ids has batch size {ids.shape[0]} but the memory has {b}")
+        if ids.shape[1] > self.config.max_segment_len:
+            raise ValueError(f"segment of {ids.shape[1]} tokens is longer than the position table "
+                             f"({self.config.max_segment_len} rows)")
+        policy = bptt_mod.as_policy(bptt)
+        qinfo = None
+        if memory.query_ids is not None:
+            qinfo = self._query_kv(memory.query_ids, memory.query_mask, b)
+        elif self.mixer is not None:
+            raise ValueError("this QD-LCIRC memory has no query; compress with query_ids first")
+        qkv = None if qinfo is None else qinfo[2]
+        backend = self.resolved_backend()
+        step = memory.num_segments
+        prev = memory.state if memory.state is not None else self.latents[None].expand(b, -1, -1)
+        if isinstance(policy, bptt_mod.Truncated):
+            # Re-run the last k-1 steps from the detached state entering the window, so that a
+            # loss after this step sees exactly a k-step chain.
+            window = memory._records[-(policy.k - 1):] if policy.k > 1 else []
+            if window and torch.is_grad_enabled():
+                first = window[0]
+                state = (first.input_state if first.input_state is not None
+                         else self.latents[None].expand(b, -1, -1))
+                for j, rec in enumerate(window):
+                    state = self._step(state, rec.segment_ids,
+                                       bptt_mod.CUT if j == 0 else bptt_mod.CHAIN,
+                                       rec.step == 0, qkv, backend)
+                    pos = len(memory.slots) - (step - rec.step)
+                    if 0 <= pos < len(memory.slots):
+                        memory.slots[pos] = state
+                prev, mode = state, bptt_mod.CHAIN
+            else:
+                mode = bptt_mod.CUT
+            new = _Record(ids, None if memory.state is None else memory.state.detach(), step)
+            memory._records = (window + [new])[-(policy.k - 1):] if policy.k > 1 else []
+        elif isinstance(policy, bptt_mod.Selective):
+            if policy.steps is None:
+                raise ValueError("Selective(n) draws among a known number of steps; when "
+                                 "streaming pass Selective(steps=[...]) with global step indices")
+            mode = bptt_mod.CUT if step in policy.steps else bptt_mod.NONE
+        else:
+            mode = bptt_mod.CHAIN
+        state = self._step(prev, ids, mode, step == 0, qkv, backend)
+        memory.slots.append(state)
+        memory.state = state
+        memory.num_segments += 1
+        memory.context_tokens = memory.context_tokens + ids.shape[1]
+        memory.invalidate_cache()
+        self._prune(memory)
+
+    # ------------------------------------------------------------------ injection
+    def memory_kv(self, memory: CompressedMemory, use_cache: bool = True) -> dict:
+        """Project the memory to every GCA layer's keys/values with one matrix product.
+
+        Returns {layer: (k, v)} with k, v [B, M, H, Dh]. Outside autograd the result is cached
+        in the memory (keyed by the GCA weights' versions) so decoding projects it once.
+        """
+        blocks = list(self.gca.items())
+        key = tuple((id(b.attn.to_kv.weight), b.attn.to_kv.weight._version) for _, b in blocks)
+        cacheable = use_cache and not torch.is_grad_enabled()
+        if cacheable and memory._kv_cache.get("key") == key:
+            return memory._kv_cache["kv"]
+        w = torch.cat([b.attn.to_kv.weight for _, b in blocks], 0)
+        h = memory.hidden
+        bsz, m, _ = h.shape
+        heads, hd = self.config.gca_heads, self.config.gca_head_dim
+        kv = F.linear(h, w).view(bsz, m, len(blocks), 2, heads, hd)
+        out = {name: (kv[:, :, j, 0], kv[:, :, j, 1]) for j, (name, _) in enumerate(blocks)}
+        if cacheable:
+            memory._kv_cache = {"key": key, "kv": out}
+        return out
+
+    def _make_hook(self, name: str):
+        def hook(module, args, kwargs):
+            inj = self._injection
+            if inj is None:
+                return None
+            if args:
+                x, rest = args[0], args[1:]
+            else:
+                x, rest = kwargs.pop("hidden_states"), ()
+            k, v = inj["kv"][name]
+            b = x.shape[0]
+            if k.shape[0] != b:
+                k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
+            lengths = inj["lengths"]
+            if lengths is not None and lengths.shape[0] != b:
+                lengths = lengths.expand(b)
+            x = self.gca[name](x, k, v, kv_lengths=lengths, backend=inj["backend"])
+            if args:
+                return (x, *rest), kwargs
+            kwargs["hidden_states"] = x
+            return args, kwargs
+        return hook
+
+    @contextlib.contextmanager
+    def inject(self, memory: CompressedMemory | None, batch: int, use_cache: bool = True):
+        """Within this context the base model's forward reads `memory` through the GCA blocks."""
+        if memory is None:
+            yield
+            return
+        self._check_memory(memory, batch)
+        kv = self.memory_kv(memory, use_cache=use_cache)
+        lengths = None if memory.uniform else memory.lengths
+        prev = self._injection
+        self._injection = {"kv": kv, "lengths": lengths, "backend": self.resolved_backend()}
+        try:
+            yield
+        finally:
+            self._injection = prev
+
+    def forward(self, input_ids: torch.Tensor, memory: CompressedMemory | None = None,
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **kwargs):
+        """Logits (and loss when `labels` is given, HF convention: shifted inside, -100 ignored).
+
+        With `memory=None` this is the base model. Every GCA block attends to the whole memory.
+        """
+        ids = self._check_ids(input_ids, "input_ids")
+        if attention_mask is not None and attention_mask.shape != ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+                             f"input_ids {tuple(ids.shape)}")
+        if labels is not None and labels.shape != ids.shape:
+            raise ValueError(f"labels shape {tuple(labels.shape)} does not match input_ids "
+                             f"{tuple(ids.shape)}")
+        with self.inject(memory, ids.shape[0]):
+            return self.base(input_ids=ids, attention_mask=attention_mask, labels=labels,
+                             **kwargs)
+
+    def generate(self, input_ids, memory: CompressedMemory | None = None, **kwargs):
+        """Decode with the self-attention KV cache and memory K/V projected once per layer.
+
+        See `lcirc_fast.models.generation.generate` for the options.
+        """
+        return generation.generate(self, input_ids, memory=memory, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the LCIRC weights (safetensors) and config JSON; the base model is referenced
+        by name (`base_model` in the JSON), never copied."""
+        from safetensors.torch import save_file
+
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.lcirc_state_dict().items()}
+        tmp = os.path.join(directory, WEIGHTS_NAME + ".tmp")
+        save_file(state, tmp, metadata={"format": "lcirc_fast.model", "version": "1"})
+        os.replace(tmp, os.path.join(directory, WEIGHTS_NAME))
+        info = {"lcirc_config": self.config.to_dict(),
+                "base_model": getattr(self.base.config, "_name_or_path", "") or
+                self.base.config.model_type,
+                "base_hidden_size": self.config.hidden_size,
+                "base_num_hidden_layers": self.config.num_hidden_layers,
+                "base_vocab_size": self.config.vocab_size}
+        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
+            json.dump(info, f, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, base: nn.Module
+                        ) -> "LCIRCForCausalLM":
+        """Rebuild a model saved by `save_pretrained` around `base`."""
+        from safetensors.torch import load_file
+
+        directory = os.fspath(directory)
+        cfg_path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.exists(cfg_path):
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
+        with open(cfg_path) as f:
+            info = json.load(f)
+        config = LCIRCConfig.from_dict(info["lcirc_config"])
+        for field in ("hidden_size", "num_hidden_layers", "vocab_size"):
+            if getattr(config, field) != getattr(base.config, field):
+                raise ValueError(f"{directory} was saved for a base model with {field}="
+                                 f"{getattr(config, field)}, but the given base has "
+                                 f"{getattr(base.config, field)}")
+        model = cls(base, config)
+        state = load_file(os.path.join(directory, WEIGHTS_NAME))
+        missing, unexpected = model.load_state_dict(
+            {k: v.to(model.device) for k, v in state.items()}, strict=False)
+        missing = [k for k in missing if not k.startswith("base.")]
+        if missing or unexpected:
+            raise ValueError(f"weights in {directory} do not match the config: missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]}")
+        return model
+
+    def load_official_checkpoint(self, path: str | os.PathLike) -> None:
+        """Import the reference implementation's `.pt` checkpoint (see `official`)."""
+        official.load_official_checkpoint(self, path)
+
+    def official_state_dict(self) -> dict:
+        """Export the weights in the reference implementation's checkpoint layout."""
+        return official.export_official_state(self)

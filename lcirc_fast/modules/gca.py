@@ -1,0 +1,55 @@
+"""Gated cross-attention (GCA) block, also used as the QD-LCIRC query mixer.
+
+x <- x + tanh(a_attn) * W_out MHA(W_q LN(x), K, V),  [K | V] = W_kv M   (M not normalised)
+x <- x + tanh(a_ff)   * W2 silu(W1 LN(x))
+Both gates are fp32 0-dim parameters initialised to 0, so a fresh block is the identity.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..ops import cross_attention, gated_residual, layer_norm
+from .feedforward import FeedForward
+
+
+class GCAAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, head_dim: int, eps: float, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        inner = heads * head_dim
+        self.heads, self.head_dim = heads, head_dim
+        self.norm = nn.LayerNorm(dim, eps=eps, **kw)
+        self.to_q = nn.Linear(dim, inner, bias=False, **kw)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False, **kw)  # rows [0, inner): K; rest: V
+        self.to_out = nn.Linear(inner, dim, bias=False, **kw)
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """One GCA block. Shapes: x [B, T, d]; memory [B, M, d]; K/V [B, M, heads, head_dim]."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, ffn: int, eps: float = 1e-5,
+                 device=None, dtype=None):
+        super().__init__()
+        self.attn_gate = nn.Parameter(torch.zeros((), device=device, dtype=torch.float32))
+        self.ff_gate = nn.Parameter(torch.zeros((), device=device, dtype=torch.float32))
+        self.attn = GCAAttention(dim, heads, head_dim, eps, device=device, dtype=dtype)
+        self.ff = FeedForward(dim, ffn, eps, device=device, dtype=dtype)
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory [B, M, d] -> (k, v), each [B, M, heads, head_dim]."""
+        b, m, _ = memory.shape
+        kv = self.attn.to_kv(memory).view(b, m, 2, self.attn.heads, self.attn.head_dim)
+        return kv[:, :, 0], kv[:, :, 1]
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                kv_lengths: torch.Tensor | None = None, backend: str = "torch") -> torch.Tensor:
+        """x [B, T, d] attends to projected memory k, v [B, M, H, Dh] -> [B, T, d] (x's dtype)."""
+        a = self.attn
+        b, t, _ = x.shape
+        h = layer_norm(x, a.norm.weight, a.norm.bias, a.norm.eps, backend=backend)
+        q = a.to_q(h).view(b, t, a.heads, a.head_dim)
+        o = cross_attention(q, k, v, kv_lengths=kv_lengths, backend=backend)
+        x = gated_residual(x, a.to_out(o.reshape(b, t, a.heads * a.head_dim)), self.attn_gate,
+                           backend=backend)
+        return gated_residual(x, self.ff(x, backend=backend), self.ff_gate, backend=backend)

@@ -1,0 +1,119 @@
+"""Perceiver compressor: h(i) = Perceiver(h(i-1), Embed(s_i) + P[:|s_i|]).
+
+The keys and values of every layer depend only on the segment (never on the recurrent state),
+so `segment_kv` produces all layers' K/V with one shared LayerNorm normalisation and one matrix
+product (each layer's LN affine is folded into its K/V weight). `step` is the small sequential
+part: the latent queries, attention over the precomputed K/V, output projection and MLP.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import cross_attention, layer_norm
+from .feedforward import FeedForward
+
+
+class PerceiverAttention(nn.Module):
+    """Latents attend to the segment. Parameter names follow the reference layout."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, eps: float, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        inner = heads * head_dim
+        self.heads, self.head_dim = heads, head_dim
+        self.norm_x = nn.LayerNorm(dim, eps=eps, **kw)
+        self.norm_latents = nn.LayerNorm(dim, eps=eps, **kw)
+        self.to_q = nn.Linear(dim, inner, bias=False, **kw)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False, **kw)  # rows [0, inner): K; rest: V
+        self.to_out = nn.Linear(inner, dim, bias=False, **kw)
+
+    def forward(self, z: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                backend: str = "torch") -> torch.Tensor:
+        """z: [B, K, d]; k, v: [B, L, H, Dh] -> attention output after to_out, [B, K, d]."""
+        b, n, _ = z.shape
+        zn = layer_norm(z, self.norm_latents.weight, self.norm_latents.bias,
+                        self.norm_latents.eps, backend=backend)
+        q = self.to_q(zn).view(b, n, self.heads, self.head_dim)
+        o = cross_attention(q, k, v, backend=backend)
+        return self.to_out(o.reshape(b, n, self.heads * self.head_dim))
+
+
+class PerceiverLayer(nn.Module):
+    def __init__(self, dim, heads, head_dim, ffn, eps, device=None, dtype=None):
+        super().__init__()
+        self.attn = PerceiverAttention(dim, heads, head_dim, eps, device=device, dtype=dtype)
+        self.ff = FeedForward(dim, ffn, eps, device=device, dtype=dtype)
+
+
+class PerceiverCompressor(nn.Module):
+    """Recurrent Perceiver compressor.
+
+    Args:
+        dim: model width d; heads x head_dim: attention inner size; ffn: MLP size.
+        num_layers: Perceiver layers; max_segment_len: rows of the position table `pos_emb`.
+    """
+
+    def __init__(self, dim: int, num_layers: int, heads: int, head_dim: int, ffn: int,
+                 max_segment_len: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.dim, self.heads, self.head_dim = dim, heads, head_dim
+        self.pos_emb = nn.Parameter(torch.randn(max_segment_len, dim, device=device, dtype=dtype))
+        self.layers = nn.ModuleList(
+            PerceiverLayer(dim, heads, head_dim, ffn, eps, device=device, dtype=dtype)
+            for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim, eps=eps, device=device, dtype=dtype)
+        self.eps = eps
+
+    @property
+    def max_segment_len(self) -> int:
+        return self.pos_emb.shape[0]
+
+    def folded_kv_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All layers' K/V projections with their norm_x affine folded in.
+
+        Returns W [n_layers * 2 * inner, d] and bias [n_layers * 2 * inner] such that
+        ``F.linear(normalize(x), W, bias)`` equals ``cat_n(to_kv_n(norm_x_n(x)))``.
+        """
+        ws, bs = [], []
+        for layer in self.layers:
+            a = layer.attn
+            ws.append(a.to_kv.weight * a.norm_x.weight[None, :])
+            bs.append(a.to_kv.weight @ a.norm_x.bias)
+        return torch.cat(ws, 0), torch.cat(bs, 0)
+
+    def segment_kv(self, embeds: torch.Tensor,
+                   folded: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   backend: str = "torch") -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """K/V of every layer for one segment.
+
+        Args:
+            embeds: [B, L, d] frozen token embeddings of the segment (L <= max_segment_len).
+            folded: optional precomputed `folded_kv_weight()` (reuse it across segments).
+        Returns:
+            list over layers of (k, v), each [B, L, heads, head_dim].
+        """
+        b, length, d = embeds.shape
+        if length > self.max_segment_len:
+            raise ValueError(f"segment of {length} tokens is longer than the position table "
+                             f"({self.max_segment_len} rows; raise LCIRCConfig.max_segment_len)")
+        xhat = layer_norm(embeds, None, None, self.eps, add=self.pos_emb[:length], backend=backend)
+        w, bias = folded if folded is not None else self.folded_kv_weight()
+        kv = F.linear(xhat, w, bias).view(b, length, len(self.layers), 2, self.heads,
+                                          self.head_dim)
+        return [(kv[:, :, n, 0], kv[:, :, n, 1]) for n in range(len(self.layers))]
+
+    def step(self, state: torch.Tensor, kvs: list[tuple[torch.Tensor, torch.Tensor]],
+             backend: str = "torch") -> torch.Tensor:
+        """One recurrence step: state [B, K, d] and the segment's K/V -> LN_final(Z) [B, K, d]."""
+        z = state
+        for layer, (k, v) in zip(self.layers, kvs):
+            z = z + layer.attn(z, k, v, backend=backend)
+            z = z + layer.ff(z, backend=backend)
+        return layer_norm(z, self.norm.weight, self.norm.bias, self.norm.eps, backend=backend)
+
+    def forward(self, state: torch.Tensor, embeds: torch.Tensor,
+                backend: str = "torch") -> torch.Tensor:
+        """h(i) = Perceiver(state, embeds): state [B, K, d], embeds [B, L, d] -> [B, K, d]."""
+        return self.step(state, self.segment_kv(embeds, backend=backend), backend=backend)
