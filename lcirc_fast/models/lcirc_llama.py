@@ -160,7 +160,7 @@ class LCIRCForCausalLM(nn.Module):
         for name, p in params:
             t = p.detach().contiguous().cpu()
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b"")
         fp = h.hexdigest()
         self._fingerprint_cache = (key, fp)
         return fp
@@ -340,6 +340,10 @@ class LCIRCForCausalLM(nn.Module):
             mode = bptt_mod.CHAIN
         state = self._step(prev, ids, mode, step == 0, qkv, backend)
         memory.slots.append(state)
+        if isinstance(policy, bptt_mod.Truncated):
+            # slots older than the window are constants for every later loss
+            for j in range(max(0, len(memory.slots) - policy.k)):
+                memory.slots[j] = memory.slots[j].detach()
         memory.state = state
         memory.num_segments += 1
         memory.context_tokens = memory.context_tokens + ids.shape[1]

@@ -1,0 +1,212 @@
+"""LCIRCForCausalLM: wrapping, zero-gate identity, memory injection, masking, bad input."""
+import pytest
+import torch
+from lcirc_testutils import tiny_lcirc, tiny_llama
+
+from lcirc_fast import CompressedMemory, LCIRCConfig, LCIRCForCausalLM
+
+
+@pytest.mark.parametrize("heads,kv_heads,tied", [(4, 4, False), (4, 2, True), (4, 1, False)])
+def test_zero_gates_equal_base_logits(heads, kv_heads, tied):
+    base = tiny_llama(heads=heads, kv_heads=kv_heads, tied=tied)
+    model = tiny_lcirc(base)
+    ctx = torch.randint(0, 256, (2, 40))
+    x = torch.randint(0, 256, (2, 17))
+    mem = model.compress(ctx)
+    assert len(mem) == mem.num_segments * 4 and mem.num_segments == 5
+    with torch.no_grad():
+        ref = base(x).logits
+        out = model(x, memory=mem).logits
+        plain = model(x).logits
+    assert torch.equal(out, ref)
+    assert torch.equal(plain, ref)
+
+
+def test_gates_open_changes_logits_and_memory_none_is_base(model):
+    x = torch.randint(0, 256, (1, 9))
+    mem = model.compress(torch.randint(0, 256, (1, 30)))
+    with torch.no_grad():
+        assert not torch.allclose(model(x, memory=mem).logits, model.base(x).logits)
+        assert torch.equal(model(x).logits, model.base(x).logits)
+
+
+def test_trainable_parameters_and_frozen_base():
+    model = tiny_lcirc(query_dependent=True)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("base.") for n in names)
+    assert "latents" in names and any(n.startswith("compressor.") for n in names)
+    assert any(n.startswith("gca.") for n in names) and any(n.startswith("mixer.") for n in names)
+    assert model.config.gca_layers == [0, 3]
+    assert model.gca["0"].attn_gate.dtype == torch.float32 and model.gca["0"].attn_gate.dim() == 0
+
+
+def test_loss_backward_reaches_all_trainable_parts(model):
+    ctx = torch.randint(0, 256, (2, 24))
+    x = torch.randint(0, 256, (2, 10))
+    mem = model.compress(ctx)
+    model(x, memory=mem, labels=x).loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in model.base.parameters())
+
+
+def test_gca_every_token_sees_whole_memory(model):
+    """No mask between memory and tokens: changing the oldest slot changes every position."""
+    mem = model.compress(torch.randint(0, 256, (1, 24)))
+    x = torch.randint(0, 256, (1, 6))
+    with torch.no_grad():
+        a = model(x, memory=mem).logits
+        mem.slots[0] = mem.slots[0] + 1.0
+        mem.invalidate_cache()
+        b = model(x, memory=mem).logits
+    assert ((a - b).abs().amax(-1) > 1e-6).all()
+
+
+def test_stacked_memories_of_different_lengths_are_masked(model):
+    c1 = torch.randint(0, 256, (1, 16))
+    c2 = torch.randint(0, 256, (1, 40))
+    m1, m2 = model.compress(c1), model.compress(c2)
+    stacked = model.compress([c1[0], c2[0]])
+    assert stacked.lengths.tolist() == [len(m1), len(m2)] and len(stacked) == len(m2)
+    x = torch.randint(0, 256, (2, 7))
+    with torch.no_grad():
+        out = model(x, memory=stacked).logits
+        r1 = model(x[:1], memory=m1).logits
+        r2 = model(x[1:], memory=m2).logits
+    torch.testing.assert_close(out[0], r1[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1], r2[0], rtol=1e-5, atol=1e-5)
+    # padding must really be ignored: poison it
+    stacked._hidden[0, len(m1):] = 1e4
+    stacked.invalidate_cache()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, memory=stacked).logits[0], r1[0], rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_batch_one_memory_broadcasts(model):
+    mem = model.compress(torch.randint(0, 256, (1, 20)))
+    x = torch.randint(0, 256, (3, 5))
+    with torch.no_grad():
+        out = model(x, memory=mem).logits
+        for i in range(3):
+            torch.testing.assert_close(out[i], model(x[i:i + 1], memory=mem).logits[0])
+
+
+def test_qd_model_equals_lcirc_at_init_and_needs_query():
+    base = tiny_llama()
+    plain = tiny_lcirc(base, seed=3)
+    qd = tiny_lcirc(base, seed=3, query_dependent=True)
+    qd.load_state_dict(plain.state_dict(), strict=False)
+    ctx = torch.randint(0, 256, (2, 30))
+    q = torch.randint(0, 256, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(qd.compress(ctx, query_ids=q).hidden, plain.compress(ctx).hidden)
+    with pytest.raises(ValueError, match="query_ids"):
+        qd.compress(ctx)
+    with pytest.raises(ValueError, match="query_dependent=False"):
+        plain.compress(ctx, query_ids=q)
+    with torch.no_grad():
+        qd.mixer.attn_gate.fill_(0.5)
+        a = qd.compress(ctx, query_ids=q).hidden
+        b = qd.compress(ctx, query_ids=torch.randint(0, 256, (2, 5))).hidden
+    assert not torch.allclose(a, b)
+
+
+def test_qd_query_mask_padding_ignored():
+    qd = tiny_lcirc(query_dependent=True, randomize_gates=True)
+    ctx = torch.randint(0, 256, (2, 20))
+    q = torch.randint(0, 256, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        full = qd.compress(ctx, query_ids=q, query_mask=mask).hidden
+        q2 = q.clone()
+        q2[0, 4:] = 7
+        again = qd.compress(ctx, query_ids=q2, query_mask=mask).hidden
+        short = qd.compress(ctx[:1], query_ids=q[:1, :4]).hidden
+    torch.testing.assert_close(full, again)
+    torch.testing.assert_close(full[:1], short, rtol=1e-5, atol=1e-5)
+
+
+class TestBadInput:
+    def test_empty_context(self, model):
+        with pytest.raises(ValueError, match="empty"):
+            model.compress(torch.zeros(1, 0, dtype=torch.long))
+
+    def test_segment_longer_than_position_table(self, model):
+        with pytest.raises(ValueError, match="position table"):
+            model.compress(torch.randint(0, 256, (1, 40)), segment_len=33)
+        with pytest.raises(ValueError, match="position table"):
+            model.compress(torch.randint(0, 256, (1, 40)), boundaries=[0, 5, 40])
+
+    def test_bad_boundaries(self, model):
+        with pytest.raises(ValueError, match="increasing"):
+            model.compress(torch.randint(0, 256, (1, 20)), boundaries=[0, 10, 10, 20])
+        with pytest.raises(ValueError, match="end at the context length"):
+            model.compress(torch.randint(0, 256, (1, 20)), boundaries=[0, 10, 19])
+
+    def test_ids_outside_vocab(self, model):
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            model.compress(torch.tensor([[1, 2, 256]]))
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            model(torch.tensor([[-1, 2]]))
+
+    def test_wrong_dtype(self, model):
+        with pytest.raises(TypeError, match="integer token ids"):
+            model.compress(torch.rand(1, 10))
+
+    def test_wrong_device(self, model):
+        ids = torch.randint(0, 256, (1, 10), device="meta")
+        with pytest.raises(ValueError, match="is on meta"):
+            model.compress(ids)
+
+    def test_mismatched_batch(self, model):
+        mem = model.compress(torch.randint(0, 256, (2, 20)))
+        with pytest.raises(ValueError, match="batch size"):
+            model(torch.randint(0, 256, (3, 5)), memory=mem)
+
+    def test_memory_dtype(self, model):
+        mem = model.compress(torch.randint(0, 256, (1, 20)))
+        mem.slots = [s.double() for s in mem.slots]
+        with pytest.raises(ValueError, match="dtype"):
+            model(torch.randint(0, 256, (1, 5)), memory=mem)
+
+    def test_memory_from_other_config(self, model):
+        other = tiny_lcirc(num_latents=2)
+        mem = other.compress(torch.randint(0, 256, (1, 20)))
+        with pytest.raises(ValueError, match="different model"):
+            model(torch.randint(0, 256, (1, 5)), memory=mem)
+
+    def test_config_errors(self):
+        with pytest.raises(ValueError, match="num_latents"):
+            LCIRCConfig(num_latents=0).validate()
+        with pytest.raises(ValueError, match="out of range"):
+            LCIRCForCausalLM.from_base(tiny_llama(), LCIRCConfig(gca_layers=[0, 9]))
+        with pytest.raises(ValueError, match="backend"):
+            LCIRCConfig(backend="cuda").validate()
+        with pytest.raises(TypeError, match="Llama-style"):
+            LCIRCForCausalLM.from_base(torch.nn.Linear(2, 2), LCIRCConfig())
+
+    def test_memory_type(self, model):
+        with pytest.raises(TypeError, match="CompressedMemory"):
+            model(torch.randint(0, 256, (1, 5)), memory=torch.zeros(1, 4, 64))
+
+    def test_labels_shape(self, model):
+        with pytest.raises(ValueError, match="labels shape"):
+            model(torch.randint(0, 256, (1, 5)), labels=torch.randint(0, 256, (1, 4)))
+
+
+def test_remove_hooks_restores_base(model):
+    mem = model.compress(torch.randint(0, 256, (1, 20)))
+    x = torch.randint(0, 256, (1, 5))
+    model.remove_hooks()
+    with torch.no_grad():
+        assert torch.equal(model(x, memory=mem).logits, model.base(x).logits)
+
+
+def test_stack_rejects_mixed_models(model):
+    other = tiny_lcirc(seed=5)
+    a = model.compress(torch.randint(0, 256, (1, 20)))
+    b = other.compress(torch.randint(0, 256, (1, 20)))
+    with pytest.raises(ValueError, match="different models"):
+        CompressedMemory.stack([a, b])
