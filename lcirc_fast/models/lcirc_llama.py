@@ -362,15 +362,19 @@ class LCIRCForCausalLM(nn.Module):
         cacheable = use_cache and not torch.is_grad_enabled()
         if cacheable and memory._kv_cache.get("key") == key:
             return memory._kv_cache["kv"]
-        w = torch.cat([b.attn.to_kv.weight for _, b in blocks], 0)
-        h = memory.hidden
-        bsz, m, _ = h.shape
-        heads, hd = self.config.gca_heads, self.config.gca_head_dim
-        kv = F.linear(h, w).view(bsz, m, len(blocks), 2, heads, hd)
-        out = {name: (kv[:, :, j, 0], kv[:, :, j, 1]) for j, (name, _) in enumerate(blocks)}
+        out = self.project_memory_kv(memory.hidden)
         if cacheable:
             memory._kv_cache = {"key": key, "kv": out}
         return out
+
+    def project_memory_kv(self, hidden: torch.Tensor) -> dict:
+        """hidden [B, M, d] -> {layer: (k, v)}, every GCA layer from one matrix product."""
+        blocks = list(self.gca.items())
+        w = torch.cat([b.attn.to_kv.weight for _, b in blocks], 0)
+        bsz, m, _ = hidden.shape
+        heads, hd = self.config.gca_heads, self.config.gca_head_dim
+        kv = F.linear(hidden, w).view(bsz, m, len(blocks), 2, heads, hd)
+        return {name: (kv[:, :, j, 0], kv[:, :, j, 1]) for j, (name, _) in enumerate(blocks)}
 
     def _make_hook(self, name: str):
         def hook(module, args, kwargs):
