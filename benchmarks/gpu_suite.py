@@ -1,0 +1,351 @@
+"""One-file GPU check for the LCIRC Triton kernels (meant for an H200; < 8 min).
+
+Sections run in order; each appends rows to the JSON written to --out:
+  env          versions and device
+  correctness  bf16 error-ratio oracle at real shapes (fwd + grads) and deterministic=True bitwise
+               repeatability (incl. a batch-60 race check); speed-ups are only reported when green
+  perceiver    64 latents x 2048/4096 keys, 32 heads x 128, batch 1 and 8: fwd and fwd+bwd
+  gca          4096 queries x 512/1024/3200 memory vectors (+ gated residual epilogue)
+  epilogue     gated residual and LayerNorm(+position add) bandwidth
+Providers: triton (lcirc_fast.ops kernels), sdpa (torch SDPA + eager epilogue), naive (fp32
+reference). Other sections (e.g. end to end) plug in with `register_section(name, fn)`, where
+fn(ctx: Suite) appends rows with `ctx.record(...)`.
+
+Usage:
+  python benchmarks/gpu_suite.py --out results.json            # all sections, CUDA
+  python benchmarks/gpu_suite.py --section perceiver --section gca
+  python benchmarks/gpu_suite.py --cpu-smoke --out /tmp/s.json  # tiny shapes, Triton interpreter
+  python benchmarks/gpu_suite.py --dry-run                      # list sections and cases only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+PEAK_TFLOPS = 790.0  # measured bf16 dense matmul ceiling on the H200
+PEAK_TBPS = 4.3  # measured device-to-device copy bandwidth
+
+SECTIONS: dict[str, Callable] = {}
+
+
+def register_section(name: str, fn: Callable) -> None:
+    """Add (or replace) a section; ``fn(suite)`` runs it and records rows with ``suite.record``."""
+    SECTIONS[name] = fn
+
+
+@dataclass
+class Suite:
+    """Run context handed to every section."""
+    args: argparse.Namespace
+    device: str
+    smoke: bool
+    rows: list = field(default_factory=list)
+    green: bool = True
+
+    def record(self, **row) -> dict:
+        row.setdefault("section", self.current)
+        self.rows.append(row)
+        return row
+
+    current: str = ""
+
+    # ---- shapes ---------------------------------------------------------------------------
+    def heads_dim(self):
+        return (1, 16) if self.smoke else (32, 128)
+
+    # ---- timing ---------------------------------------------------------------------------
+    def bench(self, fn: Callable) -> tuple[float, float, float]:
+        """(p50, p20, p80) milliseconds."""
+        if self.smoke:
+            fn()
+            t = time.perf_counter()
+            fn()
+            ms = (time.perf_counter() - t) * 1e3
+            return ms, ms, ms
+        import triton
+        fn()
+        import torch
+        torch.cuda.synchronize()
+        return tuple(triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8]))
+
+    def peak_mem(self, fn: Callable) -> float | None:
+        """Peak extra device memory (MiB) of one call."""
+        if self.device != "cuda":
+            return None
+        import torch
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+def _ops():
+    from lcirc_fast.ops import dispatch
+    from lcirc_fast.ops.gated_xattn import naive_gated_residual
+    from lcirc_fast.ops.layernorm import naive_layer_norm
+    from lcirc_fast.ops.perceiver_xattn import cross_attention, naive_cross_attention
+    import lcirc_fast.ops.triton_ops  # noqa: F401  (registers the kernels)
+    return dispatch, cross_attention, naive_cross_attention, naive_gated_residual, naive_layer_norm
+
+
+def _rand(shape, dtype, device, requires_grad=False):
+    import torch
+    return torch.randn(shape, dtype=dtype, device=device).requires_grad_(requires_grad)
+
+
+def section_env(s: Suite) -> None:
+    import torch
+    import triton
+    row = dict(kind="env", python=platform.python_version(), torch=torch.__version__,
+               triton=triton.__version__, device=s.device,
+               interpret=os.environ.get("TRITON_INTERPRET", ""))
+    if s.device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        row.update(gpu=p.name, sms=p.multi_processor_count, mem_gib=round(p.total_memory / 2**30, 1))
+    s.record(**row)
+    print("env:", row)
+
+
+def _attn_case_error(s: Suite, B, Lq, Lk, deterministic=False):
+    """bf16 kernel vs fp32 naive, compared with bf16 SDPA vs fp32 naive (3x for grads)."""
+    import torch
+    dispatch, xattn, naive, _, _ = _ops()
+    H, D = s.heads_dim()
+    dt = torch.bfloat16
+    q, k, v = (_rand((B, L, H, D), dt, s.device) for L in (Lq, Lk, Lk))
+    do = _rand((B, Lq, H, D), dt, s.device)
+    res = {}
+    for name, fn, cast in (("triton", lambda a, b, c: xattn(a, b, c, deterministic=deterministic), dt),
+                           ("sdpa", lambda a, b, c: dispatch.cross_attention(a, b, c, backend="torch"), dt),
+                           ("ref", naive, torch.float32)):
+        ins = [t.detach().to(cast).requires_grad_(True) for t in (q, k, v)]
+        o = fn(*ins)
+        g = torch.autograd.grad(o, ins, do.to(cast))
+        res[name] = [o.float()] + [x.float() for x in g]
+    out = {}
+    ok = True
+    for i, nm in enumerate(("o", "dq", "dk", "dv")):
+        err = (res["triton"][i] - res["ref"][i]).abs().max().item()
+        terr = (res["sdpa"][i] - res["ref"][i]).abs().max().item()
+        bound = (2.0 if nm == "o" else 3.0) * terr + 5e-2
+        out[nm] = dict(err=err, torch_err=terr, ok=bool(err <= bound and math.isfinite(err)))
+        ok &= out[nm]["ok"]
+    return ok, out
+
+
+def section_correctness(s: Suite) -> None:
+    import torch
+    _, xattn, _, _, _ = _ops()
+    cases = [(1, 8, 100), (1, 40, 70)] if s.smoke else [(1, 64, 4096), (2, 64, 2048), (1, 4096, 3200), (1, 1, 3968)]
+    for B, Lq, Lk in cases:
+        ok, errs = _attn_case_error(s, B, Lq, Lk)
+        s.green &= ok
+        s.record(kind="oracle", op="cross_attention", dtype="bf16", B=B, Lq=Lq, Lk=Lk, ok=ok, errors=errs)
+        print(f"oracle bf16 B{B} {Lq}x{Lk}: {'OK' if ok else 'RED'} "
+              + " ".join(f"{k}={v['err']:.2e}/{v['torch_err']:.2e}" for k, v in errs.items()))
+    H, D = s.heads_dim()
+    det_cases = [(1, 8, 100), (3, 8, 64)] if s.smoke else [(1, 64, 4096), (60, 64, 512), (1, 1024, 1024)]
+    for B, Lq, Lk in det_cases:
+        q, k, v = (_rand((B, L, H, D), torch.bfloat16, s.device) for L in (Lq, Lk, Lk))
+        do = _rand((B, Lq, H, D), torch.bfloat16, s.device)
+        grads = []
+        for _ in range(3):
+            ins = [t.detach().requires_grad_(True) for t in (q, k, v)]
+            grads.append(torch.autograd.grad(xattn(*ins, deterministic=True), ins, do))
+        same = all(torch.equal(a, b) for g in grads[1:] for a, b in zip(grads[0], g))
+        s.green &= same
+        s.record(kind="determinism", op="cross_attention", B=B, Lq=Lq, Lk=Lk, ok=same)
+        print(f"deterministic=True B{B} {Lq}x{Lk}: {'bitwise equal' if same else 'RED: differs'}")
+
+
+def _attn_providers(s: Suite, with_epilogue: bool):
+    import torch
+    dispatch, xattn, naive, naive_gate, _ = _ops()
+    provs = {
+        "triton": lambda q, k, v: xattn(q, k, v),
+        "sdpa": lambda q, k, v: dispatch.cross_attention(q, k, v, backend="torch"),
+        "naive": lambda q, k, v: naive(q, k, v),
+    }
+    if not with_epilogue:
+        return provs
+    gate = torch.tensor(0.5, device=s.device)
+
+    def wrap(name, fn):
+        be = "triton" if name == "triton" else "torch"
+
+        def run(q, k, v, x):
+            o = fn(q, k, v)
+            if name == "naive":
+                return naive_gate(x, o.flatten(-2), gate)
+            return dispatch.gated_residual(x, o.flatten(-2), gate, backend=be)
+        return run
+    return {n: wrap(n, f) for n, f in provs.items()}
+
+
+def _bench_attention(s: Suite, label: str, B: int, Lq: int, Lk: int, epilogue: bool) -> None:
+    import torch
+    H, D = s.heads_dim()
+    dt = torch.bfloat16
+    flops_fwd = 4.0 * B * H * Lq * Lk * D
+    elem = 2
+    bytes_fwd = elem * B * H * D * (2 * Lq + 2 * Lk)
+    bytes_bwd = elem * B * H * D * (4 * Lq + 4 * Lk) + bytes_fwd
+    times = {}
+    for prov, fn in _attn_providers(s, epilogue).items():
+        q, k, v = (_rand((B, L, H, D), dt, s.device, True) for L in (Lq, Lk, Lk))
+        x = _rand((B, Lq, H * D), dt, s.device) if epilogue else None
+        args = (q, k, v, x) if epilogue else (q, k, v)
+        do = _rand((B, Lq, H * D) if epilogue else (B, Lq, H, D), dt, s.device)
+        for mode in ("fwd", "fwd+bwd"):
+            if mode == "fwd":
+                def run():
+                    with torch.no_grad():
+                        return fn(*args)
+            else:
+                def run():
+                    o = fn(*args)
+                    torch.autograd.grad(o, (q, k, v), do)
+            try:
+                p50, p20, p80 = s.bench(run)
+                mem = s.peak_mem(run)
+            except torch.OutOfMemoryError:
+                s.record(kind="bench", case=label, provider=prov, mode=mode, error="OOM")
+                continue
+            fl = flops_fwd * (1.0 if mode == "fwd" else 3.5)
+            by = bytes_fwd if mode == "fwd" else bytes_bwd
+            tf = fl / (p50 * 1e-3) / 1e12
+            gbs = by / (p50 * 1e-3) / 1e9
+            times[(prov, mode)] = p50
+            s.record(kind="bench", case=label, provider=prov, mode=mode, B=B, Lq=Lq, Lk=Lk, H=H, D=D,
+                     epilogue=epilogue, ms_p50=p50, ms_p20=p20, ms_p80=p80, tflops=tf, gbps=gbs,
+                     frac_peak_flops=tf / PEAK_TFLOPS, frac_peak_bw=gbs / 1e3 / PEAK_TBPS, peak_mib=mem)
+    for mode in ("fwd", "fwd+bwd"):
+        t = times.get(("triton", mode))
+        if t is None:
+            continue
+        for base in ("sdpa", "naive"):
+            if (base, mode) in times:
+                s.record(kind="speedup", case=label, mode=mode, vs=base,
+                         ratio=(times[(base, mode)] / t) if s.green else None,
+                         gated_by_correctness=not s.green)
+
+
+def section_perceiver(s: Suite) -> None:
+    cases = [(1, 8, 60)] if s.smoke else [(b, 64, lk) for b in (1, 8) for lk in (2048, 4096)]
+    for B, Lq, Lk in cases:
+        _bench_attention(s, f"perceiver_b{B}_{Lq}x{Lk}", B, Lq, Lk, epilogue=False)
+
+
+def section_gca(s: Suite) -> None:
+    cases = [(1, 40, 70)] if s.smoke else [(1, 4096, m) for m in (512, 1024, 3200)] + [(1, 1, 3200)]
+    for B, Lq, Lk in cases:
+        _bench_attention(s, f"gca_b{B}_{Lq}x{Lk}", B, Lq, Lk, epilogue=Lq > 1)
+
+
+def section_epilogue(s: Suite) -> None:
+    import torch
+    dispatch, _, _, _, _ = _ops()
+    dt = torch.bfloat16
+    N, d, L = (2, 64, 8) if s.smoke else (8, 4096, 2048)
+    x = _rand((N, L, d), dt, s.device, True)
+    y = _rand((N, L, d), dt, s.device, True)
+    g = torch.tensor(0.3, device=s.device, requires_grad=True)
+    pos = _rand((L, d), dt, s.device, True)
+    w = _rand((d,), torch.float32, s.device, True)
+    b = _rand((d,), torch.float32, s.device, True)
+    w16, b16 = w.detach().to(dt).requires_grad_(True), b.detach().to(dt).requires_grad_(True)
+    nbytes = x.numel() * 2
+    cases = {
+        ("gated_residual", "triton"): (lambda: dispatch.gated_residual(x, y, g, backend="triton"), 3, (x, y, g)),
+        ("gated_residual", "torch"): (lambda: dispatch.gated_residual(x, y, g, backend="torch"), 3, (x, y, g)),
+        ("layer_norm+pos", "triton"): (lambda: dispatch.layer_norm(x, w16, b16, 1e-5, pos, backend="triton"), 2,
+                                       (x, w16, b16, pos)),
+        ("layer_norm+pos", "torch"): (lambda: dispatch.layer_norm(x, w16, b16, 1e-5, pos, backend="torch"), 2,
+                                      (x, w16, b16, pos)),
+    }
+    for (op, prov), (fn, passes, ins) in cases.items():
+        dout = torch.randn_like(x)
+        p50, _, _ = s.bench(lambda: fn().detach())
+        pb, _, _ = s.bench(lambda: torch.autograd.grad(fn(), ins, dout))
+        s.record(kind="bench", case=op, provider=prov, mode="fwd", ms_p50=p50,
+                 gbps=passes * nbytes / (p50 * 1e-3) / 1e9)
+        s.record(kind="bench", case=op, provider=prov, mode="fwd+bwd", ms_p50=pb)
+
+
+for _name, _fn in (("env", section_env), ("correctness", section_correctness),
+                   ("perceiver", section_perceiver), ("gca", section_gca), ("epilogue", section_epilogue)):
+    register_section(_name, _fn)
+
+
+def _table(rows: list) -> str:
+    lines = [f"{'case':28s} {'provider':8s} {'mode':8s} {'ms':>9s} {'TFLOP/s':>8s} {'GB/s':>8s} {'%peak':>6s} {'MiB':>8s}"]
+    for r in rows:
+        if r.get("kind") != "bench" or "ms_p50" not in r:
+            continue
+        pk = max(r.get("frac_peak_flops") or 0, r.get("frac_peak_bw") or 0)
+        lines.append(f"{r['case']:28s} {r['provider']:8s} {r['mode']:8s} {r['ms_p50']:9.3f} "
+                     f"{(r.get('tflops') or 0):8.1f} {(r.get('gbps') or 0):8.0f} {100 * pk:6.1f} "
+                     f"{(r.get('peak_mib') or 0):8.0f}")
+    for r in rows:
+        if r.get("kind") == "speedup":
+            ratio = "gated (correctness red)" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+            lines.append(f"speedup {r['case']} {r['mode']} vs {r['vs']}: {ratio}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="gpu_suite.json", help="JSON results path")
+    ap.add_argument("--section", action="append", default=None,
+                    help="run only these sections (repeatable); default: all registered")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="tiny shapes on the CPU through the Triton interpreter")
+    ap.add_argument("--dry-run", action="store_true", help="list the sections and exit")
+    args = ap.parse_args(argv)
+    names = args.section or list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    if args.dry_run:
+        print("sections:", ", ".join(names))
+        return 0
+    if args.cpu_smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
+    import torch
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        print("no CUDA device: use --cpu-smoke or --dry-run", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
+    suite = Suite(args=args, device="cpu" if args.cpu_smoke else "cuda", smoke=args.cpu_smoke)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    for n in names:
+        suite.current = n
+        ts = time.perf_counter()
+        SECTIONS[n](suite)
+        print(f"[{n}] {time.perf_counter() - ts:.1f}s", flush=True)
+    result = dict(green=suite.green, seconds=time.perf_counter() - t0, rows=suite.rows)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    print(_table(suite.rows))
+    print(f"correctness: {'GREEN' if suite.green else 'RED'}; wrote {args.out} "
+          f"({result['seconds']:.1f}s)")
+    return 0 if suite.green else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

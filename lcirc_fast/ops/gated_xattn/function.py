@@ -1,0 +1,94 @@
+"""Host wrappers and autograd.Function for the gated residual y = x + tanh(gate) * branch."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..utils.runtime import check_device, count_launch, interpreting
+from . import kernels as K
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _block() -> int:
+    return 1024 if interpreting() else 4096
+
+
+def _acc(*dtypes) -> tl.dtype:
+    return tl.float64 if torch.float64 in dtypes else tl.float32
+
+
+def gated_forward(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    n = x.numel()
+    blk = _block()
+    count_launch("gated_fwd")
+    K._gated_fwd_kernel[(triton.cdiv(n, blk),)](x, branch, gate, out, n,
+                                                ACC=_acc(x.dtype, gate.dtype), BLOCK=blk)
+    return out
+
+
+def gated_backward(dout, branch, gate, need_dbranch: bool, need_dgate: bool):
+    """Returns (d_branch or None, d_gate or None)."""
+    n = dout.numel()
+    blk = _block()
+    nprog = triton.cdiv(n, blk)
+    acc = _acc(dout.dtype, gate.dtype)
+    acc_t = torch.float64 if acc == tl.float64 else torch.float32
+    dy = torch.empty(branch.shape, dtype=branch.dtype, device=dout.device) if need_dbranch else None
+    part = torch.empty(nprog, dtype=acc_t, device=dout.device) if need_dgate else None
+    dummy = torch.zeros(1, dtype=acc_t, device=dout.device)
+    count_launch("gated_bwd")
+    K._gated_bwd_kernel[(nprog,)](dout, branch, gate, dy if dy is not None else dummy,
+                                  part if part is not None else dummy, n,
+                                  NEED_DY=need_dbranch, NEED_DG=need_dgate, ACC=acc, BLOCK=blk)
+    dg = None
+    if need_dgate:
+        dg = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
+        count_launch("gate_grad")
+        K._gate_grad_kernel[(1,)](part, gate, dg, nprog, ACC=acc, BLOCK=1024)
+    return dy, dg
+
+
+class GatedResidualFunction(torch.autograd.Function):
+    """x + tanh(gate) * branch; backward gives dx = dy, d_branch = tanh(g) dy,
+    d_gate = sum(dy * branch) * (1 - tanh(g)^2) (fp32, fixed-order two-stage reduction)."""
+
+    @staticmethod
+    def forward(ctx, x, branch, gate):
+        out = gated_forward(x, branch, gate)
+        ctx.save_for_backward(branch if ctx.needs_input_grad[2] else None, gate)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        branch, gate = ctx.saved_tensors
+        need_dx, need_db, need_dg = ctx.needs_input_grad[:3]
+        dout = dout.contiguous()
+        dy = dg = None
+        if need_db or need_dg:
+            dy, dg = gated_backward(dout, branch if branch is not None else dout, gate, need_db, need_dg)
+        return (dout if need_dx else None), dy, dg
+
+
+def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """y = x + tanh(gate) * branch, computed in fp32 and rounded once to x's dtype.
+
+    Args:
+        x, branch: same shape and dtype (fp16/bf16/fp32/fp64).
+        gate: one-element tensor (0-dim fp32 parameter).
+    """
+    if x.shape != branch.shape:
+        raise ValueError(f"x and branch shapes differ: {tuple(x.shape)} vs {tuple(branch.shape)}")
+    if x.dtype != branch.dtype:
+        raise ValueError(f"x and branch dtypes differ: {x.dtype} vs {branch.dtype}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise NotImplementedError(f"triton gated_residual: dtype {x.dtype} is not supported")
+    if gate.numel() != 1 or not gate.is_floating_point():
+        raise ValueError(f"gate must be a one-element float tensor, got shape {tuple(gate.shape)}, {gate.dtype}")
+    check_device(x, branch, gate)
+    x, branch = x.contiguous(), branch.contiguous()
+    if torch.is_grad_enabled() and (x.requires_grad or branch.requires_grad or gate.requires_grad):
+        return GatedResidualFunction.apply(x, branch, gate)
+    return gated_forward(x, branch, gate)
