@@ -37,7 +37,8 @@ class LCIRCConfig:
         compressor_heads / compressor_head_dim / compressor_ffn: default to the base model's
             attention heads, head dim and MLP size.
         max_segment_len: rows of the learnable position table; the longest segment allowed.
-        segment_len: base length of the default ("~2K") segmenting rule.
+        segment_len: base length of the default ("~2K") segmenting rule; defaults to
+            min(2048, max_segment_len // 2) so every balanced segment fits the position table.
         gca_layers: decoder layers that get a gated cross-attention block in front of them.
         gca_heads / gca_head_dim / gca_ffn: GCA (and QD mixer) sizes; default to the base model's.
         query_dependent: build the QD-LCIRC query mixer.
@@ -53,7 +54,7 @@ class LCIRCConfig:
     compressor_head_dim: int | None = None
     compressor_ffn: int | None = None
     max_segment_len: int = 4096
-    segment_len: int = 2048
+    segment_len: int | None = None
     gca_layers: list[int] | None = None
     gca_heads: int | None = None
     gca_head_dim: int | None = None
@@ -90,6 +91,7 @@ class LCIRCConfig:
             compressor_ffn=self.compressor_ffn or ffn,
             gca_layers=sorted(self.gca_layers) if self.gca_layers is not None
             else default_gca_layers(n_layers),
+            segment_len=self.segment_len or min(2048, max(1, self.max_segment_len // 2)),
             gca_heads=self.gca_heads or heads,
             gca_head_dim=self.gca_head_dim or head_dim,
             gca_ffn=self.gca_ffn or ffn,
@@ -103,7 +105,8 @@ class LCIRCConfig:
 
     @property
     def is_resolved(self) -> bool:
-        return None not in (self.compressor_heads, self.compressor_head_dim, self.compressor_ffn,
+        return None not in (self.segment_len, self.compressor_heads, self.compressor_head_dim,
+                            self.compressor_ffn,
                             self.gca_layers, self.gca_heads, self.gca_head_dim, self.gca_ffn,
                             self.hidden_size, self.num_hidden_layers, self.vocab_size)
 
@@ -121,7 +124,7 @@ class LCIRCConfig:
             positive(name)
         if self.backend not in BACKENDS:
             raise ValueError(f"LCIRCConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.segment_len > self.max_segment_len:
+        if self.segment_len is not None and self.segment_len > self.max_segment_len:
             raise ValueError(
                 f"LCIRCConfig.segment_len={self.segment_len} exceeds "
                 f"max_segment_len={self.max_segment_len}")

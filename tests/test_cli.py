@@ -1,0 +1,41 @@
+"""`lcirc compress` end to end on the bundled SmolLM2 and KJV text."""
+import pytest
+import torch
+
+from lcirc_fast import CompressedMemory
+from lcirc_fast.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_compress_writes_loadable_memory(tmp_path, capsys):
+    from lcirc_fast.assets import kjv_text
+
+    src = tmp_path / "genesis.txt"
+    src.write_text(kjv_text()[:3000], encoding="utf-8")
+    out = tmp_path / "genesis.safetensors"
+    rc = main(["compress", str(src), "--out", str(out), "--segment-len", "128",
+               "--max-segment-len", "256", "--num-latents", "8", "--seed", "3"])
+    assert rc == 0 and out.exists()
+    text = capsys.readouterr().out
+    assert "segments" in text and "memory tokens" in text and "compress time" in text
+    segments = int(next(line.split()[1] for line in text.splitlines()
+                        if line.startswith("segments")))
+    # the same fresh model (same seed) accepts the memory
+    from lcirc_fast import LCIRCConfig, LCIRCForCausalLM
+    from lcirc_fast.assets import load_smollm2
+
+    base, _ = load_smollm2()
+    torch.manual_seed(3)
+    model = LCIRCForCausalLM.from_base(base, LCIRCConfig(num_latents=8, max_segment_len=256))
+    mem = CompressedMemory.load(out, model)
+    assert mem.num_segments == segments and len(mem) == 8 * segments
+
+
+def test_compress_bad_input(tmp_path, capsys):
+    assert main(["compress", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "m")]) == 2
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    assert main(["compress", str(empty), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "empty" in err
