@@ -85,41 +85,23 @@ def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
     def positions(mask):
         return (mask.cumsum(-1) - 1).clamp(min=0)
 
+    cache = DynamicCache(config=base.config) if use_cache else None
+    cache_arg = {cache_kw: cache} if use_cache else {}
     out = ids
-    if not use_cache:
-        for _ in range(max_new_tokens):
-            with model.inject(memory, b, use_cache=False):
-                logits = base(input_ids=out, attention_mask=attention_mask,
-                              position_ids=positions(attention_mask), use_cache=False).logits
-            nxt = _next_token(logits[:, -1], do_sample, temperature, top_k, top_p, generator)
-            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-            out = torch.cat([out, nxt[:, None]], 1)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], 1)
-            if eos:
-                finished |= torch.isin(nxt, eos_t)
-                if bool(finished.all()):
-                    break
-        return out
-
-    if max_new_tokens == 0:
-        return out
-    cache = DynamicCache(config=base.config)
-    with model.inject(memory, b, use_cache=True):
-        logits = base(input_ids=ids, attention_mask=attention_mask,
-                      position_ids=positions(attention_mask), use_cache=True,
-                      **{cache_kw: cache}).logits
-        for step in range(max_new_tokens):
-            nxt = _next_token(logits[:, -1], do_sample, temperature, top_k, top_p, generator)
-            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-            out = torch.cat([out, nxt[:, None]], 1)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], 1)
-            if eos:
-                finished |= torch.isin(nxt, eos_t)
-                if bool(finished.all()):
-                    break
-            if step == max_new_tokens - 1:
+    for step in range(max_new_tokens):
+        pos = positions(attention_mask)
+        feed = out
+        if use_cache and step > 0:                 # the KV cache holds everything before
+            feed, pos = out[:, -1:], pos[:, -1:]
+        with model.inject(memory, b, use_cache=use_cache):
+            logits = base(input_ids=feed, attention_mask=attention_mask, position_ids=pos,
+                          use_cache=use_cache, **cache_arg).logits
+        nxt = _next_token(logits[:, -1], do_sample, temperature, top_k, top_p, generator)
+        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+        out = torch.cat([out, nxt[:, None]], 1)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], 1)
+        if eos:
+            finished |= torch.isin(nxt, eos_t)
+            if bool(finished.all()):
                 break
-            pos = positions(attention_mask)[:, -1:]
-            logits = base(input_ids=nxt[:, None], attention_mask=attention_mask,
-                          position_ids=pos, use_cache=True, **{cache_kw: cache}).logits
     return out
