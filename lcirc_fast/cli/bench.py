@@ -1,0 +1,206 @@
+"""`lcirc bench`: LCIRC against full attention over the whole context.
+
+Measured sweep on random-weight models (nothing is downloaded) plus the analytic FLOP model;
+prints a table and writes bench.json and bench.png under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def parse_lengths(text: str) -> list[int]:
+    """'512,1k,128K,1M' -> [512, 1024, 131072, 1048576]; raises ValueError on bad items."""
+    out = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        mult = {"k": 1024, "m": 1024 * 1024}.get(item[-1], 1)
+        num = item[:-1] if mult > 1 else item
+        if not num.isdigit():
+            raise ValueError(f"--lengths: {item!r} is not a token count (use e.g. 512,4k,128k)")
+        n = int(num) * mult
+        if n < 1:
+            raise ValueError(f"--lengths: every length must be >= 1 token, got {item!r}")
+        out.append(n)
+    if not out:
+        raise ValueError("--lengths is empty")
+    return sorted(set(out))
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="benchmark LCIRC against full attention",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="shape preset (cpu-small, smollm2-135m, llama2-7b, tiny) or a Hugging "
+                        "Face config.json path (default: cpu-small on CPU, llama2-7b on CUDA)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                   help="weights/activations (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--lengths", default=None,
+                   help="comma-separated context lengths, e.g. 512,1k,8k (default: the preset's; "
+                        "with --flops-only 4k..1M)")
+    p.add_argument("--window", type=int, default=None, help="LLM window (default: the preset's)")
+    p.add_argument("--segment-len", type=int, default=None,
+                   help="compressor segment length (default: the preset's)")
+    p.add_argument("--out", default="out/bench", help="output directory (default: out/bench)")
+    p.add_argument("--decode-tokens", type=int, default=8,
+                   help="tokens decoded per length for tokens/s (0: skip decoding)")
+    p.add_argument("--train-policy", default="selective:8",
+                   help="BPTT policy of the training step: full, truncated:k, selective:n")
+    p.add_argument("--no-train", action="store_true", help="skip the training step")
+    p.add_argument("--no-reference", action="store_true", help="skip the eager reference")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (best)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; use 1 on a shared, busy CPU)")
+    p.add_argument("--flops-only", action="store_true",
+                   help="analytic FLOP model only (no model is built)")
+    return p
+
+
+def _check_args(args) -> None:
+    if args.decode_tokens < 0:
+        raise ValueError(f"--decode-tokens must be >= 0, got {args.decode_tokens}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    from ..flops import _policy_parts
+
+    _policy_parts(args.train_policy)
+
+
+def _flops_only(preset, lengths, out: Path) -> int:
+    from .. import flops as fl
+    from ..bench.report import plot, write_json
+
+    llm, shape = preset.llm, preset.shape()
+    rows = fl.sweep(llm, shape, lengths)
+    for r in rows:
+        for conv in fl.CAUSAL_CONVENTIONS:
+            r[f"flops_lcirc_{conv}"], r[f"flops_full_{conv}"] = (r.pop(f"lcirc_flops_{conv}"),
+                                                                 r.pop(f"full_flops_{conv}"))
+    print(f"analytic prefill FLOPs, {preset.name}: window {preset.window}, segments "
+          f"{shape.segment_len}, K={shape.num_latents}, {shape.compressor_layers} compressor "
+          f"layers, {shape.num_gca} GCA blocks")
+    print(fl.format_table([{**r, "lcirc_flops_half": r["flops_lcirc_half"],
+                            "full_flops_half": r["flops_full_half"],
+                            "lcirc_flops_full": r["flops_lcirc_full"],
+                            "full_flops_full": r["flops_full_full"]} for r in rows]))
+    print("half = causal attention counted as the triangle FlashAttention computes; "
+          "full = the whole T x T matrix")
+    xo = {c: fl.crossover(llm, shape, c) for c in fl.CAUSAL_CONVENTIONS}
+    print(f"FLOP crossover (LCIRC cheaper from): {xo['half']} tokens (half), "
+          f"{xo['full']} tokens (full)")
+    data = {"mode": "flops-only", "preset": preset.name, "rows": rows, "crossover_flops": xo}
+    write_json(out / "bench.json", data)
+    plot(out / "bench.png", rows, f"{preset.name}: analytic FLOPs", measured=False)
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return 0
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"lcirc bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    t_start = time.perf_counter()
+    _check_args(args)
+    from ..bench.presets import get_preset
+
+    lengths = parse_lengths(args.lengths) if args.lengths else None
+    out = Path(args.out)
+    if args.flops_only:
+        preset = get_preset(args.model or "llama2-7b", args.window, args.segment_len)
+        from ..flops import DEFAULT_LENGTHS
+
+        return _flops_only(preset, lengths or DEFAULT_LENGTHS, out)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but torch sees no CUDA device")
+    dtype = getattr(torch, DTYPES[args.dtype] if args.dtype else
+                    ("bfloat16" if device.type == "cuda" else "float32"))
+    preset = get_preset(args.model or ("llama2-7b" if device.type == "cuda" else "cpu-small"),
+                        args.window, args.segment_len)
+    lengths = lengths or list(preset.lengths)
+    _check_fits(preset, dtype, device)
+
+    from tqdm.auto import tqdm
+
+    from .. import flops as fl
+    from ..bench.report import measured_table, plot, write_json
+    from ..bench.sweep import SweepOptions, crossover, run_sweep
+
+    opts = SweepOptions(lengths=lengths, device=str(device), dtype=dtype,
+                        decode_tokens=args.decode_tokens, train=not args.no_train,
+                        train_policy=args.train_policy, reference=not args.no_reference,
+                        repeats=args.repeats)
+    per_len = 2 + opts.reference + bool(opts.decode_tokens) + opts.train
+    bar = tqdm(total=len(lengths) * per_len, desc="lcirc bench", unit="run", file=sys.stderr)
+
+    def tick(msg: str) -> None:
+        bar.set_postfix_str(msg)
+        bar.update(1)
+
+    try:
+        res = run_sweep(preset, opts, progress=tick)
+    finally:
+        bar.close()
+    rows, meta = res["rows"], res["meta"]
+    shape = preset.shape()
+    xo_meas = crossover(rows)
+    xo_flops = {c: fl.crossover(preset.llm, shape, c) for c in fl.CAUSAL_CONVENTIONS}
+    print(f"\nLCIRC vs full attention: {preset.name} (d={preset.llm.hidden_size}, "
+          f"{preset.llm.num_layers} layers), window {preset.window}, segments "
+          f"{shape.segment_len}, K={shape.num_latents}, {device}, {str(dtype).split('.')[-1]}")
+    print(measured_table(rows))
+    print(f"FLOPs: analytic, causal attention as the half (FlashAttention) triangle. "
+          f"Latency: best of {opts.repeats}, last-token logits. Peak memory: "
+          f"{meta['memory_method'].split(':')[0]}. Decode: tokens/s with memory K/V cached / "
+          f"recomputed per token. Train: {opts.train_policy} BPTT, forward+backward.")
+    print(f"crossover (LCIRC faster from): measured {xo_meas or 'not reached'}"
+          f"{' tokens' if xo_meas else ''}; FLOPs {xo_flops['half']} tokens (half), "
+          f"{xo_flops['full']} tokens (full)")
+    meta.update(args={k: v for k, v in vars(args).items() if not k.startswith("_")},
+                seconds=time.perf_counter() - t_start, date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    data = {"mode": "measured", "meta": meta, "rows": rows,
+            "crossover_measured": xo_meas, "crossover_flops": xo_flops}
+    write_json(out / "bench.json", data)
+    plot(out / "bench.png", rows, f"{preset.name} on {device}")
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'} "
+          f"({time.perf_counter() - t_start:.0f}s)")
+    return 0
+
+
+def _check_fits(preset, dtype, device) -> None:
+    """Refuse (clearly) to build a model that cannot fit in host memory."""
+    if device.type != "cpu":
+        return
+    import torch
+
+    need = preset.llm.params * torch.empty((), dtype=dtype).element_size() * 1.6
+    try:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > avail:
+        raise RuntimeError(
+            f"--model {preset.name} needs about {need / 2**30:.0f} GiB here but only "
+            f"{avail / 2**30:.0f} GiB is free; use --flops-only, a smaller preset "
+            f"(cpu-small, smollm2-135m) or a GPU")
