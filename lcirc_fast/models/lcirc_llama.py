@@ -38,12 +38,46 @@ def _decoder_layers(base) -> nn.ModuleList:
     return layers
 
 
+class _FoldedKV:
+    """The compressor's folded K/V weight, computed at most once per graph mode per call.
+
+    Steps with a graph share one autograd-tracked fold (so their graphs meet there: run one
+    backward per compress/append call, or pass retain_graph=True); steps without one use a
+    detached copy.
+    """
+
+    def __init__(self, compressor: PerceiverCompressor):
+        self._compressor = compressor
+        self._tracked = None
+        self._plain = None
+
+    def get(self, graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if graph:
+            if self._tracked is None:
+                self._tracked = self._compressor.folded_kv_weight()
+            return self._tracked
+        if self._plain is None:
+            if self._tracked is not None:
+                self._plain = tuple(t.detach() for t in self._tracked)
+            else:
+                with torch.no_grad():
+                    self._plain = self._compressor.folded_kv_weight()
+        return self._plain
+
+
 class LCIRCForCausalLM(nn.Module):
     """A frozen causal LM plus the trainable LCIRC parts.
 
     Trainable: `latents` (h0, [K, d]), `compressor`, the GCA blocks in `gca` (keyed by the
     decoder layer they precede), and `mixer` when `config.query_dependent`.
+
+    `kv_hoist_max_segments` / `kv_hoist_budget_bytes` bound how many consecutive graph-free
+    compression steps share one K/V product (1 disables the batching); instance-settable. The
+    budget counts the chunk's embeddings, normalised embeddings and K/V at the model's dtype.
     """
+
+    kv_hoist_max_segments: int = 16
+    kv_hoist_budget_bytes: int = 256 << 20
 
     def __init__(self, base: nn.Module, config: LCIRCConfig):
         super().__init__()
@@ -208,18 +242,57 @@ class LCIRCForCausalLM(nn.Module):
         k, v = self.mixer.project_memory(emb)
         return q, query_mask, (k, v, query_mask.sum(-1))
 
-    def _step(self, state, segment_ids, mode, is_h0, query_kv, backend):
-        """One recurrence step under a BPTT mode; returns the new state [B, K, d]."""
-        grad_ctx = torch.no_grad() if mode == bptt_mod.NONE else contextlib.nullcontext()
+    def _step(self, state, segment_ids, mode, is_h0, query_kv, backend, folds, kvs=None):
+        """One recurrence step under a BPTT mode; returns the new state [B, K, d].
+
+        `folds` is the call's `_FoldedKV`; `kvs` optionally the segment's precomputed K/V
+        (only for steps without a graph).
+        """
+        graph = mode != bptt_mod.NONE and torch.is_grad_enabled()
+        grad_ctx = contextlib.nullcontext() if graph else torch.no_grad()
         with grad_ctx:
             if mode == bptt_mod.CUT and not is_h0:
                 state = state.detach()
             if query_kv is not None:
                 k, v, lengths = query_kv
                 state = self.mixer(state, k, v, kv_lengths=lengths, backend=backend)
-            emb = self.base.get_input_embeddings()(segment_ids)
-            kvs = self.compressor.segment_kv(emb, backend=backend)
+            if kvs is None:
+                emb = self.base.get_input_embeddings()(segment_ids)
+                kvs = self.compressor.segment_kv(emb, folds.get(graph), backend=backend)
             return self.compressor.step(state, kvs, backend=backend)
+
+    def _hoist_limit(self, batch: int, length: int) -> int:
+        """How many segments of `length` tokens one hoisted K/V product may cover."""
+        most, budget = self.kv_hoist_max_segments, self.kv_hoist_budget_bytes
+        if isinstance(most, bool) or not isinstance(most, int) or most < 1:
+            raise ValueError(f"kv_hoist_max_segments must be an int >= 1, got {most!r}")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+            raise ValueError(f"kv_hoist_budget_bytes must be an int >= 0, got {budget!r}")
+        c = self.compressor
+        width = len(c.layers) * 2 * c.heads * c.head_dim + 2 * c.dim   # K/V + embeds + LN out
+        per_segment = batch * length * width * self.dtype.itemsize
+        return max(1, min(most, budget // max(per_segment, 1)))
+
+    def _hoisted_kv(self, ids, bounds, graph_free, first, folds, backend) -> dict:
+        """K/V of the run of graph-free, equal-length steps starting at `first`, from one product.
+
+        Returns {step: kvs} for up to `_hoist_limit` steps; {} when the run has one step (that
+        step then projects its own K/V).
+        """
+        length = bounds[first + 1] - bounds[first]
+        limit = self._hoist_limit(ids.shape[0], length)
+        last = first + 1
+        while (last < len(graph_free) and last - first < limit and graph_free[last]
+               and bounds[last + 1] - bounds[last] == length):
+            last += 1
+        count = last - first
+        if count < 2:
+            return {}
+        with torch.no_grad():
+            seg_ids = ids[:, bounds[first]:bounds[last]].reshape(ids.shape[0], count, length)
+            emb = self.base.get_input_embeddings()(seg_ids)
+            kvs = self.compressor.segments_kv(emb, folds.get(False), backend=backend)
+        return {first + j: kv for j, kv in enumerate(kvs)}
 
     def _prune(self, memory: CompressedMemory) -> None:
         """Drop slots that lie wholly outside the memory cap."""
@@ -244,6 +317,13 @@ class LCIRCForCausalLM(nn.Module):
             bptt: a `lcirc_fast.bptt` policy (default Full()); ignored under torch.no_grad().
         Returns:
             CompressedMemory with S*K vectors per item (newest `memory_cap` kept).
+
+        Consecutive steps that run without a graph (plan "none", or everything under no_grad)
+        and have equal segment lengths get their K/V from one product over up to
+        `kv_hoist_max_segments` segments (within `kv_hoist_budget_bytes`); steps with a graph
+        project their own K/V inside their autograd scope. The folded K/V weight is computed
+        once per call and shared by the steps with a graph, so run one backward per call (or
+        pass retain_graph=True).
         """
         if isinstance(context_ids, (list, tuple)):
             if not context_ids:
@@ -267,10 +347,16 @@ class LCIRCForCausalLM(nn.Module):
         qinfo = self._query_kv(query_ids, query_mask, b)
         backend = self.resolved_backend()
         state = self.latents[None].expand(b, -1, -1)
+        folds = _FoldedKV(self.compressor)
+        graph_free = [mode == bptt_mod.NONE or not torch.is_grad_enabled() for mode in plan]
+        hoisted: dict = {}
         slots = []
         for i in range(num_steps):
+            if graph_free[i] and i not in hoisted:
+                hoisted = self._hoisted_kv(ids, bounds, graph_free, i, folds, backend)
             state = self._step(state, ids[:, bounds[i]:bounds[i + 1]], plan[i], i == 0,
-                               None if qinfo is None else qinfo[2], backend)
+                               None if qinfo is None else qinfo[2], backend, folds,
+                               hoisted.pop(i, None))
             slots.append(state)
         mem = CompressedMemory(slots, state, num_steps,
                                torch.full((b,), n, dtype=torch.long, device=self.device),
@@ -309,6 +395,7 @@ class LCIRCForCausalLM(nn.Module):
             raise ValueError("this QD-LCIRC memory has no query; compress with query_ids first")
         qkv = None if qinfo is None else qinfo[2]
         backend = self.resolved_backend()
+        folds = _FoldedKV(self.compressor)
         step = memory.num_segments
         prev = memory.state if memory.state is not None else self.latents[None].expand(b, -1, -1)
         if isinstance(policy, bptt_mod.Truncated):
@@ -322,7 +409,7 @@ class LCIRCForCausalLM(nn.Module):
                 for j, rec in enumerate(window):
                     state = self._step(state, rec.segment_ids,
                                        bptt_mod.CUT if j == 0 else bptt_mod.CHAIN,
-                                       rec.step == 0, qkv, backend)
+                                       rec.step == 0, qkv, backend, folds)
                     pos = len(memory.slots) - (step - rec.step)
                     if 0 <= pos < len(memory.slots):
                         memory.slots[pos] = state
@@ -338,7 +425,7 @@ class LCIRCForCausalLM(nn.Module):
             mode = bptt_mod.CUT if step in policy.steps else bptt_mod.NONE
         else:
             mode = bptt_mod.CHAIN
-        state = self._step(prev, ids, mode, step == 0, qkv, backend)
+        state = self._step(prev, ids, mode, step == 0, qkv, backend, folds)
         memory.slots.append(state)
         if isinstance(policy, bptt_mod.Truncated):
             # slots older than the window are constants for every later loss

@@ -2,8 +2,9 @@
 
 The keys and values of every layer depend only on the segment (never on the recurrent state),
 so `segment_kv` produces all layers' K/V with one shared LayerNorm normalisation and one matrix
-product (each layer's LN affine is folded into its K/V weight). `step` is the small sequential
-part: the latent queries, attention over the precomputed K/V, output projection and MLP.
+product (each layer's LN affine is folded into its K/V weight); `segments_kv` does the same for
+several equal-length segments at once. `step` is the small sequential part: the latent queries,
+attention over the precomputed K/V, output projection and MLP.
 """
 from __future__ import annotations
 
@@ -94,15 +95,42 @@ class PerceiverCompressor(nn.Module):
         Returns:
             list over layers of (k, v), each [B, L, heads, head_dim].
         """
-        b, length, d = embeds.shape
+        if embeds.dim() != 3:
+            raise ValueError(f"embeds must be [batch, length, dim], got {tuple(embeds.shape)}")
+        return self.segments_kv(embeds[:, None], folded, backend=backend)[0]
+
+    def segments_kv(self, embeds: torch.Tensor,
+                    folded: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    backend: str = "torch") -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """K/V of every layer for C segments of equal length, from one matrix product.
+
+        Args:
+            embeds: [B, C, L, d] token embeddings of C consecutive segments of L tokens each.
+            folded: optional precomputed `folded_kv_weight()`.
+        Returns:
+            list over the C segments of `segment_kv`-style lists: per layer (k, v), each
+            [B, L, heads, head_dim] (views into one [B, C, L, layers, 2, heads, head_dim] tensor).
+        """
+        if embeds.dim() != 4:
+            raise ValueError(f"embeds must be [batch, segments, length, dim], got "
+                             f"{tuple(embeds.shape)}")
+        b, c, length, d = embeds.shape
+        if d != self.dim:
+            raise ValueError(f"embeds have width {d} but the compressor has dim {self.dim}")
         if length > self.max_segment_len:
             raise ValueError(f"segment of {length} tokens is longer than the position table "
                              f"({self.max_segment_len} rows; raise LCIRCConfig.max_segment_len)")
         xhat = layer_norm(embeds, None, None, self.eps, add=self.pos_emb[:length], backend=backend)
         w, bias = folded if folded is not None else self.folded_kv_weight()
-        kv = F.linear(xhat, w, bias).view(b, length, len(self.layers), 2, self.heads,
-                                          self.head_dim)
-        return [(kv[:, :, n, 0], kv[:, :, n, 1]) for n in range(len(self.layers))]
+        kv = self._kv_product(xhat, w, bias).view(b, c, length, len(self.layers), 2,
+                                                  self.heads, self.head_dim)
+        return [[(kv[:, j, :, n, 0], kv[:, j, :, n, 1]) for n in range(len(self.layers))]
+                for j in range(c)]
+
+    @staticmethod
+    def _kv_product(xhat: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The K/V matrix product: xhat [..., d] -> [..., layers * 2 * inner]."""
+        return F.linear(xhat, w, bias)
 
     def step(self, state: torch.Tensor, kvs: list[tuple[torch.Tensor, torch.Tensor]],
              backend: str = "torch") -> torch.Tensor:
