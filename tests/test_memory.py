@@ -19,7 +19,12 @@ def test_streaming_equals_one_shot(model):
         for lo, hi in zip(bounds[1:-1], bounds[2:]):
             mem.append(model, ids[:, lo:hi])
     assert mem.num_segments == whole.num_segments == 5
-    assert torch.equal(mem.hidden, whole.hidden)
+    # one-shot compression batches the K/V products of graph-free steps, so matrix-product
+    # blocking may differ in the last bits
+    torch.testing.assert_close(mem.hidden, whole.hidden, rtol=1e-5, atol=1e-6)
+    model.kv_hoist_max_segments = 1
+    with torch.no_grad():
+        assert torch.equal(model.compress(ids, boundaries=bounds).hidden, mem.hidden)
     assert mem.context_tokens.tolist() == [37, 37]
 
 
@@ -31,7 +36,7 @@ def test_streaming_equals_one_shot_qd():
         whole = model.compress(ids, segment_len=8, query_ids=q)
         mem = model.compress(ids[:, :8], segment_len=8, query_ids=q)
         mem.append(model, ids[:, 8:16]).append(model, ids[:, 16:])
-    assert torch.equal(mem.hidden, whole.hidden)
+    torch.testing.assert_close(mem.hidden, whole.hidden, rtol=1e-5, atol=1e-6)
 
 
 def test_memory_cap_keeps_newest_vectors():
