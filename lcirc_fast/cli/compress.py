@@ -59,8 +59,8 @@ def run(args) -> int:
     if not text.strip():
         print(f"lcirc compress: {args.input} is empty; nothing to compress", file=sys.stderr)
         return 2
-    torch.manual_seed(args.seed)
     base, tok = load_base(args.base)
+    torch.manual_seed(args.seed)           # the seed fixes the fresh LCIRC weights alone
     if args.lcirc:
         model = LCIRCForCausalLM.from_pretrained(args.lcirc, base=base)
     else:
