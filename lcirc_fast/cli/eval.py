@@ -1,0 +1,170 @@
+"""`lcirc eval {ppl,passkey,longbench}`: evaluate the truncated base model, LCIRC, QD-LCIRC and
+full attention; results as a Markdown table, JSON and (ppl, passkey) a PNG plot."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x]
+
+
+def _strs(s: str) -> list[str]:
+    return [x for x in s.split(",") if x]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="perplexity by length, pass-key retrieval, LongBench-format QA",
+                              description=__doc__)
+    p.add_argument("task", choices=["ppl", "passkey", "longbench"])
+    p.add_argument("--base", default="smollm2", help="smollm2 | tiny_random | Hugging Face Llama directory")
+    p.add_argument("--lcirc", default=None, help="LCIRC directory from save_pretrained (training's best/ or final/)")
+    p.add_argument("--window", type=int, default=4096, help="LLM window in tokens")
+    p.add_argument("--segment-len", type=int, default=2048, help="~segment length for compression")
+    p.add_argument("--modes", type=_strs, default=None, help="comma list of base,lcirc,qd,full")
+    p.add_argument("--data", default="kjv-test", help="kjv-test | kjv-validation | jsonl/parquet/txt file(s)")
+    p.add_argument("--field", default="text", help="text column of --data files (ppl)")
+    p.add_argument("--docs", type=int, default=16, help="documents (ppl)")
+    p.add_argument("--multipliers", type=_ints, default=[1, 2, 4, 8, 16, 32], help="context lengths / window (ppl)")
+    p.add_argument("--max-full-tokens", type=int, default=8192, help="longest input for full attention")
+    p.add_argument("--lengths", type=_ints, default=None, help="context tokens (passkey); default 1,2,4x window")
+    p.add_argument("--depths", type=_floats, default=[0.1, 0.5, 0.9], help="needle depths (passkey)")
+    p.add_argument("--samples", type=int, default=5, help="samples per cell (passkey)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--memory-cap", type=int, default=-1,
+                   help="memory vectors kept at inference (-1: the trained model's setting, 0: no cap)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="runs/eval", help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _load(args):
+    import torch
+
+    from ..training.builders import build_base
+    from ..training.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.base.name = args.base
+    cfg.seed = args.seed
+    base, tok = build_base(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model = None
+    if args.lcirc:
+        from ..models import LCIRCForCausalLM
+
+        model = LCIRCForCausalLM.from_pretrained(args.lcirc, base=base)
+        if args.memory_cap >= 0:
+            model.config.memory_cap = args.memory_cap or None
+    else:
+        from ..config import LCIRCConfig
+        from ..models import LCIRCForCausalLM
+
+        model = LCIRCForCausalLM.from_base(base, LCIRCConfig(num_latents=1, compressor_layers=1))
+    model.eval()
+    return model, tok
+
+
+def _kjv_split(name: str):
+    from ..data import kjv_splits
+
+    split = name.split("-", 1)[1]
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"--data {name}: use kjv-train, kjv-validation or kjv-test")
+    return kjv_splits()[split]
+
+
+def run(args) -> int:
+    import torch
+
+    from ..data import tokenize_documents
+    from ..eval import format_table, plot_lines, write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = _load(args)
+    has_lcirc = args.lcirc is not None
+    default_modes = ["base"] + (["lcirc"] if has_lcirc else []) + (
+        ["qd"] if has_lcirc and model.config.query_dependent else [])
+    modes = args.modes or default_modes
+    if any(m in ("lcirc", "qd") for m in modes) and not has_lcirc:
+        raise ValueError("modes lcirc/qd need --lcirc <trained directory>")
+    t0 = time.time()
+    meta = {"task": args.task, "base": args.base, "lcirc": args.lcirc, "window": args.window,
+            "segment_len": args.segment_len, "modes": modes, "memory_cap": model.config.memory_cap}
+    if args.task in ("ppl", "passkey"):
+        if tok is None:
+            raise ValueError(f"{args.task} needs a base model with a tokenizer")
+        if args.data.startswith("kjv-"):
+            named = _kjv_split(args.data)
+        else:
+            from ..data.loaders import load_text_documents
+
+            texts = load_text_documents(args.data, args.field)
+            named = [(f"doc{i}", t) for i, t in enumerate(texts)]
+        ids = tokenize_documents([t for _, t in named], tok, None if not args.data.startswith("kjv-") else _tok_cache())
+    if args.task == "ppl":
+        from ..data import chunk_documents
+        from ..eval import perplexity_by_length
+
+        if "qd" in modes:
+            raise ValueError("perplexity has no query; use base, lcirc or full")
+        longest = max(args.multipliers) * args.window
+        docs = chunk_documents(ids, longest, min_tokens=args.multipliers[0] * args.window)[:args.docs]
+        res = perplexity_by_length(model, docs, args.window, args.multipliers, modes,
+                                   segment_len=args.segment_len, max_full_tokens=args.max_full_tokens)
+        table = format_table(res["rows"], ["length", "mode", "ppl", "tokens", "docs", "failures", "skipped_short"])
+        series = {m: [(r["length"], r["ppl"]) for r in res["rows"] if r["mode"] == m] for m in modes}
+        plot_lines(out / "ppl_by_length.png", series, "context tokens", "perplexity (last window)",
+                   f"perplexity by context length (window {args.window})")
+    elif args.task == "passkey":
+        from ..eval import passkey_eval
+
+        lengths = args.lengths or [args.window, 2 * args.window, 4 * args.window]
+        docs = list(zip([n for n, _ in named], ids))
+        res = passkey_eval(model, tok, docs, args.window, lengths, args.depths, modes, args.samples,
+                           args.seed, args.segment_len, min(args.max_new_tokens, 16))
+        table = format_table(res["rows"], ["mode", "length", "depth", "accuracy", "n", "failed"])
+        series = {}
+        for m in modes:
+            for length in lengths:
+                cells = [r for r in res["rows"] if r["mode"] == m and r["length"] == length]
+                acc = sum(r["accuracy"] for r in cells) / len(cells)
+                series.setdefault(m, []).append((length, acc))
+        plot_lines(out / "passkey_by_length.png", series, "context tokens", "accuracy (mean over depths)",
+                   f"pass-key retrieval (window {args.window})")
+    else:
+        from ..data.loaders import load_longbench
+        from ..eval import longbench_eval
+
+        rows = load_longbench(args.data)
+        preds: list = []
+        res = longbench_eval(model, tok, rows, args.window, modes, args.max_new_tokens, args.segment_len,
+                             predictions=preds)
+        (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+        table = format_table(res["rows"], ["mode", "n", "failed", "f1", "em", "f1_counting_failures"])
+    meta["wall_s"] = time.time() - t0
+    res["meta"] = meta
+    write_json(out / f"{args.task}.json", res)
+    n_fail = len(res["failures"])
+    text = f"{table}\n\nfailures: {n_fail}" + ("".join(f"\n  {f}" for f in res["failures"][:10]))
+    (out / f"{args.task}.md").write_text(text + "\n")
+    print(text)
+    print(f"wall: {meta['wall_s']:.1f} s; results in {out}", file=sys.stderr)
+    return 0
+
+
+def _tok_cache():
+    from ..assets import cache_root
+
+    return str(cache_root() / "tokens")

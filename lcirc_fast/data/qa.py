@@ -1,0 +1,173 @@
+"""Stage-2 long-form QA samples: tokenised prompt + answer with answer-only labels and the
+QD query, plus synthetic tasks built from a tokenised corpus (pass key, planted fact, which
+book a verse is from)."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .templates import TEMPLATES, Template, query_text
+from .tokenized import encode
+from .truncation import HeadTail, truncate_with_labels
+
+IGNORE = -100
+
+
+@dataclass
+class QASample:
+    """One teacher-forced QA example.
+
+    input_ids: int64 [T] prefix ++ context ++ suffix ++ answer (BOS first if the tokenizer uses one).
+    labels: int64 [T], -100 everywhere except the answer tokens (no EOS).
+    query_ids: int64 [Tq] the suffix from "Question:" on, without BOS (QD mixer input).
+    prompt_len: tokens before the answer; answer: the gold answer text; task: generator name.
+    """
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    query_ids: torch.Tensor
+    prompt_len: int
+    answer: str
+    task: str = "qa"
+
+    @property
+    def prompt_ids(self) -> torch.Tensor:
+        return self.input_ids[:self.prompt_len]
+
+
+def bos_ids(tokenizer) -> list[int]:
+    """[bos] when the tokenizer adds a BOS by itself, else []."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("a").input_ids
+    return [bos] if bos is not None and ids and ids[0] == bos else []
+
+
+def build_qa_sample(tokenizer, context_ids: torch.Tensor, question: str, answer: str,
+                    template: Template, options: list[str] | None = None,
+                    task: str = "qa") -> QASample:
+    """Assemble prompt + answer tokens for `template` around `context_ids` (int64 [n])."""
+    if not answer.strip():
+        raise ValueError("empty answer")
+    suffix = template.fill_suffix(question, options, n_words=len(answer.split()))
+    prefix_ids = bos_ids(tokenizer) + tokenizer(template.prefix, add_special_tokens=False).input_ids
+    suffix_ids = encode(tokenizer, suffix)
+    answer_ids = encode(tokenizer, " " + answer.strip())
+    prompt = torch.cat([torch.tensor(prefix_ids, dtype=torch.long), context_ids.long(), suffix_ids])
+    ids = torch.cat([prompt, answer_ids])
+    labels = torch.full_like(ids, IGNORE)
+    labels[prompt.numel():] = answer_ids
+    query = encode(tokenizer, query_text(suffix))
+    return QASample(ids, labels, query, prompt.numel(), answer.strip(), task)
+
+
+def prepare_training(sample: QASample, window: int) -> tuple[HeadTail, torch.Tensor]:
+    """Head + tail of the full sequence for the LLM and the labels cut the same way."""
+    return truncate_with_labels(sample.input_ids, sample.labels, window)
+
+
+# ---------------------------------------------------------------- synthetic tasks on a corpus
+_OBJECTS = ("lamp", "gate", "vineyard", "well", "granary", "tower", "scroll", "harp", "altar",
+            "orchard", "ark", "fountain", "storehouse", "cedar chest", "silver cup")
+_NAMES = ("Azariel", "Beronike", "Caleph", "Dorimon", "Elisheva", "Fendrel", "Gilaad", "Hadriel",
+          "Isolde", "Jorvath", "Keturah", "Lemuel", "Mirabel", "Naveen", "Oriah", "Perizel",
+          "Quillon", "Rhesa", "Sabeth", "Thalmai", "Uziel", "Veronel", "Wendrick", "Zemira")
+
+
+class SyntheticQA:
+    """Long-context QA built from tokenised documents of one split.
+
+    Tasks: "passkey" (a 5-digit key planted at a random depth), "fact" (a planted invented fact)
+    and "book" (which named passage a quoted verse comes from; open or 4-way multiple choice).
+    """
+
+    TASKS = ("passkey", "fact", "book")
+
+    def __init__(self, tokenizer, docs: Sequence[tuple[str, torch.Tensor]],
+                 tasks: Sequence[str] = TASKS, templates: Sequence[Template] = TEMPLATES):
+        bad = [t for t in tasks if t not in self.TASKS]
+        if bad or not tasks:
+            raise ValueError(f"unknown QA tasks {bad or tasks}; choose from {self.TASKS}")
+        docs = [(n, d) for n, d in docs if d.numel() > 0]
+        if not docs:
+            raise ValueError("SyntheticQA needs at least one non-empty document")
+        self.tok = tokenizer
+        self.docs = docs
+        self.tasks = tuple(tasks)
+        self.templates = tuple(templates)
+        self.open_templates = [t for t in self.templates if not t.multiple_choice]
+        if not self.open_templates:
+            raise ValueError("need at least one open-answer template")
+        self.newline = encode(tokenizer, "\n")
+
+    # -- haystack
+    def _haystack(self, rng: random.Random, n: int) -> torch.Tensor:
+        """n tokens of contiguous corpus text (documents concatenated when one is too short)."""
+        parts, have = [], 0
+        while have < n:
+            _, d = self.docs[rng.randrange(len(self.docs))]
+            start = rng.randrange(max(1, d.numel() - (n - have)))
+            piece = d[start:start + (n - have)]
+            parts.append(piece)
+            have += piece.numel()
+        return torch.cat(parts)[:n]
+
+    def _plant(self, hay: torch.Tensor, needle: torch.Tensor, depth: float) -> torch.Tensor:
+        pos = int(round(depth * hay.numel()))
+        return torch.cat([hay[:pos], self.newline, needle, self.newline, hay[pos:]])
+
+    def passkey(self, rng: random.Random, n: int, depth: float | None = None,
+                template: Template | None = None) -> QASample:
+        key = str(rng.randrange(10000, 100000))
+        needle = encode(self.tok, f"The pass key is {key}. Remember it. {key} is the pass key.")
+        ctx = self._plant(self._haystack(rng, n), needle, rng.random() if depth is None else depth)
+        t = template or rng.choice(self.open_templates)
+        return build_qa_sample(self.tok, ctx, "What is the pass key?", key, t, task="passkey")
+
+    def fact(self, rng: random.Random, n: int, depth: float | None = None,
+             template: Template | None = None) -> QASample:
+        obj, name = rng.choice(_OBJECTS), rng.choice(_NAMES)
+        needle = encode(self.tok, f"The keeper of the {obj} was named {name}.")
+        ctx = self._plant(self._haystack(rng, n), needle, rng.random() if depth is None else depth)
+        t = template or rng.choice(self.open_templates)
+        return build_qa_sample(self.tok, ctx, f"What was the name of the keeper of the {obj}?",
+                               name, t, task="fact")
+
+    def book(self, rng: random.Random, n: int, depth: float | None = None,
+             template: Template | None = None) -> QASample:
+        """Passages headed "From the book of X:"; the question quotes a line of one of them."""
+        if len(self.docs) < 4:
+            raise ValueError("the 'book' task needs at least 4 named documents")
+        names = rng.sample(range(len(self.docs)), 4)
+        per = max(8, n // 4)
+        passages, target_line = [], None
+        target = int(min(3, (depth if depth is not None else rng.random()) * 4))
+        for j, di in enumerate(names):
+            name, d = self.docs[di]
+            start = rng.randrange(max(1, d.numel() - per))
+            piece = d[start:start + per]
+            head = encode(self.tok, f"From the book of {name}:\n")
+            passages += [head, piece, self.newline]
+            if j == target:
+                lines = [ln.strip() for ln in self.tok.decode(piece).split("\n")[1:-1]]
+                lines = [ln for ln in lines if len(ln.split()) >= 5] or [self.tok.decode(piece[:24]).strip()]
+                target_line = rng.choice(lines)
+        ctx = torch.cat(passages)
+        gold = self.docs[names[target]][0]
+        question = f'Which book is this line from: "{target_line}"?'
+        t = template or rng.choice(self.templates)
+        if t.multiple_choice:
+            opts = [self.docs[i][0] for i in names]
+            rng.shuffle(opts)
+            letter = "ABCD"[opts.index(gold)]
+            return build_qa_sample(self.tok, ctx, question, f"{letter}.", t, options=opts, task="book")
+        return build_qa_sample(self.tok, ctx, question, gold, t, task="book")
+
+    def sample(self, rng: random.Random, n: int, task: str | None = None,
+               depth: float | None = None, template: Template | None = None) -> QASample:
+        """A sample of about n context tokens from a random (or the given) task."""
+        task = task or rng.choice(self.tasks)
+        if task not in self.TASKS:
+            raise ValueError(f"unknown task {task!r}")
+        return getattr(self, task)(rng, n, depth, template)

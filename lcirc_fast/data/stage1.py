@@ -1,0 +1,84 @@
+"""Stage 1 (language modelling): after compressing segment i, predict the next window."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from ..segmenting import fixed_boundaries, random_boundaries
+
+
+@dataclass
+class Stage1Step:
+    """One recurrence step of one document.
+
+    segment: int64 [L], the tokens compressed at this step (tokens[b_i:b_{i+1}]).
+    window: int64 [T], the tokens the LLM reads and predicts (tokens[b_{i+1}:b_{i+1}+W]).
+    step: index i within the document (0 starts a fresh memory).
+    doc: index of the document in its corpus.
+    """
+    segment: torch.Tensor
+    window: torch.Tensor
+    step: int
+    doc: int
+
+
+def draw_boundaries(n: int, mode: str, generator: torch.Generator | None = None,
+                    segment_len: int = 2048, min_len: int = 64, max_len: int = 4032) -> list[int]:
+    """Boundaries for a training document: "random" (P(l) ∝ l) or "fixed"."""
+    if mode == "random":
+        return random_boundaries(n, generator=generator, min_len=min_len, max_len=max_len)
+    if mode == "fixed":
+        return fixed_boundaries(n, segment_len)
+    raise ValueError(f"segmenting must be 'random' or 'fixed', got {mode!r}")
+
+
+def stage1_steps(ids: torch.Tensor, boundaries: Sequence[int], window: int,
+                 doc: int = 0) -> list[Stage1Step]:
+    """Steps i = 0 .. S-2 of a document cut at `boundaries` [0, b1, ..., N].
+
+    The last segment is never compressed, only predicted; a document with fewer than three
+    boundaries yields no step. Windows shorter than 2 tokens (nothing to predict) are skipped.
+    """
+    if ids.dim() != 1:
+        raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
+    b = list(boundaries)
+    if b[0] != 0 or b[-1] != ids.numel() or any(y <= x for x, y in zip(b, b[1:])):
+        raise ValueError(f"boundaries must increase strictly from 0 to {ids.numel()}")
+    if window < 2:
+        raise ValueError(f"window must be >= 2 tokens, got {window}")
+    out = []
+    for i in range(len(b) - 2):
+        win = ids[b[i + 1]:min(b[i + 1] + window, ids.numel())]
+        if win.numel() < 2:
+            continue
+        out.append(Stage1Step(ids[b[i]:b[i + 1]], win, i, doc))
+    return out
+
+
+def stage1_stream(docs: Sequence[torch.Tensor], window: int, generator: torch.Generator,
+                  segmenting: str = "random", segment_len: int = 256, min_len: int = 64,
+                  max_len: int = 4032, shard: tuple[int, int] = (0, 1)) -> Iterator[Stage1Step]:
+    """Endless stream of steps over shuffled documents (epoch after epoch).
+
+    `shard` = (rank, world): each rank takes every world-th document of each epoch's order.
+    All randomness comes from `generator`, so the stream is reproducible from its state.
+    """
+    rank, world = shard
+    if not docs:
+        raise ValueError("no documents to train on")
+    while True:
+        order = torch.randperm(len(docs), generator=generator).tolist()[rank::world]
+        yielded = False
+        for d in order:
+            ids = docs[d]
+            if ids.numel() < 2:
+                continue
+            b = draw_boundaries(ids.numel(), segmenting, generator, segment_len, min_len, max_len)
+            for s in stage1_steps(ids, b, window, d):
+                yielded = True
+                yield s
+        if not yielded:
+            raise ValueError("no document is long enough to give a training step (each needs at "
+                             "least three segment boundaries)")

@@ -1,0 +1,192 @@
+"""Build the frozen base, the LCIRC model and the data for a TrainConfig."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import bptt
+from ..config import LCIRCConfig
+from ..data import SyntheticQA, chunk_documents, kjv_splits, tokenize_documents
+from ..data.qa import QASample, build_qa_sample
+from ..data.templates import TEMPLATES, get_template
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def build_base(cfg, device: torch.device):
+    """(frozen LlamaForCausalLM in eval mode, tokenizer or None)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dtype = DTYPES[cfg.base.dtype]
+    name = cfg.base.name
+    if name == "smollm2":
+        from ..assets import load_smollm2
+
+        base, tok = load_smollm2(dtype)
+    elif name == "tiny_random":
+        torch.manual_seed(cfg.seed)  # identical base weights on every rank
+        lc = LlamaConfig(**cfg.base.tiny)
+        base = LlamaForCausalLM._from_config(lc, attn_implementation="sdpa", dtype=dtype)
+        tok = None
+    else:
+        from transformers import AutoTokenizer
+
+        if not Path(name).is_dir():
+            raise FileNotFoundError(f"base.name={name!r} is not smollm2, tiny_random or a model directory")
+        base = LlamaForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+    base.eval()
+    return base.to(device), tok
+
+
+def build_model(cfg, base):
+    from ..models import LCIRCForCausalLM
+
+    lc = cfg.lcirc
+    lcfg = LCIRCConfig(num_latents=lc.num_latents, compressor_layers=lc.compressor_layers,
+                       max_segment_len=lc.max_segment_len, segment_len=lc.segment_len,
+                       gca_layers=lc.gca_layers, query_dependent=lc.query_dependent,
+                       memory_cap=lc.memory_cap, backend=lc.backend)
+    torch.manual_seed(cfg.seed + 1)  # identical LCIRC init on every rank
+    if cfg.init_from:
+        model = _load_partial(cfg.init_from, base, lcfg)
+    else:
+        model = LCIRCForCausalLM.from_base(base, lcfg)
+    return model
+
+
+def _load_partial(directory, base, lcfg):
+    """Stage 2 from stage 1: load every matching LCIRC weight; a new mixer stays fresh."""
+    from safetensors.torch import load_file
+
+    from ..models import LCIRCForCausalLM
+    from ..models.lcirc_llama import WEIGHTS_NAME
+
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: no {WEIGHTS_NAME} in {directory}")
+    model = LCIRCForCausalLM.from_base(base, lcfg)
+    state = load_file(str(path))
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"init_from {directory}: weights {bad[:5]} do not fit this config")
+    model.load_state_dict({k: v.to(model.device) for k, v in state.items()}, strict=False)
+    return model
+
+
+def bptt_policy(spec: dict, generator: torch.Generator | None = None):
+    kind = spec.get("kind")
+    if kind == "truncated":
+        return bptt.Truncated(int(spec.get("k", 1)))
+    if kind == "selective":
+        return bptt.Selective(int(spec.get("n", 8)), generator=generator,
+                              replace=bool(spec.get("replace", False)),
+                              full_when_short=bool(spec.get("full_when_short", False)))
+    if kind == "full":
+        return bptt.Full()
+    raise ValueError(f"train.bptt.kind must be truncated, selective or full, got {kind!r}")
+
+
+# ---------------------------------------------------------------- data
+def synthetic_docs(n_docs: int, length: int, vocab: int, seed: int) -> list[torch.Tensor]:
+    """Documents of a random 32-token motif repeated with noise (long-range copy structure)."""
+    g = torch.Generator().manual_seed(seed)
+    docs = []
+    for _ in range(n_docs):
+        motif = torch.randint(4, vocab, (32,), generator=g)
+        d = motif.repeat(length // 32 + 1)[:length].clone()
+        noise = torch.rand(length, generator=g) < 0.1
+        d[noise] = torch.randint(4, vocab, (int(noise.sum()),), generator=g)
+        docs.append(d)
+    return docs
+
+
+def synthetic_qa_sample(rng: random.Random, vocab: int, n: int) -> QASample:
+    """Token-space pass key: marker 3, 4 key tokens, marker 3 planted in random tokens; the query
+    is [2, 3] and the answer the key."""
+    ctx = [rng.randrange(4, vocab) for _ in range(n)]
+    key = [rng.randrange(4, vocab) for _ in range(4)]
+    pos = rng.randrange(n)
+    ctx = ctx[:pos] + [3] + key + [3] + ctx[pos:]
+    query = [2, 3]
+    prompt = [1] + ctx + query
+    ids = torch.tensor(prompt + key, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    labels[len(prompt):] = ids[len(prompt):]
+    return QASample(ids, labels, torch.tensor(query), len(prompt), " ".join(map(str, key)), "synthetic")
+
+
+@dataclass
+class DataBundle:
+    train_docs: list          # stage 1: token tensors
+    val_docs: list            # stage 1: token tensors (>= val_context tokens)
+    qa_train: object = None   # stage 2: callable(rng) -> QASample
+    qa_val: list = None       # stage 2: fixed QASample list
+
+
+def _cache_dir(cfg):
+    from ..assets import cache_root
+
+    return cfg.data.cache_dir or str(cache_root() / "tokens")
+
+
+def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
+    d = cfg.data
+    val_len = d.val_context or 4 * d.window
+    src = d.source
+    if src == "synthetic_tokens":
+        train = synthetic_docs(d.synthetic_docs, d.synthetic_len, vocab, cfg.seed)
+        val = synthetic_docs(max(1, d.val_docs), max(d.synthetic_len, val_len), vocab, cfg.seed + 7)
+        lo, hi = d.qa_context
+        qa_train = lambda rng: synthetic_qa_sample(rng, vocab, rng.randint(lo, hi))  # noqa: E731
+        vr = random.Random(123456789)
+        qa_val = [synthetic_qa_sample(vr, vocab, vr.randint(lo, hi)) for _ in range(d.val_docs)]
+        return DataBundle(train, val, qa_train, qa_val)
+    if tokenizer is None:
+        raise ValueError(f"data.source={src!r} needs a base model with a tokenizer")
+    cache = _cache_dir(cfg)
+    if src == "kjv":
+        splits = kjv_splits()
+        named = {k: list(zip([n for n, _ in v], tokenize_documents([t for _, t in v], tokenizer, cache)))
+                 for k, v in splits.items()}
+        train = chunk_documents([t for _, t in named["train"]], d.max_doc_tokens, min_tokens=2)
+        val = chunk_documents([t for _, t in named["validation"]], val_len, min_tokens=val_len)[:d.val_docs]
+        if cfg.stage == 1:
+            return DataBundle(train, val)
+        tr_qa = SyntheticQA(tokenizer, named["train"], d.qa_tasks)
+        va_qa = SyntheticQA(tokenizer, named["validation"], d.qa_tasks)
+        lo, hi = d.qa_context
+        qa_train = lambda rng: tr_qa.sample(rng, rng.randint(lo, hi))  # noqa: E731
+        vr = random.Random(123456789)
+        fixed = get_template("read_answer")
+        qa_val = [va_qa.sample(vr, (lo + hi) // 2, template=fixed) for _ in range(d.val_docs)]
+        return DataBundle(train, val, qa_train, qa_val)
+    from ..data.loaders import load_qa_records, load_text_documents, load_token_documents
+
+    if src in ("text_files", "token_files", "hub"):
+        if src == "text_files":
+            tr = tokenize_documents(load_text_documents(d.train_path, d.text_field), tokenizer, cache)
+            va = tokenize_documents(load_text_documents(d.val_path, d.text_field), tokenizer, cache) if d.val_path else []
+        else:
+            hub = src == "hub"
+            srcname = d.hub_name if hub else d.train_path
+            tr = load_token_documents(srcname, "train", d.text_field, hub=hub)
+            va = load_token_documents(d.hub_name if hub else d.val_path, "validation", d.text_field, hub=hub) \
+                if (hub or d.val_path) else []
+        train = chunk_documents(tr, d.max_doc_tokens, min_tokens=2)
+        val = chunk_documents(va, val_len, min_tokens=val_len)[:d.val_docs]
+        return DataBundle(train, val)
+    if src == "qa_files":
+        recs = load_qa_records(d.train_path)
+        vrecs = load_qa_records(d.val_path) if d.val_path else recs[:d.val_docs]
+        enc = lambda r, t: build_qa_sample(tokenizer, torch.tensor(  # noqa: E731
+            tokenizer(r["context"], add_special_tokens=False).input_ids), r["question"], r["answer"], t)
+        open_t = [t for t in TEMPLATES if not t.multiple_choice]
+        qa_train = lambda rng: enc(recs[rng.randrange(len(recs))], rng.choice(open_t))  # noqa: E731
+        qa_val = [enc(r, get_template("read_answer")) for r in vrecs[:d.val_docs]]
+        return DataBundle([], [], qa_train, qa_val)
+    raise ValueError(f"unknown data.source {src!r}")

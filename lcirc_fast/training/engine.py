@@ -1,0 +1,230 @@
+"""Optimisation engines with one interface: `backward(loss)` then `step()` per micro-step.
+
+PlainEngine: one process, torch AdamW, manual accumulation and clipping.
+DeepSpeedEngine: DeepSpeed ZeRO 0-3 (gloo on CPU, nccl on GPU) with a client AdamW (no op builds).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the launcher's environment (1 process if unset)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _optimizer(params, cfg):
+    t = cfg.train
+    return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), eps=1e-8, weight_decay=t.weight_decay)
+
+
+class PlainEngine:
+    """Single-process engine: loss / grad_accum backward; optimizer step on every boundary."""
+
+    kind = "plain"
+
+    def __init__(self, model, cfg, scheduler_fn):
+        rank, world, _ = dist_env()
+        if world > 1:
+            raise ValueError("distributed.engine=plain runs one process; use deepspeed for "
+                             f"WORLD_SIZE={world}")
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = _optimizer(self.params, cfg)
+        self.scheduler = scheduler_fn(self.optimizer)
+        self.accum = cfg.train.grad_accum
+        self.clip = cfg.train.grad_clip
+        self.micro = 0
+        self.rank, self.world = 0, 1
+        self.last_grad_norm = None
+
+    def backward(self, loss):
+        (loss / self.accum).backward()
+
+    def step(self) -> bool:
+        """Count a micro-step; on an accumulation boundary update and return True."""
+        self.micro += 1
+        if self.micro % self.accum:
+            return False
+        if self.clip:
+            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {"model": {k: v for k, v in self.model.state_dict().items() if not k.startswith("base.")},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "micro": self.micro}
+
+    def save(self, directory: Path, client_state: dict) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save({**self.state_dict(), "client": client_state}, directory / "state.pt")
+
+    def load(self, directory: Path) -> dict:
+        st = torch.load(directory / "state.pt", map_location="cpu", weights_only=False)
+        missing, unexpected = self.model.load_state_dict(st["model"], strict=False)
+        missing = [k for k in missing if not k.startswith("base.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {directory} does not match the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.micro = st["micro"]
+        return st["client"]
+
+    def barrier(self):
+        pass
+
+    def all_reduce_mean(self, x: float) -> float:
+        return x
+
+
+def _patch_deepspeed_shm():
+    """Skip DeepSpeed's shm-comm JIT build (60-115 s on CPU); gloo collectives are used instead."""
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+def _patch_broadcast_zero_dim():
+    """DeepSpeed's initial parameter broadcast views each tensor as bytes, which fails for the
+    0-dim fp32 gates; broadcast those through a 1-element view of the same storage instead."""
+    from deepspeed.runtime.engine import DeepSpeedEngine as _Engine
+
+    if getattr(_Engine._broadcast_model, "_lcirc_patched", False):
+        return
+    orig = _Engine._broadcast_model
+
+    def _broadcast_model(self):
+        zero_dim = [p for p in self.module.parameters() if p.dim() == 0]
+        saved = [p.data for p in zero_dim]
+        for p in zero_dim:
+            p.data = p.data.reshape(1)
+        try:
+            orig(self)
+        finally:
+            for p, d in zip(zero_dim, saved):
+                p.data = d
+    _broadcast_model._lcirc_patched = True
+    _Engine._broadcast_model = _broadcast_model
+
+
+def load_ds_config(path: str | None, cfg, on_gpu: bool) -> dict:
+    if path is None:
+        stage = 0
+        ds = {"zero_optimization": {"stage": stage}}
+        if on_gpu:
+            ds["bf16"] = {"enabled": True}
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"DeepSpeed config {p} not found")
+        ds = json.loads(p.read_text())
+    ds = dict(ds)
+    ds["train_micro_batch_size_per_gpu"] = 1
+    ds["gradient_accumulation_steps"] = cfg.train.grad_accum
+    ds.pop("train_batch_size", None)
+    ds["gradient_clipping"] = float(cfg.train.grad_clip or 0.0)
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ValueError("the DeepSpeed JSON must not define optimizer/scheduler: the trainer "
+                         "passes a client AdamW and a warm-up + cosine schedule")
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+class DeepSpeedEngine:
+    """DeepSpeed engine around the LCIRC model (frozen base included; only trainable params are
+    given to the optimizer)."""
+
+    kind = "deepspeed"
+
+    def __init__(self, model, cfg, scheduler_fn):
+        _patch_deepspeed_shm()
+        import deepspeed
+
+        _patch_broadcast_zero_dim()
+
+        on_gpu = torch.cuda.is_available()
+        backend = cfg.distributed.backend or ("nccl" if on_gpu else "gloo")
+        rank, world, local = dist_env()
+        if "MASTER_ADDR" not in os.environ:  # plain single process: make a 1-rank group
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29511"),
+                              RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        deepspeed.init_distributed(dist_backend=backend)
+        ds = load_ds_config(cfg.distributed.deepspeed_config, cfg, on_gpu)
+        if not on_gpu:
+            for k in ("bf16", "fp16"):
+                if ds.get(k, {}).get("enabled"):
+                    raise ValueError(f"{k} is not supported on CPU; use a *_cpu.json DeepSpeed config")
+        stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+        zero_dim = [n for n, p in model.named_parameters() if p.dim() == 0]
+        if stage == 3 and zero_dim:
+            raise NotImplementedError(
+                f"DeepSpeed ZeRO-3 cannot partition 0-dim parameters ({zero_dim[:2]}...: the GCA "
+                "gates); use ZeRO stage 0-2 (train/ds_configs/zero{0,1,2}_*.json)")
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = _optimizer(params, cfg)
+        scheduler = scheduler_fn(optimizer)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
+        self.model = self.engine.module
+        self.rank, self.world = deepspeed.comm.get_rank(), deepspeed.comm.get_world_size()
+        self.micro = 0
+        self.last_grad_norm = None
+        self.zero_stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+
+    def backward(self, loss):
+        self.engine.backward(loss)
+
+    def step(self) -> bool:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        self.micro += 1
+        if boundary:
+            gn = self.engine.get_global_grad_norm()
+            self.last_grad_norm = None if gn is None else float(gn)
+        return boundary
+
+    def lr(self) -> float:
+        return self.engine.get_lr()[0]
+
+    def save(self, directory: Path, client_state: dict) -> None:
+        self.engine.save_checkpoint(str(directory.parent), tag=directory.name,
+                                    client_state={**client_state, "micro": self.micro},
+                                    save_latest=False)
+
+    def load(self, directory: Path) -> dict:
+        _, client = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
+                                                load_optimizer_states=True, load_lr_scheduler_states=True)
+        if client is None:
+            raise ValueError(f"could not load the DeepSpeed checkpoint in {directory}")
+        self.micro = client.pop("micro")
+        return client
+
+    def barrier(self):
+        import deepspeed
+
+        deepspeed.comm.barrier()
+
+    def all_reduce_mean(self, x: float) -> float:
+        import deepspeed
+
+        t = torch.tensor([x], dtype=torch.float64, device=self.engine.device)
+        deepspeed.comm.all_reduce(t)
+        return float(t.item()) / self.world
+
+
+def make_engine(model, cfg, scheduler_fn):
+    if cfg.distributed.engine == "deepspeed":
+        return DeepSpeedEngine(model, cfg, scheduler_fn)
+    return PlainEngine(model, cfg, scheduler_fn)

@@ -1,0 +1,88 @@
+import json
+import math
+
+import pytest
+import torch
+
+from lcirc_fast.eval import (ScoreBoard, best_over, contains_answer, exact_match, first_line, format_table,
+                             normalize_answer, perplexity_by_length, plot_lines, run_scored, token_f1,
+                             window_nll, write_json)
+
+
+def test_normalisation_and_metrics():
+    assert normalize_answer("The  Cat, sat!") == "cat sat"
+    assert exact_match("the Rome.", "Rome") == 1.0 and exact_match("Roma", "Rome") == 0.0
+    assert token_f1("a red apple tree", "the apple tree") == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    assert token_f1("", "x") == 0.0 and token_f1("", "") == 1.0 and token_f1("dog", "cat") == 0.0
+    assert best_over(token_f1, "paris france", ["london", "paris"]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        best_over(token_f1, "x", [])
+    assert first_line("\n\nanswer one\nmore text") == "answer one"
+    assert contains_answer("The pass key is 12345.", "12345") == 1.0
+    assert contains_answer("1234", "12345") == 0.0
+
+
+def test_harness_counts_forced_failure():
+    def fn(x):
+        if x == 2:
+            raise RuntimeError("forced")
+        return float(x > 0)
+    b = run_scored(ScoreBoard("t"), [0, 1, 2, 3], fn)
+    assert b.n == 4 and len(b.failures) == 1 and "forced" in b.failures[0]["error"]
+    assert b.score == pytest.approx(2 / 3) and b.score_with_failures == pytest.approx(2 / 4)
+    row = b.row()
+    assert row["failed"] == 1 and row["ok"] == 3
+    table = format_table([row], ["name", "n", "failed", "score"])
+    assert "| t | 4 | 1 | 0.6667 |" in table
+
+
+@pytest.fixture(scope="module")
+def tiny_lcirc():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lcirc_fast import LCIRCConfig, LCIRCForCausalLM
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM._from_config(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                                     num_hidden_layers=2, num_attention_heads=4,
+                                                     num_key_value_heads=2), attn_implementation="sdpa")
+    model = LCIRCForCausalLM.from_base(base.eval(), LCIRCConfig(num_latents=4, compressor_layers=1,
+                                                                max_segment_len=64))
+    with torch.no_grad():
+        for blk in model.gca.values():
+            blk.attn_gate.fill_(1.0)
+    return model.eval()
+
+
+def test_window_nll_modes(tiny_lcirc):
+    ids = torch.randint(0, 256, (100,))
+    base, n = window_nll(tiny_lcirc, ids, 32, "base", segment_len=16)
+    lc, n2 = window_nll(tiny_lcirc, ids, 32, "lcirc", segment_len=16)
+    full, n3 = window_nll(tiny_lcirc, ids, 32, "full", segment_len=16)
+    assert n == n2 == n3 == 31
+    assert base != lc and base != full  # the memory / longer context changes the scores
+    # with no prefix, LCIRC is exactly the base model
+    a, _ = window_nll(tiny_lcirc, ids[:32], 32, "base")
+    b, _ = window_nll(tiny_lcirc, ids[:32], 32, "lcirc")
+    assert a == b
+    with pytest.raises(ValueError, match="mode"):
+        window_nll(tiny_lcirc, ids, 32, "nope")
+
+
+def test_perplexity_by_length_counts_failures(tiny_lcirc, tmp_path):
+    docs = [torch.randint(0, 256, (128,)) for _ in range(3)]
+    docs.append(torch.full((128,), 999))  # out of vocabulary: forced failure
+    docs.append(torch.randint(0, 256, (40,)))  # too short for 2x and 4x
+    res = perplexity_by_length(tiny_lcirc, docs, 32, [1, 2, 4], ["base", "lcirc", "full"], segment_len=32,
+                               max_full_tokens=64)
+    rows = {(r["length"], r["mode"]): r for r in res["rows"]}
+    assert (128, "full") not in rows  # beyond max_full_tokens
+    r = rows[(128, "lcirc")]
+    assert r["docs"] == 3 and r["failures"] == 1 and r["skipped_short"] == 1 and r["tokens"] == 3 * 31
+    assert math.isfinite(r["ppl"]) and r["ppl"] > 1
+    assert rows[(32, "base")]["docs"] == 4 and rows[(32, "base")]["failures"] == 1
+    assert len(res["failures"]) == sum(r["failures"] for r in res["rows"])
+    write_json(tmp_path / "r.json", res)
+    assert json.loads((tmp_path / "r.json").read_text())["rows"][0]["mode"] == "base"
+    plot_lines(tmp_path / "p.png", {"base": [(32, 3.0), (64, 2.0)]}, "x", "y", "t")
+    assert (tmp_path / "p.png").stat().st_size > 1000
