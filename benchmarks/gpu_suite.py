@@ -7,15 +7,31 @@ Sections run in order; each appends rows to the JSON written to --out:
   perceiver    64 latents x 2048/4096 keys, 32 heads x 128, batch 1 and 8: fwd and fwd+bwd
   gca          4096 queries x 512/1024/3200 memory vectors (+ gated residual epilogue)
   epilogue     gated residual and LayerNorm(+position add) bandwidth
+  compress128k one 128K-token document through the paper's compressor (4 layers, K=64, 2K
+               segments, d 4096, 32x128 heads, FFN 11008, bf16, random weights, embedding table
+               only): TFLOP/s over the analytic FLOPs and the fraction of PEAK_TFLOPS, backend
+               torch vs triton, default vs 16-segment K/V hoist, CUDA graphs off vs on (bitwise
+               comparison of the memories)
+  e2e          Llama-2-7B-shaped LCIRC (random weights): prefill LCIRC vs full attention (SDPA)
+               from 4K to 128K tokens (lengths that would not fit the time or memory left are
+               skipped and listed), decode tokens/s with cached vs re-projected memory K/V at
+               3200 memory vectors; writes e2e.json / e2e.png next to --out
 Providers: triton (lcirc_fast.ops kernels), sdpa (torch SDPA + eager epilogue), naive (fp32
-reference). Other sections (e.g. end to end) plug in with `register_section(name, fn)`, where
+reference). Other sections plug in with `register_section(name, fn, budget_s)`, where
 fn(ctx: Suite) appends rows with `ctx.record(...)`.
+
+Time: the run stops starting sections once --budget-s (default 420 s) is spent; a section with a
+budget gets at most that much (`Suite.section_deadline`) and sizes its work to it. A section that
+raises is recorded as an error row (and turns the run red) and the next one runs; the JSON is
+rewritten after every section. Measurements of the compress128k and e2e sections are recorded
+only when their correctness checks pass.
 
 Usage:
   python benchmarks/gpu_suite.py --out results.json            # all sections, CUDA
   python benchmarks/gpu_suite.py --section perceiver --section gca
   python benchmarks/gpu_suite.py --cpu-smoke --out /tmp/s.json  # tiny shapes, Triton interpreter
   python benchmarks/gpu_suite.py --dry-run                      # list sections and cases only
+  scripts/gpu_check.sh                                          # the one command for a lent H200
 """
 from __future__ import annotations
 
@@ -26,22 +42,34 @@ import os
 import platform
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
+for _p in (_ROOT, _HERE):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 PEAK_TFLOPS = 790.0  # measured bf16 dense matmul ceiling on the H200
 PEAK_TBPS = 4.3  # measured device-to-device copy bandwidth
 
 SECTIONS: dict[str, Callable] = {}
+SECTION_BUDGET_S: dict[str, float] = {}
+DEFAULT_BUDGET_S = 420.0
+MIN_SECTION_S = 10.0  # a section is not started with less time than this left
 
 
-def register_section(name: str, fn: Callable) -> None:
-    """Add (or replace) a section; ``fn(suite)`` runs it and records rows with ``suite.record``."""
+def register_section(name: str, fn: Callable, budget_s: float | None = None) -> None:
+    """Add (or replace) a section; ``fn(suite)`` runs it and records rows with ``suite.record``.
+
+    budget_s: the most seconds the section may take (it reads ``suite.section_deadline``)."""
     SECTIONS[name] = fn
+    if budget_s is None:
+        SECTION_BUDGET_S.pop(name, None)
+    else:
+        SECTION_BUDGET_S[name] = float(budget_s)
 
 
 @dataclass
@@ -52,6 +80,11 @@ class Suite:
     smoke: bool
     rows: list = field(default_factory=list)
     green: bool = True
+    deadline: float = math.inf  # time.perf_counter() value after which no section starts
+    section_deadline: float = math.inf  # the current section's own limit
+
+    def time_left(self) -> float:
+        return self.section_deadline - time.perf_counter()
 
     def record(self, **row) -> dict:
         row.setdefault("section", self.current)
@@ -286,9 +319,82 @@ def section_epilogue(s: Suite) -> None:
         s.record(kind="bench", case=op, provider=prov, mode="fwd+bwd", ms_p50=pb)
 
 
-for _name, _fn in (("env", section_env), ("correctness", section_correctness),
-                   ("perceiver", section_perceiver), ("gca", section_gca), ("epilogue", section_epilogue)):
-    register_section(_name, _fn)
+def _out_dir(s: Suite) -> str:
+    return os.path.dirname(os.path.abspath(s.args.out))
+
+
+def section_compress128k(s: Suite) -> None:
+    """128K-token compression with the paper's compressor; tiny shapes in the smoke mode."""
+    import torch
+    from e2e_section import PAPER_COMPRESSOR, TINY_COMPRESSOR, run_compress
+
+    if s.smoke:
+        kw = dict(device="cpu", dtype=torch.float32, shapes=TINY_COMPRESSOR, doc_tokens=32,
+                  check_tokens=32, repeats=1, emulate_graphs=True, hoists=("default",))
+    else:
+        kw = dict(device="cuda", dtype=torch.bfloat16, shapes=PAPER_COMPRESSOR,
+                  doc_tokens=131072, check_tokens=16384, repeats=5)
+    res = run_compress(peak_tflops=PEAK_TFLOPS, deadline=s.section_deadline,
+                       progress=lambda m: print(m, flush=True), **kw)
+    chk = res["correct"]
+    s.record(kind="compress_check", ok=chk["ok"], memory=chk["memory"],
+             cuda_graphs=chk.get("cuda_graphs"), doc_tokens=res["doc_tokens"])
+    green_before = s.green
+    s.green &= bool(chk["ok"])
+    if not (green_before and chk["memory"]["ok"]):
+        print("compress128k: correctness RED, measurements withheld")
+        return
+    for r in res["rows"]:
+        if r["cuda_graphs"] and not r.get("graph_check_ok", False):
+            continue  # graph replay disagreed with the eager step: its time is not reported
+        s.record(kind="compress", doc_tokens=res["doc_tokens"], flops=res["flops"],
+                 graphs_mode=res["graphs"], **r)
+    for r in res["skipped"]:
+        s.record(kind="skipped", what="compress variant", **r)
+    for r in res["errors"]:
+        s.green = False
+        s.record(kind="error", **r)
+    if res.get("best"):
+        s.record(kind="compress_best", **res["best"])
+
+
+def section_e2e(s: Suite) -> None:
+    """LCIRC vs full attention end to end; the tiny preset on the CPU in the smoke mode."""
+    import torch
+    from e2e_section import run_e2e
+
+    if s.smoke:
+        kw = dict(lengths=(32, 64, 128), preset="tiny", device="cpu", dtype=torch.float32,
+                  decode_tokens=2, decode_memory=8)
+    else:
+        kw = dict(preset="llama2-7b", device="cuda", dtype=torch.bfloat16, decode_tokens=16,
+                  decode_memory=3200)
+    res = run_e2e(_out_dir(s) if s.green else None, deadline=s.section_deadline,
+                  progress=lambda m: print(m, flush=True), **kw)
+    chk = res["correct"]
+    s.record(kind="e2e_check", ok=chk["ok"], memory=chk["memory"], logits=chk["logits"])
+    s.green &= bool(chk["ok"])
+    if not s.green:
+        print("e2e: correctness RED, measurements withheld")
+        return
+    for r in res["rows"]:
+        s.record(kind="e2e", **r)
+    for r in res["skipped"]:
+        s.record(kind="skipped", what="e2e length", **r)
+    for r in res["errors"]:
+        s.green = False
+        s.record(kind="error", **r)
+    if res["decode"] is not None:
+        s.record(kind="e2e_decode", **res["decode"])
+    s.record(kind="e2e_meta", meta=res["meta"], crossover_flops=res.get("crossover_flops"))
+
+
+for _name, _fn, _budget in (("env", section_env, None), ("correctness", section_correctness, None),
+                            ("perceiver", section_perceiver, None), ("gca", section_gca, None),
+                            ("epilogue", section_epilogue, None),
+                            ("compress128k", section_compress128k, 90.0),
+                            ("e2e", section_e2e, 240.0)):
+    register_section(_name, _fn, _budget)
 
 
 def _table(rows: list) -> str:
@@ -304,6 +410,44 @@ def _table(rows: list) -> str:
         if r.get("kind") == "speedup":
             ratio = "gated (correctness red)" if r["ratio"] is None else f"{r['ratio']:.2f}x"
             lines.append(f"speedup {r['case']} {r['mode']} vs {r['vs']}: {ratio}")
+    comp = [r for r in rows if r.get("kind") == "compress"]
+    if comp:
+        lines.append(f"compress {comp[0]['doc_tokens']} tokens ({comp[0]['flops'] / 1e12:.1f} "
+                     f"TFLOP analytic; graphs {comp[0]['graphs_mode']}):")
+        lines.append(f"  {'backend':7s} {'hoist':7s} {'graphs':6s} {'ms':>9s} {'TFLOP/s':>8s} "
+                     f"{'%peak':>6s} {'goal':>4s} {'vs eager':>8s}")
+        for r in comp:
+            sp = r.get("speedup_vs_eager")
+            lines.append(f"  {r['backend']:7s} {r['hoist']:7s} {'on' if r['cuda_graphs'] else 'off':6s} "
+                         f"{r['ms']:9.2f} {r['tflops']:8.1f} {100 * r['frac_peak']:6.1f} "
+                         f"{'yes' if r['goal_met'] else 'no':>4s} "
+                         f"{'' if sp is None else f'{sp:.2f}x':>8s}")
+    e2e = [r for r in rows if r.get("kind") == "e2e"]
+    if e2e:
+        lines.append(f"e2e {'tokens':>7s} {'memory':>6s} {'full':>9s} {'LCIRC':>9s} {'speedup':>8s} "
+                     f"{'FLOPs %':>7s} {'dec cached':>10s} {'dec recomp':>10s}")
+        for r in e2e:
+            dc, dr = r.get("decode_cached_tok_s"), r.get("decode_recompute_tok_s")
+            lines.append(f"    {r['tokens']:7d} {r['memory']:6d} {r['full_s'] * 1e3:8.1f}ms "
+                         f"{r['lcirc_s'] * 1e3:8.1f}ms {r['speedup']:7.2f}x "
+                         f"{100 * r['flops_lcirc_half'] / r['flops_full_half']:6.2f}% "
+                         f"{'-' if dc is None else f'{dc:.1f}/s':>10s} "
+                         f"{'-' if dr is None else f'{dr:.1f}/s':>10s}")
+    for r in rows:
+        if r.get("kind") == "e2e_decode":
+            lines.append(f"decode at {r['memory']} memory vectors: cached {r['cached_tok_s']:.1f} tok/s, "
+                         f"re-projected {r['recompute_tok_s']:.1f} tok/s ({r['ratio']:.2f}x); "
+                         f"memory K/V projection alone {r['kv_projection_ms']:.2f} ms/token")
+        elif r.get("kind") == "skipped":
+            what = {k: v for k, v in r.items() if k not in ("kind", "section")}
+            lines.append(f"skipped: {what}")
+        elif r.get("kind") == "error":
+            lines.append(f"ERROR in section {r['section']}: {r['error']}")
+        elif r.get("kind") == "compress_best":
+            lines.append(f"compress best: {r['backend']} hoist {r['hoist']} graphs "
+                         f"{'on' if r['cuda_graphs'] else 'off'}: {r['tflops']:.1f} TFLOP/s = "
+                         f"{100 * r['frac_peak']:.1f}% of {PEAK_TFLOPS:.0f} (goal 50%: "
+                         f"{'met' if r['goal_met'] else 'NOT met'})")
     return "\n".join(lines)
 
 
@@ -315,13 +459,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="tiny shapes on the CPU through the Triton interpreter")
     ap.add_argument("--dry-run", action="store_true", help="list the sections and exit")
+    ap.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                    help="no section starts after this many seconds (default %(default)s)")
     args = ap.parse_args(argv)
+    if not args.budget_s > 0:
+        ap.error(f"--budget-s must be > 0, got {args.budget_s}")
     names = args.section or list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         ap.error(f"unknown section(s) {unknown}; known: {list(SECTIONS)}")
     if args.dry_run:
         print("sections:", ", ".join(names))
+        for n in names:
+            if n in SECTION_BUDGET_S:
+                print(f"  {n}: budget {SECTION_BUDGET_S[n]:.0f}s")
         return 0
     if args.cpu_smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
@@ -330,14 +481,33 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: use --cpu-smoke or --dry-run", file=sys.stderr)
         return 2
     os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
+    if args.cpu_smoke:
+        torch.set_num_threads(1)  # tiny ops: extra threads only wait on each other
     suite = Suite(args=args, device="cpu" if args.cpu_smoke else "cuda", smoke=args.cpu_smoke)
     torch.manual_seed(0)
     t0 = time.perf_counter()
+    suite.deadline = t0 + args.budget_s
+    result = {}
     for n in names:
         suite.current = n
         ts = time.perf_counter()
-        SECTIONS[n](suite)
+        if suite.deadline - ts < MIN_SECTION_S:
+            suite.record(kind="skipped", what="section", reason="time budget",
+                         left_s=round(suite.deadline - ts, 1))
+            print(f"[{n}] skipped: {suite.deadline - ts:.0f}s of the budget left", flush=True)
+            continue
+        suite.section_deadline = min(suite.deadline, ts + SECTION_BUDGET_S.get(n, math.inf))
+        try:
+            SECTIONS[n](suite)
+        except Exception as exc:  # keep the other sections' results
+            suite.green = False
+            suite.record(kind="error", error=f"{type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc())
+            traceback.print_exc()
         print(f"[{n}] {time.perf_counter() - ts:.1f}s", flush=True)
+        result = dict(green=suite.green, seconds=time.perf_counter() - t0, rows=suite.rows)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1, default=str)
     result = dict(green=suite.green, seconds=time.perf_counter() - t0, rows=suite.rows)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1, default=str)

@@ -23,7 +23,7 @@ from ..config import LCIRCConfig
 from ..memory import CompressedMemory, _Record
 from ..modules import GatedCrossAttentionBlock, PerceiverCompressor
 from ..segmenting import balanced_boundaries, check_boundaries, fixed_boundaries
-from . import generation, official
+from . import cuda_graph, generation, official
 
 WEIGHTS_NAME = "lcirc_model.safetensors"
 CONFIG_NAME = "lcirc_config.json"
@@ -74,8 +74,11 @@ class LCIRCForCausalLM(nn.Module):
     `kv_hoist_max_segments` / `kv_hoist_budget_bytes` bound how many consecutive graph-free
     compression steps share one K/V product (1 disables the batching); instance-settable. The
     budget counts the chunk's embeddings, normalised embeddings and K/V at the model's dtype.
+    `cuda_graphs = True` replays graph-free compressor steps from captured CUDA graphs (CUDA
+    only; see `lcirc_fast.models.cuda_graph`).
     """
 
+    cuda_graphs: bool = False
     kv_hoist_max_segments: int = 16
     kv_hoist_budget_bytes: int = 256 << 20
 
@@ -259,6 +262,8 @@ class LCIRCForCausalLM(nn.Module):
             if kvs is None:
                 emb = self.base.get_input_embeddings()(segment_ids)
                 kvs = self.compressor.segment_kv(emb, folds.get(graph), backend=backend)
+            if not graph and cuda_graph.enabled(self):
+                return cuda_graph.graphed_step(self, state, kvs, backend)
             return self.compressor.step(state, kvs, backend=backend)
 
     def _hoist_limit(self, batch: int, length: int) -> int:
