@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,15 +39,23 @@ class CompressedMemory:
         context_tokens: int64 [B], tokens compressed per item.
         query_ids / query_mask: [B, Tq] QD query (None for plain LCIRC).
         lengths: int64 [B] valid memory vectors per item (items of a stacked batch may differ).
+        fingerprint: the fingerprint (`LCIRCForCausalLM.fingerprint`) of the model that made
+            it, computed when first needed (saving, or use with another model object).
+
+    A memory is always accepted by the model object that made it, also after that model's
+    weights were updated (training streams memories across optimizer steps); any other model
+    must have the same fingerprint.
     """
 
-    def __init__(self, slots, state, num_segments, context_tokens, fingerprint, cap=None,
-                 query_ids=None, query_mask=None, lengths=None, hidden=None):
+    def __init__(self, slots, state, num_segments, context_tokens, fingerprint=None, cap=None,
+                 query_ids=None, query_mask=None, lengths=None, hidden=None, owner=None):
         self.slots = list(slots)
         self.state = state
         self.num_segments = int(num_segments)
         self.context_tokens = context_tokens
-        self.fingerprint = fingerprint
+        self._fingerprint = fingerprint
+        self._owner = None if owner is None else weakref.ref(owner)
+        self.owner_uid = None if owner is None else owner.uid
         self.cap = cap
         self.query_ids = query_ids
         self.query_mask = query_mask
@@ -55,6 +64,19 @@ class CompressedMemory:
         self._kv_cache: dict = {}
         self._records: list[_Record] = []
         self.selected_steps: list[int] | None = None
+
+    # ------------------------------------------------------------------ provenance
+    @property
+    def fingerprint(self) -> str | None:
+        if self._fingerprint is None and self._owner is not None:
+            owner = self._owner()
+            if owner is not None:
+                return owner.fingerprint()
+        return self._fingerprint
+
+    @fingerprint.setter
+    def fingerprint(self, value: str | None) -> None:
+        self._fingerprint = value
 
     # ------------------------------------------------------------------ views
     @property
@@ -124,8 +146,8 @@ class CompressedMemory:
         """
         if not memories:
             raise ValueError("stack needs at least one memory")
-        fps = {m.fingerprint for m in memories}
-        if len(fps) != 1:
+        owners = {m.owner_uid for m in memories}
+        if (len(owners) != 1 or None in owners) and len({m.fingerprint for m in memories}) != 1:
             raise ValueError("cannot stack memories made by different models")
         d = memories[0].hidden.shape[-1]
         longest = max(len(m) for m in memories)
@@ -149,12 +171,14 @@ class CompressedMemory:
             qmask = torch.cat([torch.nn.functional.pad(m.query_mask,
                                                        (0, tq - m.query_mask.shape[1]))
                                for m in memories])
+        first = memories[0]
         out = CompressedMemory([], None, max(m.num_segments for m in memories), ctx,
-                               memories[0].fingerprint, cap=None, query_ids=qids,
+                               first._fingerprint, cap=None, query_ids=qids,
                                query_mask=qmask,
                                lengths=torch.tensor(lengths, dtype=torch.long,
                                                     device=hidden.device),
-                               hidden=hidden)
+                               hidden=hidden,
+                               owner=None if first._owner is None else first._owner())
         return out
 
     # ------------------------------------------------------------------ persistence
@@ -213,6 +237,7 @@ class CompressedMemory:
         k = model.config.num_latents
         common = dict(num_segments=int(meta["num_segments"]),
                       context_tokens=tensors["context_tokens"].to(dev), fingerprint=expected,
+                      owner=model,
                       cap=cap, query_ids=None if qids is None else qids.to(dev),
                       query_mask=None if qmask is None else qmask.to(dev).bool())
         if uniform:

@@ -125,15 +125,27 @@ def test_load_refuses_bad_files(model, tmp_path):
         CompressedMemory.load(tmp_path / "v99.safetensors", model)
 
 
-def test_fingerprint_tracks_weight_updates(model):
+def test_fingerprint_tracks_weight_updates(model, tmp_path):
     fp = model.fingerprint()
     assert model.fingerprint() == fp
     with torch.no_grad():
         mem = model.compress(torch.randint(0, 256, (1, 20)))
-        model.compressor.norm.bias.add_(0.1)
+    mem.save(tmp_path / "before.safetensors")
+    saved_segments = mem.num_segments
+    twin = tiny_lcirc(seed=0, randomize_gates=True)        # same weights, another object
+    with torch.no_grad():
+        model.compressor.norm.bias.add_(0.1)               # an optimizer step, say
     assert model.fingerprint() != fp
-    with pytest.raises(ValueError, match="different model"):
+    # the model that made a memory keeps accepting it (training streams across updates) ...
+    with torch.no_grad():
         model(torch.randint(0, 256, (1, 4)), memory=mem)
+        mem.append(model, torch.randint(0, 256, (1, 8)))
+    # ... other objects check the fingerprint, and files are refused once the weights differ
+    with pytest.raises(ValueError, match="different model"):
+        twin(torch.randint(0, 256, (1, 4)), memory=mem)
+    with pytest.raises(ValueError, match="different model"):
+        CompressedMemory.load(tmp_path / "before.safetensors", model)
+    assert CompressedMemory.load(tmp_path / "before.safetensors", twin).num_segments == saved_segments
     with torch.no_grad():
         model.gca["0"].attn.to_q.weight.add_(0.1)       # GCA weights do not change the memory
     assert model.fingerprint() == model.fingerprint()

@@ -29,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lcirc", default=None, help="LCIRC directory from save_pretrained (training's best/ or final/)")
     p.add_argument("--window", type=int, default=4096, help="LLM window in tokens")
     p.add_argument("--segment-len", type=int, default=2048, help="~segment length for compression")
-    p.add_argument("--modes", type=_strs, default=None, help="comma list of base,lcirc,qd,full")
+    p.add_argument("--modes", type=_strs, default=None,
+                   help="comma list of base,lcirc,qd,full (ppl also: lcirc_swapped, a control)")
     p.add_argument("--data", default="kjv-test", help="kjv-test | kjv-validation | jsonl/parquet/txt file(s)")
     p.add_argument("--field", default="text", help="text column of --data files (ppl)")
     p.add_argument("--docs", type=int, default=16, help="documents (ppl)")
@@ -97,7 +98,7 @@ def run(args) -> int:
     default_modes = ["base"] + (["lcirc"] if has_lcirc else []) + (
         ["qd"] if has_lcirc and model.config.query_dependent else [])
     modes = args.modes or default_modes
-    if any(m in ("lcirc", "qd") for m in modes) and not has_lcirc:
+    if any(m in ("lcirc", "qd", "lcirc_swapped") for m in modes) and not has_lcirc:
         raise ValueError("modes lcirc/qd need --lcirc <trained directory>")
     t0 = time.time()
     meta = {"task": args.task, "base": args.base, "lcirc": args.lcirc, "window": args.window,

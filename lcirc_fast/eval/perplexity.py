@@ -10,6 +10,9 @@ import torch
 from ..segmenting import balanced_boundaries
 
 MODES = ("base", "lcirc", "full")
+# control: the memory is compressed from ANOTHER document's prefix (same length), so any gain it
+# gives over "base" is adaptation by the injection blocks rather than information from the context
+CONTROL_MODES = ("lcirc_swapped",)
 
 
 @torch.no_grad()
@@ -54,7 +57,9 @@ def perplexity_by_length(model, docs: Sequence[torch.Tensor], window: int,
                          max_full_tokens: int = 8192, progress=None) -> dict:
     """Per (length, mode): perplexity over the same scored tokens of every document long enough.
 
-    For length L = m * window each document contributes its first L tokens. Returns
+    For length L = m * window each document contributes its first L tokens. Mode
+    "lcirc_swapped" is a control: document i's last window with document i+1's prefix compressed.
+    Returns
     {"rows": [{length, mode, ppl, nll, tokens, docs, failures, skipped_short}], "failures": [...]}.
     "full" runs only where L <= max_full_tokens. Exceptions are counted per row, never dropped.
     """
@@ -68,7 +73,13 @@ def perplexity_by_length(model, docs: Sequence[torch.Tensor], window: int,
             nll, tok, ok, bad = 0.0, 0, 0, 0
             for i, d in enumerate(usable):
                 try:
-                    a, b = window_nll(model, d[:length], window, mode, score_len, segment_len)
+                    ids, m_ = d[:length], mode
+                    if mode == "lcirc_swapped":
+                        if len(usable) < 2 or length <= window:
+                            raise ValueError("lcirc_swapped needs two documents longer than the window")
+                        other = usable[(i + 1) % len(usable)]
+                        ids, m_ = torch.cat([other[:length - window], d[length - window:length]]), "lcirc"
+                    a, b = window_nll(model, ids, window, m_, score_len, segment_len)
                     nll, tok, ok = nll + a, tok + b, ok + 1
                 except Exception as e:  # counted and reported, never dropped silently
                     bad += 1

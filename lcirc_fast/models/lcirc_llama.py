@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import json
 import os
+import uuid
 from typing import Sequence
 
 import torch
@@ -104,6 +105,7 @@ class LCIRCForCausalLM(nn.Module):
         self.backend = cfg.backend
         self._injection: dict | None = None
         self._fingerprint_cache: tuple | None = None
+        self.uid = uuid.uuid4().hex            # identifies memories made by this object
         self._cache_kwarg = ("cache" if "cache" in inspect.signature(base.model.forward).parameters
                              else "past_key_values")
         self._hooks = [layers[i].register_forward_pre_hook(self._make_hook(str(i)),
@@ -165,7 +167,7 @@ class LCIRCForCausalLM(nn.Module):
     def _check_memory(self, memory: CompressedMemory, batch: int) -> None:
         if not isinstance(memory, CompressedMemory):
             raise TypeError(f"memory must be a CompressedMemory, got {type(memory).__name__}")
-        if memory.fingerprint != self.fingerprint():
+        if not self.owns(memory):
             raise ValueError("memory was made by a different model (config or compressor "
                              "weights differ); compress the context with this model")
         if memory.batch_size not in (1, batch):
@@ -177,6 +179,11 @@ class LCIRCForCausalLM(nn.Module):
             raise ValueError(f"memory has dtype {memory.dtype} but the model has {self.dtype}")
 
     # ------------------------------------------------------------------ fingerprint
+    def owns(self, memory: CompressedMemory) -> bool:
+        """True when this object made `memory` (even with weights updated since), or when the
+        memory's fingerprint equals this model's."""
+        return memory.owner_uid == self.uid or memory.fingerprint == self.fingerprint()
+
     def _fingerprint_params(self):
         params = [("latents", self.latents)]
         params += [("compressor." + n, p) for n, p in self.compressor.named_parameters()]
@@ -365,7 +372,7 @@ class LCIRCForCausalLM(nn.Module):
             slots.append(state)
         mem = CompressedMemory(slots, state, num_steps,
                                torch.full((b,), n, dtype=torch.long, device=self.device),
-                               self.fingerprint(), cap=cap,
+                               cap=cap, owner=self,
                                query_ids=None if qinfo is None else qinfo[0],
                                query_mask=None if qinfo is None else qinfo[1])
         if isinstance(policy, bptt_mod.Selective):
@@ -382,7 +389,7 @@ class LCIRCForCausalLM(nn.Module):
         if not memory.uniform:
             raise ValueError("cannot append to a stacked memory of different lengths; append to "
                              "each document's memory before stacking")
-        if memory.fingerprint != self.fingerprint():
+        if not self.owns(memory):
             raise ValueError("memory was made by a different model (config or compressor "
                              "weights differ)")
         ids = self._check_ids(segment_ids, "segment_ids")

@@ -55,6 +55,16 @@ def build_model(cfg, base):
         model = _load_partial(cfg.init_from, base, lcfg)
     else:
         model = LCIRCForCausalLM.from_base(base, lcfg)
+        if lc.pos_emb_std is not None:
+            # N(0, 1) positions drown small token embeddings (SmolLM2: std 0.14) in the
+            # compressor's LayerNorm; a smaller table lets the segment's tokens through.
+            with torch.no_grad():
+                model.compressor.pos_emb.normal_(0.0, float(lc.pos_emb_std))
+        if lc.latents_std is not None:
+            # h0 of norm ~sqrt(d) dominates the residual stream, so every compressed state stays
+            # close to LN(h0) whatever the segment says; small latents let the updates through.
+            with torch.no_grad():
+                model.latents.normal_(0.0, float(lc.latents_std))
     return model
 
 

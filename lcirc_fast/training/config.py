@@ -26,6 +26,8 @@ class LCIRCSection:
     query_dependent: bool = False
     memory_cap: int | None = 3200
     backend: str = "auto"
+    pos_emb_std: float | None = None  # re-initialise the position table N(0, std) (None: N(0, 1))
+    latents_std: float | None = None  # re-initialise h0 N(0, std) (None: N(0, 1))
 
 
 @dataclass
@@ -140,7 +142,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load(path.read_text())
+    if not data:
+        raise ValueError(f"config file {path} is empty")
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like section.key=value")

@@ -142,6 +142,20 @@ def load_ds_config(path: str | None, cfg, on_gpu: bool) -> dict:
     return ds
 
 
+def check_ds_config(ds: dict, model, on_gpu: bool) -> None:
+    """Refuse settings that cannot work here, before any process group is created."""
+    if not on_gpu:
+        for k in ("bf16", "fp16"):
+            if ds.get(k, {}).get("enabled"):
+                raise ValueError(f"{k} is not supported on CPU; use a *_cpu.json DeepSpeed config")
+    stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+    zero_dim = [n for n, p in model.named_parameters() if p.dim() == 0]
+    if stage == 3 and zero_dim:
+        raise NotImplementedError(
+            f"DeepSpeed ZeRO-3 cannot partition 0-dim parameters ({zero_dim[:2]}...: the GCA "
+            "gates); use ZeRO stage 0-2 (train/ds_configs/zero{0,1,2}_*.json)")
+
+
 class DeepSpeedEngine:
     """DeepSpeed engine around the LCIRC model (frozen base included; only trainable params are
     given to the optimizer)."""
@@ -155,23 +169,13 @@ class DeepSpeedEngine:
         _patch_broadcast_zero_dim()
 
         on_gpu = torch.cuda.is_available()
+        ds = load_ds_config(cfg.distributed.deepspeed_config, cfg, on_gpu)
+        check_ds_config(ds, model, on_gpu)
         backend = cfg.distributed.backend or ("nccl" if on_gpu else "gloo")
-        rank, world, local = dist_env()
         if "MASTER_ADDR" not in os.environ:  # plain single process: make a 1-rank group
             os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29511"),
                               RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         deepspeed.init_distributed(dist_backend=backend)
-        ds = load_ds_config(cfg.distributed.deepspeed_config, cfg, on_gpu)
-        if not on_gpu:
-            for k in ("bf16", "fp16"):
-                if ds.get(k, {}).get("enabled"):
-                    raise ValueError(f"{k} is not supported on CPU; use a *_cpu.json DeepSpeed config")
-        stage = int(ds.get("zero_optimization", {}).get("stage", 0))
-        zero_dim = [n for n, p in model.named_parameters() if p.dim() == 0]
-        if stage == 3 and zero_dim:
-            raise NotImplementedError(
-                f"DeepSpeed ZeRO-3 cannot partition 0-dim parameters ({zero_dim[:2]}...: the GCA "
-                "gates); use ZeRO stage 0-2 (train/ds_configs/zero{0,1,2}_*.json)")
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = _optimizer(params, cfg)
         scheduler = scheduler_fn(optimizer)

@@ -53,7 +53,7 @@ def _memory_from_state(st, model) -> CompressedMemory | None:
         return None
     dev = model.device
     mem = CompressedMemory([s.to(dev) for s in st["slots"]], st["state"].to(dev), st["num_segments"],
-                           st["context_tokens"].to(dev), model.fingerprint(), cap=model.config.memory_cap)
+                           st["context_tokens"].to(dev), cap=model.config.memory_cap, owner=model)
     mem._records = [_Record(a.to(dev), None if b is None else b.to(dev), c) for a, b, c in st["records"]]
     return mem
 
@@ -294,13 +294,11 @@ class Trainer:
             if not self.engine.step():
                 continue
             self.opt_step += 1
-            if self.memory is not None:  # weights changed: the running document's memory stays valid
-                self.memory.fingerprint = self.model.fingerprint()
             dt = time.time() - t0
             rec = {"step": self.opt_step, "micro": self.engine.micro,
                    "loss": self.engine.all_reduce_mean(window_loss / window_n),
                    "lr": self.engine.lr(), "grad_norm": self.engine.last_grad_norm,
-                   "tokens_per_s": ntok and window_tok * self.world / max(dt, 1e-9),
+                   "tokens_per_s": window_tok * self.world / max(dt, 1e-9),
                    "rss_mb": _rss_mb(), "elapsed_s": time.time() - start}
             if self.device.type == "cuda":
                 rec["gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20

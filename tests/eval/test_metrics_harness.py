@@ -84,5 +84,9 @@ def test_perplexity_by_length_counts_failures(tiny_lcirc, tmp_path):
     assert len(res["failures"]) == sum(r["failures"] for r in res["rows"])
     write_json(tmp_path / "r.json", res)
     assert json.loads((tmp_path / "r.json").read_text())["rows"][0]["mode"] == "base"
+    ctrl = perplexity_by_length(tiny_lcirc, docs[:3], 32, [4], ["base", "lcirc", "lcirc_swapped"], segment_len=32)
+    c = {r["mode"]: r for r in ctrl["rows"]}
+    assert c["lcirc_swapped"]["docs"] == 3 and c["lcirc_swapped"]["tokens"] == c["lcirc"]["tokens"]
+    assert c["lcirc_swapped"]["nll"] != c["lcirc"]["nll"]  # a different memory, same scored tokens
     plot_lines(tmp_path / "p.png", {"base": [(32, 3.0), (64, 2.0)]}, "x", "y", "t")
     assert (tmp_path / "p.png").stat().st_size > 1000

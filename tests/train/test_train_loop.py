@@ -68,7 +68,14 @@ def test_activation_checkpointing_matches_plain_gradients(tiny_cfg):
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-6)
 
 
-def test_config_errors(tiny_cfg):
+def test_config_errors(tiny_cfg, tmp_path):
+    from lcirc_fast.training import load_config
+
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_config(tmp_path / "empty.yaml")
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
     bad = tiny_cfg(train={"nope": 1})
     with pytest.raises(ValueError, match="nope"):
         config_from_dict(bad)
