@@ -11,6 +11,7 @@ import os
 import torch
 
 from .config import BACKENDS
+from .ops.utils.runtime import interpreting
 
 ENV_VAR = "LCIRC_BACKEND"
 
@@ -35,7 +36,7 @@ def triton_available() -> bool:
         import triton  # noqa: F401
     except Exception:  # pragma: no cover - triton is a pinned dependency
         return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    return torch.cuda.is_available() or interpreting()
 
 
 def resolve_backend(name: str | None, device: torch.device | str) -> str:
@@ -45,7 +46,7 @@ def resolve_backend(name: str | None, device: torch.device | str) -> str:
     if req == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
     if req == "triton":
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        if device.type != "cuda" and not interpreting():
             raise RuntimeError(
                 "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
                 "lcirc_fast is imported to run the kernels on the CPU interpreter")
