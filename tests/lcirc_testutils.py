@@ -31,3 +31,13 @@ def tiny_lcirc(base=None, seed=0, randomize_gates=False, **cfg):
                 blk.attn_gate.uniform_(0.3, 1.0)
                 blk.ff_gate.uniform_(0.3, 1.0)
     return model
+
+
+def lcirc_params(model):
+    """(name, parameter) pairs a compressed memory depends on: latents, compressor, mixer."""
+    ps = [("latents", model.latents)] + [("compressor." + n, p)
+                                         for n, p in model.compressor.named_parameters()]
+    if model.mixer is not None:
+        ps += [("mixer." + n, p) for n, p in model.mixer.named_parameters()]
+    return ps
+

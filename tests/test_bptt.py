@@ -1,7 +1,7 @@
 """BPTT policies: which steps get gradient, through which paths, and what they save."""
 import pytest
 import torch
-from lcirc_testutils import tiny_lcirc
+from lcirc_testutils import lcirc_params, tiny_lcirc
 
 from lcirc_fast import bptt
 
@@ -22,17 +22,9 @@ def _loss(hidden, proj):
     return (hidden.tanh() * proj).sum()
 
 
-def _params(model):
-    ps = [("latents", model.latents)] + [("compressor." + n, p)
-                                         for n, p in model.compressor.named_parameters()]
-    if model.mixer is not None:
-        ps += [("mixer." + n, p) for n, p in model.mixer.named_parameters()]
-    return ps
-
-
 def _grads(model):
     return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-            for n, p in _params(model)}
+            for n, p in lcirc_params(model)}
 
 
 def _states(model, ids, bounds, qkv=None):

@@ -1,7 +1,7 @@
 """K/V hoisting: graph-free compression steps share one K/V product per chunk of segments."""
 import pytest
 import torch
-from lcirc_testutils import tiny_lcirc
+from lcirc_testutils import lcirc_params, tiny_lcirc
 
 from lcirc_fast import bptt
 from lcirc_fast.modules import PerceiverCompressor
@@ -29,14 +29,6 @@ def products(monkeypatch):
     return rows, folds
 
 
-def _params(model):
-    ps = [("latents", model.latents)] + [("compressor." + n, p)
-                                         for n, p in model.compressor.named_parameters()]
-    if model.mixer is not None:
-        ps += [("mixer." + n, p) for n, p in model.mixer.named_parameters()]
-    return ps
-
-
 def _run(model, ids, hoist, proj=None, **kw):
     """compress (+ backward of a fixed loss when proj is given) with hoisting on or off."""
     model.kv_hoist_max_segments = 16 if hoist else 1
@@ -46,7 +38,7 @@ def _run(model, ids, hoist, proj=None, **kw):
     if proj is not None:
         (mem.hidden.tanh() * proj).sum().backward()
         grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-                 for n, p in _params(model)}
+                 for n, p in lcirc_params(model)}
     return mem, grads
 
 
