@@ -62,6 +62,7 @@ class CompressedMemory:
         self._lengths = lengths
         self._hidden = hidden          # set for stacked (padded) memories
         self._kv_cache: dict = {}
+        self._concat: tuple | None = None   # (slot ids, cap) -> concatenated hidden
         self._records: list[_Record] = []
         self.selected_steps: list[int] | None = None
 
@@ -84,14 +85,21 @@ class CompressedMemory:
         """[B, M, d]: the memory the GCA blocks read (capped to the newest `cap` vectors)."""
         if self._hidden is not None:
             return self._hidden
+        key = (tuple(id(s) for s in self.slots), self.cap)
+        if self._concat is not None and self._concat[0] == key:
+            return self._concat[1]
         h = self.slots[0] if len(self.slots) == 1 else torch.cat(self.slots, dim=1)
         if self.cap is not None and h.shape[1] > self.cap:
             h = h[:, -self.cap:]
+        self._concat = (key, h)
         return h
+
+    def _first(self) -> torch.Tensor:
+        return self._hidden if self._hidden is not None else self.slots[0]
 
     @property
     def batch_size(self) -> int:
-        return (self._hidden if self._hidden is not None else self.slots[0]).shape[0]
+        return self._first().shape[0]
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -111,11 +119,11 @@ class CompressedMemory:
 
     @property
     def device(self) -> torch.device:
-        return self.hidden.device
+        return self._first().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.hidden.dtype
+        return self._first().dtype
 
     def __repr__(self) -> str:
         return (f"CompressedMemory(batch={self.batch_size}, vectors={len(self)}, "
@@ -135,7 +143,9 @@ class CompressedMemory:
         return self
 
     def invalidate_cache(self) -> None:
+        """Drop the cached concatenation and GCA keys/values (after editing tensors in place)."""
         self._kv_cache.clear()
+        self._concat = None
 
     # ------------------------------------------------------------------ batching
     @staticmethod

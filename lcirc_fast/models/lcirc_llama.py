@@ -457,11 +457,13 @@ class LCIRCForCausalLM(nn.Module):
         in the memory (keyed by the GCA weights' versions) so decoding projects it once.
         """
         blocks = list(self.gca.items())
-        key = tuple((id(b.attn.to_kv.weight), b.attn.to_kv.weight._version) for _, b in blocks)
+        hidden = memory.hidden
+        key = (id(hidden), hidden._version) + tuple(
+            (id(b.attn.to_kv.weight), b.attn.to_kv.weight._version) for _, b in blocks)
         cacheable = use_cache and not torch.is_grad_enabled()
         if cacheable and memory._kv_cache.get("key") == key:
             return memory._kv_cache["kv"]
-        out = self.project_memory_kv(memory.hidden)
+        out = self.project_memory_kv(hidden)
         if cacheable:
             memory._kv_cache = {"key": key, "kv": out}
         return out
