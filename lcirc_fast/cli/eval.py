@@ -35,6 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--field", default="text", help="text column of --data files (ppl)")
     p.add_argument("--docs", type=int, default=16, help="documents (ppl)")
     p.add_argument("--multipliers", type=_ints, default=[1, 2, 4, 8, 16, 32], help="context lengths / window (ppl)")
+    p.add_argument("--repeat-passage", action="store_true",
+                   help="ppl copy test: each document is a --window-token passage P followed by P "
+                        "again; P is compressed and its copy scored (multipliers fixed to 2)")
     p.add_argument("--max-full-tokens", type=int, default=8192, help="longest input for full attention")
     p.add_argument("--lengths", type=_ints, default=None, help="context tokens (passkey); default 1,2,4x window")
     p.add_argument("--depths", type=_floats, default=[0.1, 0.5, 0.9], help="needle depths (passkey)")
@@ -120,8 +123,16 @@ def run(args) -> int:
 
         if "qd" in modes:
             raise ValueError("perplexity has no query; use base, lcirc or full")
-        longest = max(args.multipliers) * args.window
-        docs = chunk_documents(ids, longest, min_tokens=args.multipliers[0] * args.window)[:args.docs]
+        if args.repeat_passage:
+            from ..data import repeated_passage_docs
+
+            args.multipliers = [2]
+            docs = repeated_passage_docs(chunk_documents(ids, args.window, min_tokens=args.window),
+                                         args.window)[:args.docs]
+            meta["repeat_passage"] = True
+        else:
+            longest = max(args.multipliers) * args.window
+            docs = chunk_documents(ids, longest, min_tokens=args.multipliers[0] * args.window)[:args.docs]
         res = perplexity_by_length(model, docs, args.window, args.multipliers, modes,
                                    segment_len=args.segment_len, max_full_tokens=args.max_full_tokens)
         table = format_table(res["rows"], ["length", "mode", "ppl", "tokens", "docs", "failures", "skipped_short"])

@@ -57,13 +57,50 @@ def stage1_steps(ids: torch.Tensor, boundaries: Sequence[int], window: int,
     return out
 
 
+def repeat_passage_steps(ids: torch.Tensor, boundaries: Sequence[int], window: int,
+                         doc: int = 0) -> list[Stage1Step]:
+    """Copy-task steps: every segment P = tokens[b_i:b_{i+1}] is compressed into a fresh memory
+    (step 0) and the window to predict is P itself (its first `window` tokens).
+
+    The window's loss can only fall below plain language modelling if the memory carries P.
+    Segments shorter than 2 tokens are skipped.
+    """
+    if ids.dim() != 1:
+        raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
+    b = list(boundaries)
+    if b[0] != 0 or b[-1] != ids.numel() or any(y <= x for x, y in zip(b, b[1:])):
+        raise ValueError(f"boundaries must increase strictly from 0 to {ids.numel()}")
+    if window < 2:
+        raise ValueError(f"window must be >= 2 tokens, got {window}")
+    out = []
+    for x, y in zip(b, b[1:]):
+        if y - x < 2:
+            continue
+        seg = ids[x:y]
+        out.append(Stage1Step(seg, seg[:window].clone(), 0, doc))
+    return out
+
+
+def repeated_passage_docs(docs: Sequence[torch.Tensor], passage_len: int) -> list[torch.Tensor]:
+    """Evaluation documents P ++ P (int64 [2 * passage_len]) with P the first `passage_len`
+    tokens of each document; documents shorter than `passage_len` are dropped.
+
+    Scoring the last `passage_len` tokens with the first copy compressed measures how much of P
+    the memory carries (compare with a memory of another document's P)."""
+    if passage_len < 2:
+        raise ValueError(f"passage_len must be >= 2 tokens, got {passage_len}")
+    return [torch.cat([d[:passage_len], d[:passage_len]]) for d in docs if d.numel() >= passage_len]
+
+
 def stage1_stream(docs: Sequence[torch.Tensor], window: int, generator: torch.Generator,
                   segmenting: str = "random", segment_len: int = 256, min_len: int = 64,
-                  max_len: int = 4032, shard: tuple[int, int] = (0, 1)) -> Iterator[Stage1Step]:
+                  max_len: int = 4032, shard: tuple[int, int] = (0, 1),
+                  repeat_passage: bool = False) -> Iterator[Stage1Step]:
     """Endless stream of steps over shuffled documents (epoch after epoch).
 
     `shard` = (rank, world): each rank takes every world-th document of each epoch's order.
     All randomness comes from `generator`, so the stream is reproducible from its state.
+    `repeat_passage`: copy-task steps (`repeat_passage_steps`) instead of next-window steps.
     """
     rank, world = shard
     if not docs:
@@ -76,7 +113,8 @@ def stage1_stream(docs: Sequence[torch.Tensor], window: int, generator: torch.Ge
             if ids.numel() < 2:
                 continue
             b = draw_boundaries(ids.numel(), segmenting, generator, segment_len, min_len, max_len)
-            for s in stage1_steps(ids, b, window, d):
+            make = repeat_passage_steps if repeat_passage else stage1_steps
+            for s in make(ids, b, window, d):
                 yielded = True
                 yield s
         if not yielded:

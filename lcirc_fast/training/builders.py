@@ -11,6 +11,7 @@ from .. import bptt
 from ..config import LCIRCConfig
 from ..data import SyntheticQA, chunk_documents, kjv_splits, tokenize_documents
 from ..data.qa import QASample, build_qa_sample
+from ..data.stage1 import repeated_passage_docs
 from ..data.templates import TEMPLATES, get_template
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -165,6 +166,9 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
                  for k, v in splits.items()}
         train = chunk_documents([t for _, t in named["train"]], d.max_doc_tokens, min_tokens=2)
         val = chunk_documents([t for _, t in named["validation"]], val_len, min_tokens=val_len)[:d.val_docs]
+        if d.repeat_passage:
+            # validation scores the second copy of a window-long passage, the first compressed
+            val = repeated_passage_docs(val, d.window)
         if cfg.stage == 1:
             return DataBundle(train, val)
         tr_qa = SyntheticQA(tokenizer, named["train"], d.qa_tasks)
@@ -189,6 +193,8 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
                 if (hub or d.val_path) else []
         train = chunk_documents(tr, d.max_doc_tokens, min_tokens=2)
         val = chunk_documents(va, val_len, min_tokens=val_len)[:d.val_docs]
+        if d.repeat_passage:
+            val = repeated_passage_docs(val, d.window)
         return DataBundle(train, val)
     if src == "qa_files":
         recs = load_qa_records(d.train_path)

@@ -50,6 +50,7 @@ class DataSection:
     synthetic_docs: int = 32         # synthetic_tokens: number of documents
     synthetic_len: int = 512         # synthetic_tokens: tokens per document
     cache_dir: str | None = None
+    repeat_passage: bool = False     # stage 1 copy task: compress a passage, then predict it again
 
 
 @dataclass
@@ -106,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"data.segment_len={self.data.segment_len}: validation segments reach "
                              f"{2 * self.data.segment_len - 1} tokens, more than lcirc.max_segment_len="
                              f"{self.lcirc.max_segment_len}")
+        if self.data.repeat_passage and self.stage != 1:
+            raise ValueError("data.repeat_passage is a stage-1 objective; it needs stage: 1")
         if self.base.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"base.dtype must be float32 or bfloat16, got {self.base.dtype!r}")
         return self

@@ -99,7 +99,8 @@ class Trainer:
         d = self.cfg.data
         g = torch.Generator().manual_seed(self.cfg.seed)
         it = stage1_stream(self.data.train_docs, d.window, g, d.segmenting, d.segment_len, d.segment_min,
-                           d.segment_max, shard=(self.rank, self.world))
+                           d.segment_max, shard=(self.rank, self.world),
+                           repeat_passage=d.repeat_passage)
         for _ in range(skip):
             next(it)
         return it
