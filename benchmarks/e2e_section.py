@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import statistics
 import time
@@ -408,7 +409,7 @@ def run_compress(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
                 model.cuda_graphs = graphs
                 try:
                     with torch.no_grad():
-                        secs, mem = _median_time(lambda: model.compress(ids), dev, repeats)
+                        secs, mem = _median_time(functools.partial(model.compress, ids), dev, repeats)
                 except Exception as exc:  # e.g. a capture that fails: keep the other variants
                     result["errors"].append({"backend": be, "hoist": hname, "cuda_graphs": graphs,
                                              "error": f"{type(exc).__name__}: {exc}"})

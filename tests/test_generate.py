@@ -1,7 +1,6 @@
 """Generation: KV cache and memory K/V cache give the same tokens as full recomputation."""
 import pytest
 import torch
-from lcirc_testutils import tiny_lcirc
 
 
 def _count_projections(model):
