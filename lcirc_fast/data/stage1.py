@@ -34,13 +34,8 @@ def draw_boundaries(n: int, mode: str, generator: torch.Generator | None = None,
     raise ValueError(f"segmenting must be 'random' or 'fixed', got {mode!r}")
 
 
-def stage1_steps(ids: torch.Tensor, boundaries: Sequence[int], window: int,
-                 doc: int = 0) -> list[Stage1Step]:
-    """Steps i = 0 .. S-2 of a document cut at `boundaries` [0, b1, ..., N].
-
-    The last segment is never compressed, only predicted; a document with fewer than three
-    boundaries yields no step. Windows shorter than 2 tokens (nothing to predict) are skipped.
-    """
+def _checked_boundaries(ids: torch.Tensor, boundaries: Sequence[int], window: int) -> list[int]:
+    """Validate a 1-D document, its boundaries [0, ..., N] and the window; return the boundaries."""
     if ids.dim() != 1:
         raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
     b = list(boundaries)
@@ -48,6 +43,17 @@ def stage1_steps(ids: torch.Tensor, boundaries: Sequence[int], window: int,
         raise ValueError(f"boundaries must increase strictly from 0 to {ids.numel()}")
     if window < 2:
         raise ValueError(f"window must be >= 2 tokens, got {window}")
+    return b
+
+
+def stage1_steps(ids: torch.Tensor, boundaries: Sequence[int], window: int,
+                 doc: int = 0) -> list[Stage1Step]:
+    """Steps i = 0 .. S-2 of a document cut at `boundaries` [0, b1, ..., N].
+
+    The last segment is never compressed, only predicted; a document with fewer than three
+    boundaries yields no step. Windows shorter than 2 tokens (nothing to predict) are skipped.
+    """
+    b = _checked_boundaries(ids, boundaries, window)
     out = []
     for i in range(len(b) - 2):
         win = ids[b[i + 1]:min(b[i + 1] + window, ids.numel())]
@@ -65,13 +71,7 @@ def repeat_passage_steps(ids: torch.Tensor, boundaries: Sequence[int], window: i
     The window's loss can only fall below plain language modelling if the memory carries P.
     Segments shorter than 2 tokens are skipped.
     """
-    if ids.dim() != 1:
-        raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
-    b = list(boundaries)
-    if b[0] != 0 or b[-1] != ids.numel() or any(y <= x for x, y in zip(b, b[1:])):
-        raise ValueError(f"boundaries must increase strictly from 0 to {ids.numel()}")
-    if window < 2:
-        raise ValueError(f"window must be >= 2 tokens, got {window}")
+    b = _checked_boundaries(ids, boundaries, window)
     out = []
     for x, y in zip(b, b[1:]):
         if y - x < 2:

@@ -454,7 +454,8 @@ class LCIRCForCausalLM(nn.Module):
         """Project the memory to every GCA layer's keys/values with one matrix product.
 
         Returns {layer: (k, v)} with k, v [B, M, H, Dh]. Outside autograd the result is cached
-        in the memory (keyed by the GCA weights' versions) so decoding projects it once.
+        in the memory (keyed by the memory tensor and the GCA weights' versions) so decoding
+        projects it once.
         """
         blocks = list(self.gca.items())
         hidden = memory.hidden
