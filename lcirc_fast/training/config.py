@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+PARAM_GROUPS = ("gca", "gates", "compressor", "mixer")  # optimizer groups (train.lr_mult keys)
+
 
 @dataclass
 class BaseSection:
@@ -28,6 +30,10 @@ class LCIRCSection:
     backend: str = "auto"
     pos_emb_std: float | None = None  # re-initialise the position table N(0, std) (None: N(0, 1))
     latents_std: float | None = None  # re-initialise h0 N(0, std) (None: N(0, 1))
+    attn_gate_init: float | None = None  # initial GCA attention gate alpha (None: 0, exact base)
+    compressor_q_init_scale: float | None = None  # scale the Perceiver's to_q init (sharper attention)
+    gca_q_init_scale: float | None = None  # scale the GCA blocks' to_q init
+    center_positions: bool = False  # subtract the mean training-token embedding from the position table
 
 
 @dataclass
@@ -58,6 +64,7 @@ class TrainSection:
     max_steps: int = 1000            # optimizer steps
     grad_accum: int = 8              # backward calls per optimizer step per rank
     lr: float = 5e-5
+    lr_mult: dict = field(default_factory=dict)  # per group: gca | gates | compressor | mixer
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
@@ -109,6 +116,9 @@ class TrainConfig:
                              f"{self.lcirc.max_segment_len}")
         if self.data.repeat_passage and self.stage != 1:
             raise ValueError("data.repeat_passage is a stage-1 objective; it needs stage: 1")
+        unknown = sorted(set(self.train.lr_mult) - set(PARAM_GROUPS))
+        if unknown:
+            raise ValueError(f"train.lr_mult has unknown group(s) {unknown}; groups: {list(PARAM_GROUPS)}")
         if self.base.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"base.dtype must be float32 or bfloat16, got {self.base.dtype!r}")
         return self

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .config import PARAM_GROUPS
+
 
 def dist_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from the launcher's environment (1 process if unset)."""
@@ -19,9 +21,51 @@ def dist_env() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def _optimizer(params, cfg):
+def param_group_name(name: str) -> str:
+    """Optimizer group of a trainable LCIRC parameter: gates (every tanh gate, the mixer's
+    included), compressor (Perceiver and h0 latents), mixer (QD mixer) or gca (GCA blocks)."""
+    if name.endswith("attn_gate") or name.endswith("ff_gate"):
+        return "gates"
+    if name == "latents" or name.startswith("compressor."):
+        return "compressor"
+    if name.startswith("mixer."):
+        return "mixer"
+    if name.startswith("gca."):
+        return "gca"
+    raise ValueError(f"trainable parameter {name!r} belongs to no LCIRC optimizer group")
+
+
+def param_groups(model, cfg) -> list[dict]:
+    """AdamW groups with lr = train.lr * train.lr_mult[group] (1 where unset); empty groups
+    are left out. The group name is kept under the key "name"."""
     t = cfg.train
-    return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), eps=1e-8, weight_decay=t.weight_decay)
+    unknown = sorted(set(t.lr_mult) - set(PARAM_GROUPS))
+    if unknown:
+        raise ValueError(f"train.lr_mult has unknown group(s) {unknown}; groups: {list(PARAM_GROUPS)}")
+    by_group: dict[str, list] = {g: [] for g in PARAM_GROUPS}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            by_group[param_group_name(n)].append(p)
+    groups = []
+    for g in PARAM_GROUPS:
+        mult = float(t.lr_mult.get(g, 1.0))
+        if mult <= 0:
+            raise ValueError(f"train.lr_mult.{g} must be > 0, got {mult}")
+        if by_group[g]:
+            groups.append({"params": by_group[g], "lr": t.lr * mult, "name": g})
+    return groups
+
+
+def scheduled_lr(optimizer, base_lr: float) -> float:
+    """train.lr times the scheduler's current multiplier (read from the first group)."""
+    g = optimizer.param_groups[0]
+    return g["lr"] / g.get("initial_lr", g["lr"]) * base_lr
+
+
+def _optimizer(model, cfg):
+    t = cfg.train
+    return torch.optim.AdamW(param_groups(model, cfg), lr=t.lr, betas=tuple(t.betas), eps=1e-8,
+                             weight_decay=t.weight_decay)
 
 
 class PlainEngine:
@@ -36,8 +80,9 @@ class PlainEngine:
                              f"WORLD_SIZE={world}")
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = _optimizer(self.params, cfg)
+        self.optimizer = _optimizer(model, cfg)
         self.scheduler = scheduler_fn(self.optimizer)
+        self.base_lr = cfg.train.lr
         self.accum = cfg.train.grad_accum
         self.clip = cfg.train.grad_clip
         self.micro = 0
@@ -60,7 +105,8 @@ class PlainEngine:
         return True
 
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """Current learning rate of the base group (train.lr times the schedule)."""
+        return scheduled_lr(self.optimizer, self.base_lr)
 
     def state_dict(self) -> dict:
         return {"model": {k: v for k, v in self.model.state_dict().items() if not k.startswith("base.")},
@@ -176,9 +222,9 @@ class DeepSpeedEngine:
             os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29511"),
                               RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         deepspeed.init_distributed(dist_backend=backend)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = _optimizer(params, cfg)
+        optimizer = _optimizer(model, cfg)
         scheduler = scheduler_fn(optimizer)
+        self.torch_optimizer, self.base_lr = optimizer, cfg.train.lr
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
         self.model = self.engine.module
@@ -200,7 +246,8 @@ class DeepSpeedEngine:
         return boundary
 
     def lr(self) -> float:
-        return self.engine.get_lr()[0]
+        """Current learning rate of the base group (train.lr times the schedule)."""
+        return scheduled_lr(self.torch_optimizer, self.base_lr)
 
     def save(self, directory: Path, client_state: dict) -> None:
         self.engine.save_checkpoint(str(directory.parent), tag=directory.name,

@@ -21,7 +21,8 @@ from ..data.stage1 import draw_boundaries
 from ..eval.perplexity import window_nll
 from ..memory import CompressedMemory, _Record
 from ..segmenting import balanced_boundaries
-from .builders import DataBundle, bptt_policy, build_base, build_data, build_model
+from .builders import (DataBundle, bptt_policy, build_base, build_data, build_model,
+                       center_positions)
 from .config import TrainConfig
 from .engine import dist_env, make_engine
 from .schedule import make_scheduler
@@ -73,6 +74,10 @@ class Trainer:
             raise ValueError("no stage-1 training documents")
         if cfg.stage == 2 and self.data.qa_train is None:
             raise ValueError(f"data.source={cfg.data.source!r} gives no QA samples for stage 2")
+        if cfg.lcirc.center_positions and not cfg.init_from:
+            if not self.data.train_docs:
+                raise ValueError("lcirc.center_positions needs stage-1 training documents")
+            center_positions(self.model, self.data.train_docs)
         t = cfg.train
         self.engine = make_engine(self.model, cfg,
                                   lambda opt: make_scheduler(opt, t.warmup_steps, t.max_steps, t.min_lr_ratio))
