@@ -167,7 +167,14 @@ class Trainer:
                     continue
                 a, n = window_nll(self.model, doc, d.window, "lcirc", segment_len=d.segment_len)
                 b, _ = window_nll(self.model, doc, d.window, "base", segment_len=d.segment_len)
-                nll += torch.tensor([a, n, b, 0.0], dtype=torch.float64)
+                c = float("nan")
+                docs = self.data.val_docs
+                other = docs[(i + 1) % len(docs)]
+                if len(docs) > 1 and doc.numel() > d.window and other.numel() >= doc.numel():
+                    # control: the same window with another document's prefix compressed
+                    swapped = torch.cat([other[:doc.numel() - d.window], doc[-d.window:]])
+                    c, _ = window_nll(self.model, swapped, d.window, "lcirc", segment_len=d.segment_len)
+                nll += torch.tensor([a, n, b, c], dtype=torch.float64)
         else:
             for i, s in enumerate(self.data.qa_val):
                 if i % self.world != self.rank:
@@ -189,8 +196,12 @@ class Trainer:
             nll = torch.tensor([self.engine.all_reduce_mean(float(x)) * self.world for x in nll])
         self.model.train()
         tokens = max(1.0, float(nll[1]))
-        return {"val_loss": float(nll[0]) / tokens, "val_loss_no_memory": float(nll[2]) / tokens,
-                "val_tokens": int(nll[1])}
+        out = {"val_loss": float(nll[0]) / tokens, "val_loss_no_memory": float(nll[2]) / tokens,
+               "val_tokens": int(nll[1])}
+        if cfg.stage == 1 and math.isfinite(float(nll[3])):
+            # the gap to val_loss is what the memory's content (not its presence) is worth
+            out["val_loss_swapped_memory"] = float(nll[3]) / tokens
+        return out
 
     # ---------------------------------------------------------------- checkpoints
     def _client_state(self) -> dict:

@@ -54,3 +54,18 @@ def test_init_options_open_gates_scale_queries_and_center_positions(tiny_cfg):
     mean = m.base.get_input_embeddings().weight[ids].mean(0)
     assert mean.norm() > 0
     torch.testing.assert_close(m.compressor.pos_emb, plain.compressor.pos_emb - mean, rtol=1e-5, atol=1e-5)
+
+
+def test_stage1_validation_reports_the_swapped_memory_control(tiny_cfg):
+    cfg = config_from_dict(tiny_cfg(lcirc={"attn_gate_init": 0.5, "gca_q_init_scale": 4.0},
+                                    train={"eval_every": 0, "save_every": 0}))
+    tr = Trainer(cfg, resume="none", quiet=True)
+    v = tr.validate()
+    assert {"val_loss", "val_loss_no_memory", "val_loss_swapped_memory"} <= set(v)
+    # open gates: the content of the memory changes the loss, so the control differs
+    assert v["val_loss_swapped_memory"] != v["val_loss"]
+    with torch.no_grad():
+        for blk in tr.model.gca.values():
+            blk.attn_gate.zero_()
+    v = tr.validate()
+    assert v["val_loss_swapped_memory"] == v["val_loss"] == v["val_loss_no_memory"]
