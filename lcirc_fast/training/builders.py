@@ -116,6 +116,10 @@ def _load_partial(directory, base, lcfg):
     bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if bad:
         raise ValueError(f"init_from {directory}: weights {bad[:5]} do not fit this config")
+    missing = [k for k in own if k not in state and not k.startswith(("base.", "mixer."))]
+    if missing:
+        raise ValueError(f"init_from {directory}: this config has weights {missing[:5]} that the "
+                         "checkpoint lacks (gca_layers, num_latents or compressor_layers differ?)")
     model.load_state_dict({k: v.to(model.device) for k, v in state.items()}, strict=False)
     return model
 

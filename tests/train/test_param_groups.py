@@ -69,3 +69,24 @@ def test_stage1_validation_reports_the_swapped_memory_control(tiny_cfg):
             blk.attn_gate.zero_()
     v = tr.validate()
     assert v["val_loss_swapped_memory"] == v["val_loss"] == v["val_loss_no_memory"]
+
+
+def test_init_from_loads_stage1_weights_and_refuses_a_config_with_more_weights(tiny_cfg, tmp_path):
+    from lcirc_fast.training import run_training
+
+    s1 = tiny_cfg(output_dir=str(tmp_path / "s1"), lcirc={"gca_layers": [1]},
+                  train={"max_steps": 1, "grad_accum": 1, "eval_every": 0, "save_every": 0})
+    run_training(config_from_dict(s1), resume="none", quiet=True)
+    final = tmp_path / "s1" / "final"
+    ok = config_from_dict(tiny_cfg(stage=2, init_from=str(final), output_dir=str(tmp_path / "s2"),
+                                   lcirc={"gca_layers": [1], "query_dependent": True}))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(final / "lcirc_model.safetensors"))
+    model = Trainer(ok, resume="none", quiet=True).model
+    torch.testing.assert_close(model.gca["1"].attn.to_q.weight, saved["gca.1.attn.to_q.weight"])
+    assert model.mixer.attn_gate.item() == 0.0  # the new mixer starts closed
+    bad = config_from_dict(tiny_cfg(stage=2, init_from=str(final), output_dir=str(tmp_path / "s3"),
+                                    lcirc={"gca_layers": [0, 1]}))
+    with pytest.raises(ValueError, match=r"gca\.0\."):
+        Trainer(bad, resume="none", quiet=True)
