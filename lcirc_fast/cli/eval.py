@@ -146,7 +146,8 @@ def run(args) -> int:
         docs = list(zip([n for n, _ in named], ids))
         res = passkey_eval(model, tok, docs, args.window, lengths, args.depths, modes, args.samples,
                            args.seed, args.segment_len, min(args.max_new_tokens, 16))
-        table = format_table(res["rows"], ["mode", "length", "depth", "accuracy", "n", "failed"])
+        table = format_table(res["rows"], ["mode", "length", "depth", "accuracy", "digit_accuracy", "n",
+                                           "failed"])
         series = {}
         for m in modes:
             for length in lengths:

@@ -48,6 +48,16 @@ def best_over(metric, prediction: str, golds: Iterable[str]) -> float:
     return max(metric(prediction, g) for g in golds)
 
 
+def digit_accuracy(prediction: str, gold: str) -> float:
+    """Share of the gold key's digits matched position by position by the first digits of the
+    prediction (missing digits count as wrong); chance for a uniform guess is 0.1."""
+    want = [c for c in gold if c.isdigit()]
+    if not want:
+        raise ValueError(f"gold answer {gold!r} has no digits")
+    got = [c for c in prediction if c.isdigit()][:len(want)]
+    return sum(a == b for a, b in zip(got, want)) / len(want)
+
+
 def contains_answer(prediction: str, gold: str) -> float:
     """1 when the normalised gold appears in the normalised prediction (pass-key retrieval)."""
     g = normalize_answer(gold)

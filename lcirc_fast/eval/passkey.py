@@ -10,16 +10,18 @@ from ..data.qa import SyntheticQA
 from ..data.templates import get_template
 from .generate import generate_answer
 from .harness import ScoreBoard, run_scored
-from .metrics import contains_answer
+from .metrics import contains_answer, digit_accuracy
 
 
 def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], window: int,
                  lengths: Sequence[int], depths: Sequence[float], modes: Sequence[str],
                  samples: int = 5, seed: int = 0, segment_len: int = 2048, max_new_tokens: int = 12,
                  progress=None) -> dict:
-    """Accuracy (gold key contained in the answer) for every (mode, length, depth) cell.
+    """Accuracy (gold key contained in the answer) for every (mode, length, depth) cell, and
+    digit accuracy (the key's digits matched in place; chance 0.1), failures counting as 0.
 
-    Every mode sees the same samples. Returns {"rows": [...], "failures": [...]}.
+    Every mode sees the same samples. Returns {"rows": [...], "failures": [...]}; each row keeps
+    its answers under "predictions".
     """
     qa = SyntheticQA(tokenizer, docs, tasks=("passkey",))
     tmpl = get_template("passage_only")
@@ -30,16 +32,21 @@ def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], win
             cell = [qa.passkey(rng, length, depth, tmpl) for _ in range(samples)]
             for mode in modes:
                 board = ScoreBoard(f"{mode}/{length}/{depth}")
+                preds: dict[int, str] = {}
 
                 def score(s):
                     pred = generate_answer(model, tokenizer, s.prompt_ids, window, max_new_tokens, mode,
                                            s.query_ids, segment_len)
+                    preds[id(s)] = pred
                     if progress is not None:
                         progress()
                     return contains_answer(pred, s.answer)
                 run_scored(board, cell, score)
                 r = board.row()
-                r.update(mode=mode, length=length, depth=depth, accuracy=r["score_counting_failures_as_zero"])
+                digits = [digit_accuracy(preds[id(s)], s.answer) if id(s) in preds else 0.0 for s in cell]
+                r.update(mode=mode, length=length, depth=depth, accuracy=r["score_counting_failures_as_zero"],
+                         digit_accuracy=sum(digits) / len(cell),
+                         predictions=[{"answer": s.answer, "prediction": preds.get(id(s))} for s in cell])
                 rows.append(r)
                 failures += [{"cell": board.name, **f} for f in board.failures]
     return {"rows": rows, "failures": failures}

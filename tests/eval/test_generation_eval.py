@@ -71,7 +71,9 @@ def test_passkey_eval_runs_every_cell(tiny32k, sp_tok):
     assert rows[("lcirc", 200)]["failed"] == 2 and rows[("lcirc", 200)]["accuracy"] == 0.0
     assert len(res["failures"]) == sum(r["failed"] for r in res["rows"]) >= 2
     assert all("query_ids" in f["error"] for f in res["failures"])
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in res["rows"])
+    assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["digit_accuracy"] <= 1.0 for r in res["rows"])
+    assert all(len(r["predictions"]) == 2 for r in res["rows"])
+    assert rows[("lcirc", 200)]["digit_accuracy"] == 0.0  # failures score 0 here too
 
 
 def test_longbench_eval_counts_failures(tiny32k, sp_tok, tmp_path):

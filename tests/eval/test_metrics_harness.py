@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from lcirc_fast.eval.metrics import digit_accuracy
 from lcirc_fast.eval import (ScoreBoard, best_over, contains_answer, exact_match, first_line, format_table,
                              normalize_answer, perplexity_by_length, plot_lines, run_scored, token_f1,
                              window_nll, write_json)
@@ -90,3 +91,13 @@ def test_perplexity_by_length_counts_failures(tiny_lcirc, tmp_path):
     assert c["lcirc_swapped"]["nll"] != c["lcirc"]["nll"]  # a different memory, same scored tokens
     plot_lines(tmp_path / "p.png", {"base": [(32, 3.0), (64, 2.0)]}, "x", "y", "t")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_digit_accuracy_matches_digits_in_place():
+    assert digit_accuracy(" 12345 is the key", "12345") == 1.0
+    assert digit_accuracy("12945", "12345") == pytest.approx(0.8)
+    assert digit_accuracy("123", "12345") == pytest.approx(0.6)  # missing digits are wrong
+    assert digit_accuracy("no digits at all", "12345") == 0.0
+    assert digit_accuracy("2345", "12345") == 0.0  # shifted digits do not count
+    with pytest.raises(ValueError, match="no digits"):
+        digit_accuracy("12", "abc")
