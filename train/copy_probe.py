@@ -130,7 +130,7 @@ def main(argv=None) -> int:
             print(json.dumps({"step": step, "own": round(own, 4), "swapped": round(sw, 4),
                               "none": round(none, 4), "gap": round(sw - own, 4),
                               "spread": round(spread, 4), "t": round(time.time() - t0),
-                              "gates": [round(float(torch.tanh(b.attn_gate)), 3)
+                              "gates": [round(torch.tanh(b.attn_gate).item(), 3)
                                         for b in model.gca.values()]}), flush=True)
         if step == a.steps:
             break
