@@ -136,6 +136,9 @@ def run(args) -> int:
         res = perplexity_by_length(model, docs, args.window, args.multipliers, modes,
                                    segment_len=args.segment_len, max_full_tokens=args.max_full_tokens)
         table = format_table(res["rows"], ["length", "mode", "ppl", "tokens", "docs", "failures", "skipped_short"])
+        if res["paired"]:
+            table += ("\n\nswapped-memory control, per document (swapped - own NLL per token):\n"
+                      + format_table(res["paired"], ["length", "docs", "mean_gap", "se", "own_better"]))
         series = {m: [(r["length"], r["ppl"]) for r in res["rows"] if r["mode"] == m] for m in modes}
         plot_lines(out / "ppl_by_length.png", series, "context tokens", "perplexity (last window)",
                    f"perplexity by context length (window {args.window})")

@@ -60,10 +60,13 @@ def perplexity_by_length(model, docs: Sequence[torch.Tensor], window: int,
     For length L = m * window each document contributes its first L tokens. Mode
     "lcirc_swapped" is a control: document i's last window with document i+1's prefix compressed.
     Returns
-    {"rows": [{length, mode, ppl, nll, tokens, docs, failures, skipped_short}], "failures": [...]}.
+    {"rows": [{length, mode, ppl, nll, tokens, docs, failures, skipped_short}], "failures": [...],
+     "paired": [...]}; "paired" has, per length where both lcirc and lcirc_swapped ran, the
+    per-document gap (swapped - own NLL per token): mean, standard error and how many documents
+    scored better with their own memory.
     "full" runs only where L <= max_full_tokens. Exceptions are counted per row, never dropped.
     """
-    rows, failures = [], []
+    rows, failures, per_doc = [], [], {}
     for m in multipliers:
         length = int(m * window)
         usable = [d for d in docs if d.numel() >= length]
@@ -81,6 +84,7 @@ def perplexity_by_length(model, docs: Sequence[torch.Tensor], window: int,
                         ids, m_ = torch.cat([other[:length - window], d[length - window:length]]), "lcirc"
                     a, b = window_nll(model, ids, window, m_, score_len, segment_len)
                     nll, tok, ok = nll + a, tok + b, ok + 1
+                    per_doc.setdefault((length, mode), {})[i] = a / b
                 except Exception as e:  # counted and reported, never dropped silently
                     bad += 1
                     failures.append({"length": length, "mode": mode, "doc": i, "error": repr(e)})
@@ -90,4 +94,20 @@ def perplexity_by_length(model, docs: Sequence[torch.Tensor], window: int,
                          "ppl": math.exp(nll / tok) if tok else float("nan"),
                          "nll": nll / tok if tok else float("nan"), "tokens": tok, "docs": ok,
                          "failures": bad, "skipped_short": len(docs) - len(usable)})
-    return {"rows": rows, "failures": failures}
+    return {"rows": rows, "failures": failures, "paired": paired_gaps(per_doc)}
+
+
+def paired_gaps(per_doc: dict) -> list[dict]:
+    """Per length: swapped - own NLL per token over the documents both modes scored."""
+    out = []
+    for (length, mode), own in sorted(per_doc.items()):
+        if mode != "lcirc" or (length, "lcirc_swapped") not in per_doc:
+            continue
+        sw = per_doc[(length, "lcirc_swapped")]
+        gaps = [sw[i] - own[i] for i in sorted(own) if i in sw]
+        n = len(gaps)
+        mean = sum(gaps) / n if n else float("nan")
+        sd = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (n - 1)) if n > 1 else float("nan")
+        out.append({"length": length, "docs": n, "mean_gap": mean, "se": sd / math.sqrt(n) if n > 1 else float("nan"),
+                    "own_better": sum(g > 0 for g in gaps)})
+    return out

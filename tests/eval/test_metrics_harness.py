@@ -89,6 +89,12 @@ def test_perplexity_by_length_counts_failures(tiny_lcirc, tmp_path):
     c = {r["mode"]: r for r in ctrl["rows"]}
     assert c["lcirc_swapped"]["docs"] == 3 and c["lcirc_swapped"]["tokens"] == c["lcirc"]["tokens"]
     assert c["lcirc_swapped"]["nll"] != c["lcirc"]["nll"]  # a different memory, same scored tokens
+    (pg,) = ctrl["paired"]
+    assert pg["length"] == 128 and pg["docs"] == 3 and 0 <= pg["own_better"] <= 3
+    # the mean per-document gap equals the difference of the pooled NLLs (equal tokens per doc)
+    assert pg["mean_gap"] == pytest.approx(c["lcirc_swapped"]["nll"] - c["lcirc"]["nll"], abs=1e-9)
+    assert pg["se"] > 0
+    assert res["paired"] == []  # no swapped control asked for, no paired entry
     plot_lines(tmp_path / "p.png", {"base": [(32, 3.0), (64, 2.0)]}, "x", "y", "t")
     assert (tmp_path / "p.png").stat().st_size > 1000
 
