@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     from lcirc_fast.config import LCIRCConfig
     from lcirc_fast.data import kjv_splits, tokenize_documents
     from lcirc_fast.models import LCIRCForCausalLM
+    from lcirc_fast.training.builders import center_positions
+    from lcirc_fast.training.engine import param_group_name
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -83,9 +85,8 @@ def main(argv=None) -> int:
     groups = {"rest": [], "compressor": [], "gates": []}
     for n, p in model.named_parameters():
         if p.requires_grad:
-            key = ("gates" if n.endswith("_gate") else
-                   "compressor" if n.startswith(("compressor.", "latents")) else "rest")
-            groups[key].append(p)
+            g = param_group_name(n)
+            groups[g if g in groups else "rest"].append(p)
     mult = {"rest": 1.0, "compressor": a.compressor_lr_mult, "gates": a.gate_lr_mult}
     opt = torch.optim.AdamW([{"params": v, "lr": a.lr * mult[k]} for k, v in groups.items() if v],
                             weight_decay=0.0)
@@ -93,8 +94,7 @@ def main(argv=None) -> int:
     train = torch.cat(tokenize_documents([t for _, t in splits["train"]], tok, a.cache_dir))
     val_stream = torch.cat(tokenize_documents([t for _, t in splits["validation"]], tok, a.cache_dir))
     if a.center_positions:
-        with torch.no_grad():
-            model.compressor.pos_emb.sub_(base.get_input_embeddings().weight[train].mean(0))
+        center_positions(model, [train])
 
     def draw(src, n, gen):
         idx = torch.randint(0, src.numel() - length, (n,), generator=gen)

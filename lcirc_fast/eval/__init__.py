@@ -2,10 +2,10 @@
 from .generate import generate_answer
 from .harness import ScoreBoard, format_table, plot_lines, run_scored, write_json
 from .longbench import longbench_eval
-from .metrics import best_over, contains_answer, exact_match, first_line, normalize_answer, token_f1
+from .metrics import best_over, contains_answer, digit_accuracy, exact_match, first_line, normalize_answer, token_f1
 from .passkey import passkey_eval
 from .perplexity import perplexity_by_length, window_nll
 
 __all__ = ["generate_answer", "ScoreBoard", "format_table", "plot_lines", "run_scored", "write_json",
-           "longbench_eval", "best_over", "contains_answer", "exact_match", "first_line",
+           "longbench_eval", "best_over", "contains_answer", "digit_accuracy", "exact_match", "first_line",
            "normalize_answer", "token_f1", "passkey_eval", "perplexity_by_length", "window_nll"]

@@ -38,10 +38,7 @@ def param_group_name(name: str) -> str:
 def param_groups(model, cfg) -> list[dict]:
     """AdamW groups with lr = train.lr * train.lr_mult[group] (1 where unset); empty groups
     are left out. The group name is kept under the key "name"."""
-    t = cfg.train
-    unknown = sorted(set(t.lr_mult) - set(PARAM_GROUPS))
-    if unknown:
-        raise ValueError(f"train.lr_mult has unknown group(s) {unknown}; groups: {list(PARAM_GROUPS)}")
+    t = cfg.train  # unknown lr_mult groups were refused by TrainConfig.validate
     by_group: dict[str, list] = {g: [] for g in PARAM_GROUPS}
     for n, p in model.named_parameters():
         if p.requires_grad:

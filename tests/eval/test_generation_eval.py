@@ -5,6 +5,7 @@ import torch
 
 from lcirc_fast.data.truncation import head_tail
 from lcirc_fast.eval import generate_answer, longbench_eval, passkey_eval
+from lcirc_testutils import tiny_lcirc, tiny_llama
 
 
 class _Spy:
@@ -34,16 +35,9 @@ def sp_tok():
 
 @pytest.fixture(scope="module")
 def tiny32k():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from lcirc_fast import LCIRCConfig, LCIRCForCausalLM
-
-    torch.manual_seed(0)
-    base = LlamaForCausalLM._from_config(LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64,
-                                                     num_hidden_layers=2, num_attention_heads=2,
-                                                     num_key_value_heads=1), attn_implementation="sdpa")
-    return LCIRCForCausalLM.from_base(base.eval(), LCIRCConfig(num_latents=4, compressor_layers=1,
-                                                               max_segment_len=256, query_dependent=True)).eval()
+    base = tiny_llama(vocab=32000, hidden=32, layers=2, heads=2, kv_heads=1, ffn=64)
+    return tiny_lcirc(base, num_latents=4, compressor_layers=1, max_segment_len=256, segment_len=128,
+                      query_dependent=True).eval()
 
 
 def test_generation_short_prompt_is_not_truncated_or_compressed(tiny32k, sp_tok):

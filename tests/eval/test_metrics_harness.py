@@ -3,10 +3,11 @@ import math
 
 import pytest
 import torch
+from lcirc_testutils import tiny_lcirc as make_lcirc
+from lcirc_testutils import tiny_llama
 
-from lcirc_fast.eval.metrics import digit_accuracy
-from lcirc_fast.eval import (ScoreBoard, best_over, contains_answer, exact_match, first_line, format_table,
-                             normalize_answer, perplexity_by_length, plot_lines, run_scored, token_f1,
+from lcirc_fast.eval import (ScoreBoard, best_over, contains_answer, digit_accuracy, exact_match, first_line,
+                             format_table, normalize_answer, perplexity_by_length, plot_lines, run_scored, token_f1,
                              window_nll, write_json)
 
 
@@ -39,16 +40,8 @@ def test_harness_counts_forced_failure():
 
 @pytest.fixture(scope="module")
 def tiny_lcirc():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from lcirc_fast import LCIRCConfig, LCIRCForCausalLM
-
-    torch.manual_seed(0)
-    base = LlamaForCausalLM._from_config(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
-                                                     num_hidden_layers=2, num_attention_heads=4,
-                                                     num_key_value_heads=2), attn_implementation="sdpa")
-    model = LCIRCForCausalLM.from_base(base.eval(), LCIRCConfig(num_latents=4, compressor_layers=1,
-                                                                max_segment_len=64))
+    model = make_lcirc(tiny_llama(vocab=256, hidden=64, layers=2, heads=4, kv_heads=2, ffn=128),
+                       num_latents=4, compressor_layers=1, max_segment_len=64, segment_len=32)
     with torch.no_grad():
         for blk in model.gca.values():
             blk.attn_gate.fill_(1.0)
