@@ -116,6 +116,10 @@ class TrainConfig:
                              f"{self.lcirc.max_segment_len}")
         if self.data.repeat_passage and self.stage != 1:
             raise ValueError("data.repeat_passage is a stage-1 objective; it needs stage: 1")
+        for key in ("compressor_q_init_scale", "gca_q_init_scale"):
+            v = getattr(self.lcirc, key)
+            if v is not None and not v > 0:
+                raise ValueError(f"lcirc.{key} must be > 0, got {v}")
         unknown = sorted(set(self.train.lr_mult) - set(PARAM_GROUPS))
         if unknown:
             raise ValueError(f"train.lr_mult has unknown group(s) {unknown}; groups: {list(PARAM_GROUPS)}")
