@@ -45,6 +45,10 @@ class LCIRCConfig:
         memory_cap: keep only the newest `memory_cap` memory vectors (None: keep all).
         norm_eps: LayerNorm epsilon of the compressor and GCA blocks.
         backend: "auto" | "torch" | "triton" (see `lcirc_fast.backend`).
+        compressor_input_layers: what the Perceiver reads. 0 (the paper): the frozen token
+            embeddings. k > 0: the frozen LLM's hidden states after its first k decoder layers,
+            run on each segment alone, so every token carries its in-segment context (the
+            order of a number's digits, say), which order-blind embeddings + positions do not.
         hidden_size / num_hidden_layers / vocab_size: copied from the base model by `resolve`.
     """
 
@@ -63,6 +67,7 @@ class LCIRCConfig:
     memory_cap: int | None = None
     norm_eps: float = 1e-5
     backend: str = "auto"
+    compressor_input_layers: int = 0
     hidden_size: int | None = None
     num_hidden_layers: int | None = None
     vocab_size: int | None = None
@@ -142,6 +147,12 @@ class LCIRCConfig:
                     raise ValueError(
                         f"LCIRCConfig.gca_layers {bad} out of range for a base model with "
                         f"{self.num_hidden_layers} layers")
+        k = self.compressor_input_layers
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"LCIRCConfig.compressor_input_layers must be an int >= 0, got {k!r}")
+        if self.num_hidden_layers is not None and k > self.num_hidden_layers:
+            raise ValueError(f"LCIRCConfig.compressor_input_layers={k} exceeds the base model's "
+                             f"{self.num_hidden_layers} layers")
         if not self.norm_eps > 0:
             raise ValueError(f"LCIRCConfig.norm_eps must be > 0, got {self.norm_eps}")
 

@@ -7,8 +7,9 @@ tokens; the key always lies in the compressed middle. Each step trains on `--bat
 step 0, 96 from step 200). Every `--eval-every` steps, `--eval-samples` fixed test-book samples of
 each `--eval-hay` length are scored teacher-forced with their own memory and with another
 sample's memory: `digit_acc` is the share of key digits whose arg-max is right given the gold
-digits before it (chance 0.1), `exact` the share of samples whose whole answer is the arg-max
-(the greedy answer then equals the key). One JSON line per evaluation goes to stdout;
+digits before it (chance 0.1; `by_pos` per key position), `in_key` the share of arg-max digits
+that occur anywhere in the key (order ignored), `exact` the share of samples whose whole answer
+is the arg-max (the greedy answer then equals the key). One JSON line per evaluation goes to stdout;
 `--save DIR` writes the final model for `lcirc eval passkey --lcirc DIR`.
 
     OMP_NUM_THREADS=1 python train/passkey_probe.py --steps 200 --hay 32 --eval-hay 32,96
@@ -57,6 +58,8 @@ def parse_args(argv=None):
     ap.add_argument("--segment-len", type=int, default=32)
     ap.add_argument("--latents", type=int, default=32)
     ap.add_argument("--compressor-layers", type=int, default=2)
+    ap.add_argument("--input-layers", type=int, default=0,
+                    help="compressor input: 0 token embeddings, k the frozen LLM's hidden states after k layers")
     ap.add_argument("--query-dependent", action="store_true", help="QD-LCIRC (question fed to the mixer)")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=25)
@@ -68,6 +71,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-center-positions", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init-from", default=None,
+                    help="start from a saved model (its architecture flags must match; no re-centring)")
     ap.add_argument("--save", default=None, help="directory for the final model (save_pretrained)")
     ap.add_argument("--cache-dir", default=None, help="tokenisation cache")
     a = ap.parse_args(argv)
@@ -131,10 +136,11 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     cfg = config_from_dict({
-        "stage": 2, "seed": a.seed,
+        "stage": 2, "seed": a.seed, "init_from": a.init_from,
         "lcirc": {"num_latents": a.latents, "compressor_layers": a.compressor_layers,
                   "max_segment_len": max(128, a.segment_len), "segment_len": a.segment_len,
                   "gca_layers": [int(x) for x in a.gca.split(",")], "query_dependent": a.query_dependent,
+                  "compressor_input_layers": a.input_layers,
                   "memory_cap": None, "pos_emb_std": 0.05, "latents_std": 0.02,
                   "attn_gate_init": a.gate_init, "compressor_q_init_scale": a.compressor_q_scale,
                   "gca_q_init_scale": a.gca_q_scale, "center_positions": not a.no_center_positions},
@@ -151,7 +157,7 @@ def main(argv=None) -> int:
         return list(zip(names, tokenize_documents([t for _, t in splits[split]], tok, a.cache_dir)))
 
     train_docs, test_docs = docs("train"), docs("test")
-    if cfg.lcirc.center_positions:
+    if cfg.lcirc.center_positions and not a.init_from:
         center_positions(model, [d for _, d in train_docs])
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=a.lr, weight_decay=0.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -166,16 +172,20 @@ def main(argv=None) -> int:
 
     @torch.no_grad()
     def score(ids, labels, mem):
-        """Answer NLL per token, digit accuracy and exact-answer share (teacher-forced arg-max)."""
+        """Answer NLL per token; digit accuracy, overall and per key position; the share of
+        arg-max digits found anywhere in the key (order ignored); exact-answer share."""
         out = model(ids, memory=mem, labels=labels)
         pred = out.logits[:, :-1].argmax(-1)
         gold = labels[:, 1:]
         m = gold != -100
         hit = (pred == gold) | ~m
-        digits = m.clone()
-        digits[:, :] &= torch.cumsum(m, 1) > 1   # the answer's leading space is not a digit
-        dacc = ((pred == gold) & digits).sum().item() / digits.sum().item()
-        return out.loss.item(), dacc, hit.all(1).float().mean().item()
+        digits = m & (torch.cumsum(m, 1) > 1)   # the answer's leading space is not a digit
+        p_dig = pred[digits].view(ids.shape[0], -1)
+        g_dig = gold[digits].view(ids.shape[0], -1)
+        by_pos = (p_dig == g_dig).float().mean(0)
+        in_key = (p_dig[:, :, None] == g_dig[:, None, :]).any(-1).float().mean()
+        return {"nll": out.loss.item(), "digit_acc": by_pos.mean().item(), "in_key": in_key.item(),
+                "exact": hit.all(1).float().mean().item(), "by_pos": by_pos.tolist()}
 
     def evaluate(step, t0):
         model.eval()
@@ -188,9 +198,11 @@ def main(argv=None) -> int:
                 j = torch.arange(ids.shape[0]).roll(1)[sl]      # another sample's memory
                 other = compress(mid[j], q[j])
                 for name, mem in (("own", own), ("swapped", other)):
-                    for k, v in zip(("nll", "digit_acc", "exact"), score(ids[sl], labels[sl], mem)):
-                        res.setdefault(f"{name}_{k}", []).append(v * ids[sl].shape[0])
-            rec[str(n)] = {k: round(sum(v) / ids.shape[0], 4) for k, v in res.items()}
+                    for k, v in score(ids[sl], labels[sl], mem).items():
+                        w = ids[sl].shape[0]
+                        res.setdefault(f"{name}_{k}", []).append([x * w for x in v] if isinstance(v, list) else v * w)
+            rec[str(n)] = {k: [round(sum(c) / ids.shape[0], 3) for c in zip(*v)] if isinstance(v[0], list)
+                           else round(sum(v) / ids.shape[0], 4) for k, v in res.items()}
         rec["t"] = round(time.time() - t0)
         print(json.dumps(rec), flush=True)
         model.train()

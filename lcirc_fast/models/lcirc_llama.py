@@ -30,6 +30,10 @@ WEIGHTS_NAME = "lcirc_model.safetensors"
 CONFIG_NAME = "lcirc_config.json"
 
 
+class _StopForward(Exception):
+    """Raised by a forward hook to end a base-model pass early."""
+
+
 def _decoder_layers(base) -> nn.ModuleList:
     inner = getattr(base, "model", None)
     layers = getattr(inner, "layers", None)
@@ -93,6 +97,8 @@ class LCIRCForCausalLM(nn.Module):
             p.requires_grad_(False)
         emb = base.get_input_embeddings().weight
         dev, dt = emb.device, emb.dtype
+        # contextual compressor input is rescaled to the embeddings' typical row RMS
+        self._embed_rms = float(emb.detach().float().pow(2).mean(-1).sqrt().mean())
         d = cfg.hidden_size
         self.latents = nn.Parameter(torch.randn(cfg.num_latents, d, device=dev, dtype=dt))
         self.compressor = PerceiverCompressor(d, cfg.compressor_layers, cfg.compressor_heads,
@@ -267,11 +273,45 @@ class LCIRCForCausalLM(nn.Module):
                 k, v, lengths = query_kv
                 state = self.mixer(state, k, v, kv_lengths=lengths, backend=backend)
             if kvs is None:
-                emb = self.base.get_input_embeddings()(segment_ids)
+                emb = self.segment_inputs(segment_ids)
                 kvs = self.compressor.segment_kv(emb, folds.get(graph), backend=backend)
             if not graph and cuda_graph.enabled(self):
                 return cuda_graph.graphed_step(self, state, kvs, backend)
             return self.compressor.step(state, kvs, backend=backend)
+
+    def segment_inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        """What the Perceiver reads for segments of token ids int64 [..., L] -> [..., L, d].
+
+        `config.compressor_input_layers` = 0: the frozen token embeddings (the paper). k > 0:
+        the frozen LLM's hidden states after its first k decoder layers, each segment run alone
+        (positions from 0, no memory, no gradient), RMS-normalised per token and scaled to the
+        embedding table's mean row RMS; computed in the base model's dtype.
+        """
+        emb = self.base.get_input_embeddings()
+        k = self.config.compressor_input_layers
+        if k == 0:
+            return emb(ids)
+        flat = ids.reshape(-1, ids.shape[-1])
+        seen: dict = {}
+
+        def grab(_module, _args, out):
+            seen["h"] = out[0] if isinstance(out, tuple) else out
+            raise _StopForward
+
+        handle = _decoder_layers(self.base)[k - 1].register_forward_hook(grab)
+        injection, self._injection = self._injection, None   # no GCA inside this pass
+        try:
+            with torch.no_grad():
+                try:
+                    self.base.model(input_ids=flat, use_cache=False)
+                except _StopForward:
+                    pass
+        finally:
+            handle.remove()
+            self._injection = injection
+        h = seen["h"].float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.config.norm_eps) * self._embed_rms
+        return h.to(emb.weight.dtype).reshape(*ids.shape, -1)
 
     def _hoist_limit(self, batch: int, length: int) -> int:
         """How many segments of `length` tokens one hoisted K/V product may cover."""
@@ -302,7 +342,7 @@ class LCIRCForCausalLM(nn.Module):
             return {}
         with torch.no_grad():
             seg_ids = ids[:, bounds[first]:bounds[last]].reshape(ids.shape[0], count, length)
-            emb = self.base.get_input_embeddings()(seg_ids)
+            emb = self.segment_inputs(seg_ids)
             kvs = self.compressor.segments_kv(emb, folds.get(False), backend=backend)
         return {first + j: kv for j, kv in enumerate(kvs)}
 

@@ -50,7 +50,8 @@ def build_model(cfg, base):
     lcfg = LCIRCConfig(num_latents=lc.num_latents, compressor_layers=lc.compressor_layers,
                        max_segment_len=lc.max_segment_len, segment_len=lc.segment_len,
                        gca_layers=lc.gca_layers, query_dependent=lc.query_dependent,
-                       memory_cap=lc.memory_cap, backend=lc.backend)
+                       memory_cap=lc.memory_cap, backend=lc.backend,
+                       compressor_input_layers=lc.compressor_input_layers)
     torch.manual_seed(cfg.seed + 1)  # identical LCIRC init on every rank
     if cfg.init_from:
         model = _load_partial(cfg.init_from, base, lcfg)
@@ -82,20 +83,29 @@ def build_model(cfg, base):
     return model
 
 
-def center_positions(model, docs) -> torch.Tensor:
-    """Subtract the mean token embedding of `docs` from the compressor's position table.
+def center_positions(model, docs, max_chunks: int = 64) -> torch.Tensor:
+    """Subtract the mean compressor input over `docs` from the compressor's position table.
 
     The compressor normalises Embed(t) + P; token embeddings share a large common component
     (SmolLM2 on KJV: mean norm 0.86 against row norms of about 3), which every latent then
-    carries alike. Folding -mean into P centres the input at no cost. Returns the mean [d].
+    carries alike. Folding -mean into P centres the input at no cost. With token embeddings
+    the mean is exact (token counts); with contextual input (`compressor_input_layers` > 0) it
+    is taken over up to `max_chunks` evenly spaced segments. Returns the mean [d].
     """
     ids = torch.cat([d.reshape(-1) for d in docs])
     if ids.numel() == 0:
         raise ValueError("center_positions needs training tokens")
     emb = model.base.get_input_embeddings().weight
     with torch.no_grad():
-        counts = torch.bincount(ids, minlength=emb.shape[0]).to(emb.dtype)
-        mean = (counts @ emb) / counts.sum()
+        if model.config.compressor_input_layers == 0:
+            counts = torch.bincount(ids, minlength=emb.shape[0]).to(emb.dtype)
+            mean = (counts @ emb) / counts.sum()
+        else:
+            length = min(model.config.segment_len, ids.numel())
+            n = min(max_chunks, ids.numel() // length)
+            starts = torch.linspace(0, ids.numel() - length, n).long()
+            chunks = torch.stack([ids[i:i + length] for i in starts.tolist()]).to(model.device)
+            mean = model.segment_inputs(chunks).float().mean((0, 1)).to(emb.dtype)
         model.compressor.pos_emb.sub_(mean.to(model.compressor.pos_emb.dtype))
     return mean
 

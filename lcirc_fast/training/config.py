@@ -34,6 +34,7 @@ class LCIRCSection:
     compressor_q_init_scale: float | None = None  # scale the Perceiver's to_q init (sharper attention)
     gca_q_init_scale: float | None = None  # scale the GCA blocks' to_q init
     center_positions: bool = False  # subtract the mean training-token embedding from the position table
+    compressor_input_layers: int = 0  # 0: token embeddings (paper); k: frozen LLM hidden states after k layers
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""compressor_input_layers: the Perceiver reads the frozen LLM's hidden states after k layers,
+computed per segment, instead of the token embeddings."""
+import pytest
+import torch
+
+from lcirc_fast import LCIRCConfig
+from lcirc_testutils import tiny_lcirc, tiny_llama
+
+
+def _expected(model, ids, k):
+    """Hidden states after k layers of the plain base model on `ids` alone, RMS-normalised."""
+    with torch.no_grad():
+        h = model.base(input_ids=ids, output_hidden_states=True).hidden_states[k]
+    emb = model.base.get_input_embeddings().weight
+    rms = emb.pow(2).mean(-1).sqrt().mean()
+    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + model.config.norm_eps) * rms
+
+
+def test_default_reads_token_embeddings():
+    model = tiny_lcirc()
+    ids = torch.randint(0, 256, (2, 8))
+    assert torch.equal(model.segment_inputs(ids), model.base.get_input_embeddings()(ids))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_hidden_states_after_k_layers_per_segment(k):
+    model = tiny_lcirc(compressor_input_layers=k, randomize_gates=True)
+    ids = torch.randint(0, 256, (2, 3, 8))        # [batch, segments, length]
+    hooks = [len(layer._forward_hooks) for layer in model.base.model.layers]
+    ran = []
+    handles = [layer.register_forward_pre_hook(lambda m, a, i=i: ran.append(i))
+               for i, layer in enumerate(model.base.model.layers)]
+    got = model.segment_inputs(ids)
+    for h in handles:
+        h.remove()
+    assert ran == list(range(k))                  # the pass stops after layer k-1
+    assert [len(layer._forward_hooks) for layer in model.base.model.layers] == hooks  # none left
+    assert got.shape == (2, 3, 8, 64)
+    for j in range(3):                             # each segment alone, positions from 0
+        torch.testing.assert_close(got[:, j], _expected(model, ids[:, j], k), rtol=1e-5, atol=1e-5)
+
+
+def test_contextual_compression_trains_and_matches_hoisting():
+    model = tiny_lcirc(compressor_input_layers=2, randomize_gates=True)
+    ids = torch.randint(0, 256, (2, 24))
+    mem = model.compress(ids, segment_len=8)
+    out = model(torch.randint(0, 256, (2, 6)), memory=mem, labels=torch.randint(0, 256, (2, 6)))
+    out.loss.backward()
+    assert model.compressor.pos_emb.grad is not None and model.compressor.pos_emb.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.base.parameters())
+    with torch.no_grad():                          # graph-free steps hoist their K/V: same memory
+        again = model.compress(ids, segment_len=8)
+    torch.testing.assert_close(torch.cat(again.slots, 1), torch.cat(mem.slots, 1).detach())
+    # a different first segment changes only the later slots through the recurrence, never
+    # the second segment's own input
+    other = ids.clone()
+    other[:, :8] = (other[:, :8] + 1) % 256
+    torch.testing.assert_close(model.segment_inputs(other[:, 8:16]), model.segment_inputs(ids[:, 8:16]))
+
+
+def test_contextual_input_is_saved_and_validated(tmp_path):
+    from lcirc_fast.models import LCIRCForCausalLM
+
+    model = tiny_lcirc(compressor_input_layers=2)
+    model.save_pretrained(tmp_path)
+    loaded = LCIRCForCausalLM.from_pretrained(tmp_path, base=model.base)
+    assert loaded.config.compressor_input_layers == 2
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="compressor_input_layers"):
+            LCIRCConfig(compressor_input_layers=bad).validate()
+    with pytest.raises(ValueError, match="exceeds the base model"):
+        tiny_lcirc(base=tiny_llama(layers=2), compressor_input_layers=3)
