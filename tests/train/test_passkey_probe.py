@@ -77,3 +77,35 @@ def test_probe_runs_a_step_reports_controls_and_saves(capsys, tmp_path):
                           "--threads", "1", "--init-from", str(out)]) == 0
     again = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert again[0]["40"] == recs[1]["40"]
+
+
+def _linear_probe():
+    path = PROBE.with_name("memory_linear_probe.py")
+    spec = importlib.util.spec_from_file_location("memory_linear_probe", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ridge_readout_finds_ordered_digits_only_when_they_are_there():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (400, 5), generator=g)
+    ordered = torch.nn.functional.one_hot(y, 10).float().reshape(400, 50)
+    bag = torch.nn.functional.one_hot(y, 10).float().sum(1)          # digits without their order
+    noise = torch.randn(400, 50, generator=g)
+    ro = _linear_probe().ridge_readout
+    full = ro(ordered[:300], y[:300], ordered[300:], y[300:], lam=1.0)
+    unordered = ro(bag[:300], y[:300], bag[300:], y[300:], lam=1.0)
+    blind = ro(noise[:300], y[:300], noise[300:], y[300:], lam=1.0)
+    assert min(full["by_pos"]) > 0.95 and full["bag"] > 0.95
+    assert 0.15 < sum(unordered["by_pos"]) / 5 < 0.5 and unordered["bag"] > 0.95
+    assert max(blind["by_pos"]) < 0.25 and blind["bag"] <= blind["bag_majority"] + 0.05
+
+
+def test_linear_probe_runs_on_the_real_assets(capsys):
+    assert _linear_probe().main(["--train", "6", "--test", "3", "--hay", "40", "--input-layers", "2"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["input_layers"] == 2 and len(rec["by_pos"]) == 5
+    assert all(0.0 <= v <= 1.0 for v in rec["by_pos"])
+    with pytest.raises(SystemExit):
+        _linear_probe().parse_args(["--train", "1"])
