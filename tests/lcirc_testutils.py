@@ -1,4 +1,4 @@
-"""Builders shared by the tests: tiny random Llama models and LCIRC wrappers."""
+"""Builders shared by the tests: tiny random Llama models, LCIRC wrappers, train/ scripts."""
 import torch
 
 
@@ -41,3 +41,15 @@ def lcirc_params(model):
         ps += [("mixer." + n, p) for n, p in model.mixer.named_parameters()]
     return ps
 
+
+
+def load_train_script(name: str):
+    """Import train/<name>.py (a script, not a package module) as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "train" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

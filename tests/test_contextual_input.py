@@ -2,9 +2,9 @@
 computed per segment, instead of the token embeddings."""
 import pytest
 import torch
+from lcirc_testutils import tiny_lcirc, tiny_llama
 
 from lcirc_fast import LCIRCConfig
-from lcirc_testutils import tiny_lcirc, tiny_llama
 
 
 def _expected(model, ids, k):

@@ -34,7 +34,7 @@ def ridge_readout(x_train, y_train, x_test, y_test, lam: float) -> dict:
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
     a, b = (x_train - mu) / sd, (x_test - mu) / sd
     k = a @ a.T
-    solve = lambda y: torch.linalg.solve(k + lam * torch.eye(k.shape[0]), y)  # noqa: E731
+    solve = lambda y: torch.linalg.solve(k + lam * torch.eye(k.shape[0]), y)
     by_pos = []
     for j in range(y_train.shape[1]):
         onehot = torch.nn.functional.one_hot(y_train[:, j], 10).float()

@@ -1,18 +1,12 @@
 """The copy-task probe (train/copy_probe.py) on the real SmolLM2 + KJV assets, one tiny step."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-PROBE = Path(__file__).resolve().parents[2] / "train" / "copy_probe.py"
+from lcirc_testutils import load_train_script
 
 
 def _probe():
-    spec = importlib.util.spec_from_file_location("copy_probe", PROBE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_train_script("copy_probe")
 
 
 def _run(capsys, *args):

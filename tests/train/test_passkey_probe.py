@@ -1,20 +1,14 @@
 """The pass-key probe (train/passkey_probe.py) on the real SmolLM2 + KJV assets."""
-import importlib.util
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
-
-PROBE = Path(__file__).resolve().parents[2] / "train" / "passkey_probe.py"
+from lcirc_testutils import load_train_script
 
 
 def _probe():
-    spec = importlib.util.spec_from_file_location("passkey_probe", PROBE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_train_script("passkey_probe")
 
 
 def test_schedule_parsing_and_lookup():
@@ -80,11 +74,7 @@ def test_probe_runs_a_step_reports_controls_and_saves(capsys, tmp_path):
 
 
 def _linear_probe():
-    path = PROBE.with_name("memory_linear_probe.py")
-    spec = importlib.util.spec_from_file_location("memory_linear_probe", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_train_script("memory_linear_probe")
 
 
 def test_ridge_readout_finds_ordered_digits_only_when_they_are_there():
