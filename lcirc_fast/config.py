@@ -176,4 +176,7 @@ class LCIRCConfig:
         keys = ("num_latents", "compressor_layers", "compressor_heads", "compressor_head_dim",
                 "compressor_ffn", "max_segment_len", "query_dependent", "norm_eps",
                 "hidden_size", "vocab_size")
-        return {k: getattr(self, k) for k in keys}
+        sig = {k: getattr(self, k) for k in keys}
+        if self.compressor_input_layers:   # absent at 0, so embedding-input fingerprints are unchanged
+            sig["compressor_input_layers"] = self.compressor_input_layers
+        return sig

@@ -70,3 +70,19 @@ def test_contextual_input_is_saved_and_validated(tmp_path):
             LCIRCConfig(compressor_input_layers=bad).validate()
     with pytest.raises(ValueError, match="exceeds the base model"):
         tiny_lcirc(base=tiny_llama(layers=2), compressor_input_layers=3)
+
+
+def test_memory_fingerprint_covers_the_input_layers():
+    base = tiny_llama()
+    plain = tiny_lcirc(base=base)
+    ctx = tiny_lcirc(base=base, compressor_input_layers=2)
+    before_plain, before_ctx = plain.fingerprint(), ctx.fingerprint()
+    assert before_plain != before_ctx
+    with torch.no_grad():
+        base.model.layers[1].mlp.down_proj.weight.add_(1e-3)     # an input layer changes
+    assert ctx.fingerprint() != before_ctx and plain.fingerprint() == before_plain
+    mid = ctx.fingerprint()
+    with torch.no_grad():
+        base.model.layers[3].mlp.down_proj.weight.add_(1e-3)     # a later layer does not matter
+    assert ctx.fingerprint() == mid
+    assert "compressor_input_layers" not in plain.config.compressor_signature()

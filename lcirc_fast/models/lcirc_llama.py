@@ -196,11 +196,15 @@ class LCIRCForCausalLM(nn.Module):
         if self.mixer is not None:
             params += [("mixer." + n, p) for n, p in self.mixer.named_parameters()]
         params.append(("embed", self.base.get_input_embeddings().weight))
+        layers = _decoder_layers(self.base)
+        for i in range(self.config.compressor_input_layers):   # contextual input depends on them
+            params += [(f"base.layers.{i}." + n, p) for n, p in layers[i].named_parameters()]
         return params
 
     def fingerprint(self) -> str:
         """sha256 of the compressor-relevant config and of every tensor a memory depends on
-        (latents, compressor, mixer, token embeddings). Cached until a weight changes."""
+        (latents, compressor, mixer, token embeddings, and the first `compressor_input_layers`
+        decoder layers). Cached until a weight changes."""
         params = self._fingerprint_params()
         key = tuple((id(p), p._version) for _, p in params)
         if self._fingerprint_cache is not None and self._fingerprint_cache[0] == key:
