@@ -97,8 +97,7 @@ class LCIRCForCausalLM(nn.Module):
             p.requires_grad_(False)
         emb = base.get_input_embeddings().weight
         dev, dt = emb.device, emb.dtype
-        # contextual compressor input is rescaled to the embeddings' typical row RMS
-        self._embed_rms = float(emb.detach().float().pow(2).mean(-1).sqrt().mean())
+        self._embed_rms_cache: tuple | None = None
         d = cfg.hidden_size
         self.latents = nn.Parameter(torch.randn(cfg.num_latents, d, device=dev, dtype=dt))
         self.compressor = PerceiverCompressor(d, cfg.compressor_layers, cfg.compressor_heads,
@@ -283,6 +282,14 @@ class LCIRCForCausalLM(nn.Module):
                 return cuda_graph.graphed_step(self, state, kvs, backend)
             return self.compressor.step(state, kvs, backend=backend)
 
+    def _embed_rms(self, weight: torch.Tensor) -> float:
+        """Mean row RMS of the embedding table (the contextual input's scale), cached."""
+        key = (id(weight), weight._version)
+        if self._embed_rms_cache is None or self._embed_rms_cache[0] != key:
+            rms = float(weight.detach().float().pow(2).mean(-1).sqrt().mean())
+            self._embed_rms_cache = (key, rms)
+        return self._embed_rms_cache[1]
+
     def segment_inputs(self, ids: torch.Tensor) -> torch.Tensor:
         """What the Perceiver reads for segments of token ids int64 [..., L] -> [..., L, d].
 
@@ -314,7 +321,7 @@ class LCIRCForCausalLM(nn.Module):
             handle.remove()
             self._injection = injection
         h = seen["h"].float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.config.norm_eps) * self._embed_rms
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.config.norm_eps) * self._embed_rms(emb.weight)
         return h.to(emb.weight.dtype).reshape(*ids.shape, -1)
 
     def _hoist_limit(self, batch: int, length: int) -> int:
