@@ -86,3 +86,19 @@ def test_memory_fingerprint_covers_the_input_layers():
         base.model.layers[3].mlp.down_proj.weight.add_(1e-3)     # a later layer does not matter
     assert ctx.fingerprint() == mid
     assert "compressor_input_layers" not in plain.config.compressor_signature()
+
+
+def test_center_positions_uses_the_contextual_input_mean():
+    from lcirc_fast.training.builders import center_positions
+
+    model = tiny_lcirc(compressor_input_layers=2)        # segment_len 8
+    docs = [torch.randint(0, 256, (40,)), torch.randint(0, 256, (24,))]
+    before = model.compressor.pos_emb.detach().clone()
+    mean = center_positions(model, docs, max_chunks=4)
+    ids = torch.cat(docs)
+    starts = torch.linspace(0, ids.numel() - 8, 4).long().tolist()
+    want = model.segment_inputs(torch.stack([ids[i:i + 8] for i in starts])).mean((0, 1))
+    torch.testing.assert_close(mean, want)
+    torch.testing.assert_close(model.compressor.pos_emb.detach(), before - want)
+    emb_mean = model.base.get_input_embeddings()(ids).mean(0)
+    assert not torch.allclose(mean, emb_mean, atol=1e-3)  # not the token-embedding mean
