@@ -70,35 +70,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from lcirc_fast.assets import load_smollm2
-    from lcirc_fast.data import kjv_splits, tokenize_documents
     from lcirc_fast.segmenting import balanced_boundaries
-    from lcirc_fast.training.builders import build_model, center_positions
-    from lcirc_fast.training.config import config_from_dict
 
     torch.set_num_threads(a.threads)
     pp = _passkey_probe()
-    cfg = config_from_dict({
-        "stage": 2, "seed": 0, "init_from": a.init_from,
-        "lcirc": {"num_latents": 32, "compressor_layers": 2, "max_segment_len": max(128, a.segment_len),
-                  "segment_len": a.segment_len, "gca_layers": [2, 5, 8, 12], "memory_cap": None,
-                  "compressor_input_layers": a.input_layers, "pos_emb_std": a.pos_std,
-                  "latents_std": 0.02, "compressor_q_init_scale": a.compressor_q_scale,
-                  "center_positions": True},
-        "data": {"window": a.window, "segmenting": "fixed", "segment_min": a.segment_len,
-                 "segment_max": a.segment_len, "segment_len": a.segment_len},
-    })
-    base, tok = load_smollm2(torch.float32)
-    model = build_model(cfg, base).eval()
-    splits = kjv_splits()
-
-    def docs(split):
-        return list(zip([n for n, _ in splits[split]],
-                        tokenize_documents([t for _, t in splits[split]], tok)))
-
-    train_docs, test_docs = docs("train"), docs("test")
-    if not a.init_from:
-        center_positions(model, [d for _, d in train_docs])
+    _, model, tok, train_docs, test_docs = pp.build_probe(
+        seed=0, init_from=a.init_from, window=a.window, segment_len=a.segment_len,
+        lcirc={"compressor_input_layers": a.input_layers, "pos_emb_std": a.pos_std,
+               "compressor_q_init_scale": a.compressor_q_scale})
+    model.eval()
 
     @torch.no_grad()
     def features(src_docs, n, seed):

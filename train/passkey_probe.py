@@ -125,40 +125,58 @@ def batch(samples):
     return torch.stack(ids), torch.stack(labels), torch.stack(mid), torch.stack(q), list(keys)
 
 
-def main(argv=None) -> int:
-    a = parse_args(argv)
+def build_probe(*, seed: int, init_from: str | None, window: int, segment_len: int, lcirc: dict,
+                train: dict | None = None, cache_dir: str | None = None):
+    """The probes' SmolLM2 + LCIRC model and KJV documents.
+
+    `lcirc` adds to / overrides the training-config section (32 latents, 2 Perceiver layers,
+    GCA before 2, 5, 8, 12, h0 N(0, 0.02^2), no memory cap); segments are fixed at
+    `segment_len`. Positions are centred on the training books unless the model comes from
+    `init_from` (already centred) or `lcirc["center_positions"]` is false.
+    Returns (cfg, model, tokenizer, train_docs, test_docs), docs as [(book, int64 ids)].
+    """
     from lcirc_fast.assets import load_smollm2
     from lcirc_fast.data import kjv_splits, tokenize_documents
-    from lcirc_fast.segmenting import balanced_boundaries
     from lcirc_fast.training.builders import build_model, center_positions
     from lcirc_fast.training.config import config_from_dict
-    from lcirc_fast.training.engine import param_groups
 
-    torch.set_num_threads(a.threads)
+    section = {"num_latents": 32, "compressor_layers": 2, "gca_layers": [2, 5, 8, 12],
+               "max_segment_len": max(128, segment_len), "segment_len": segment_len,
+               "memory_cap": None, "latents_std": 0.02, "center_positions": True, **lcirc}
     cfg = config_from_dict({
-        "stage": 2, "seed": a.seed, "init_from": a.init_from,
-        "lcirc": {"num_latents": a.latents, "compressor_layers": a.compressor_layers,
-                  "max_segment_len": max(128, a.segment_len), "segment_len": a.segment_len,
-                  "gca_layers": [int(x) for x in a.gca.split(",")], "query_dependent": a.query_dependent,
-                  "compressor_input_layers": a.input_layers,
-                  "memory_cap": None, "pos_emb_std": 0.05, "latents_std": 0.02,
-                  "attn_gate_init": a.gate_init, "compressor_q_init_scale": a.compressor_q_scale,
-                  "gca_q_init_scale": a.gca_q_scale, "center_positions": not a.no_center_positions},
-        "data": {"window": a.window, "segmenting": "fixed", "segment_min": a.segment_len,
-                 "segment_max": a.segment_len, "segment_len": a.segment_len},
-        "train": {"lr": a.lr, "lr_mult": {"compressor": a.compressor_lr_mult}, "weight_decay": 0.0},
-    })
+        "stage": 2, "seed": seed, "init_from": init_from, "lcirc": section,
+        "data": {"window": window, "segmenting": "fixed", "segment_min": segment_len,
+                 "segment_max": segment_len, "segment_len": segment_len},
+        **({"train": train} if train else {})})
     base, tok = load_smollm2(torch.float32)
     model = build_model(cfg, base)
     splits = kjv_splits()
 
     def docs(split):
         names = [n for n, _ in splits[split]]
-        return list(zip(names, tokenize_documents([t for _, t in splits[split]], tok, a.cache_dir)))
+        return list(zip(names, tokenize_documents([t for _, t in splits[split]], tok, cache_dir)))
 
     train_docs, test_docs = docs("train"), docs("test")
-    if cfg.lcirc.center_positions and not a.init_from:
+    if cfg.lcirc.center_positions and not init_from:
         center_positions(model, [d for _, d in train_docs])
+    return cfg, model, tok, train_docs, test_docs
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    from lcirc_fast.segmenting import balanced_boundaries
+    from lcirc_fast.training.engine import param_groups
+
+    torch.set_num_threads(a.threads)
+    cfg, model, tok, train_docs, test_docs = build_probe(
+        seed=a.seed, init_from=a.init_from, window=a.window, segment_len=a.segment_len,
+        cache_dir=a.cache_dir,
+        lcirc={"num_latents": a.latents, "compressor_layers": a.compressor_layers,
+               "gca_layers": [int(x) for x in a.gca.split(",")], "query_dependent": a.query_dependent,
+               "compressor_input_layers": a.input_layers, "pos_emb_std": 0.05,
+               "attn_gate_init": a.gate_init, "compressor_q_init_scale": a.compressor_q_scale,
+               "gca_q_init_scale": a.gca_q_scale, "center_positions": not a.no_center_positions},
+        train={"lr": a.lr, "lr_mult": {"compressor": a.compressor_lr_mult}, "weight_decay": 0.0})
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=a.lr, weight_decay=0.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
     train_src = KeyInMiddle(tok, train_docs, a.window)
