@@ -11,7 +11,7 @@ import torch
 
 from .templates import TEMPLATES, Template, query_text
 from .tokenized import encode
-from .truncation import HeadTail, truncate_with_labels
+from .truncation import HeadTail, head_tail_sizes, truncate_with_labels
 
 IGNORE = -100
 
@@ -23,7 +23,8 @@ class QASample:
     input_ids: int64 [T] prefix ++ context ++ suffix ++ answer (BOS first if the tokenizer uses one).
     labels: int64 [T], -100 everywhere except the answer tokens (no EOS).
     query_ids: int64 [Tq] the suffix from "Question:" on, without BOS (QD mixer input).
-    prompt_len: tokens before the answer; answer: the gold answer text; task: generator name.
+    prompt_len: tokens before the answer; answer: the gold answer text; task: generator name;
+    context_start: index of the context's first token in input_ids.
     """
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -31,6 +32,7 @@ class QASample:
     prompt_len: int
     answer: str
     task: str = "qa"
+    context_start: int = 0
 
     @property
     def prompt_ids(self) -> torch.Tensor:
@@ -59,7 +61,7 @@ def build_qa_sample(tokenizer, context_ids: torch.Tensor, question: str, answer:
     labels = torch.full_like(ids, IGNORE)
     labels[prompt.numel():] = answer_ids
     query = encode(tokenizer, query_text(suffix))
-    return QASample(ids, labels, query, prompt.numel(), answer.strip(), task)
+    return QASample(ids, labels, query, prompt.numel(), answer.strip(), task, len(prefix_ids))
 
 
 def prepare_training(sample: QASample, window: int) -> tuple[HeadTail, torch.Tensor]:
@@ -80,15 +82,29 @@ class SyntheticQA:
 
     Tasks: "passkey" (a 5-digit key planted at a random depth), "fact" (a planted invented fact)
     and "book" (which named passage a quoted verse comes from; open or 4-way multiple choice).
+
+    needle_window: when set, the planted needles (passkey, fact) lie wholly inside the middle that
+    a head + tail cut to this many tokens (`prepare_training`) compresses; `depth` then places the
+    needle within that allowed range (0 its first, 1 its last position).
     """
 
     TASKS = ("passkey", "fact", "book")
+    NEEDLE_TASKS = ("passkey", "fact")
 
     def __init__(self, tokenizer, docs: Sequence[tuple[str, torch.Tensor]],
-                 tasks: Sequence[str] = TASKS, templates: Sequence[Template] = TEMPLATES):
+                 tasks: Sequence[str] = TASKS, templates: Sequence[Template] = TEMPLATES,
+                 needle_window: int | None = None):
         bad = [t for t in tasks if t not in self.TASKS]
         if bad or not tasks:
             raise ValueError(f"unknown QA tasks {bad or tasks}; choose from {self.TASKS}")
+        if needle_window is not None:
+            if not isinstance(needle_window, int) or needle_window < 2:
+                raise ValueError(f"needle_window must be an int >= 2, got {needle_window!r}")
+            other = [t for t in tasks if t not in self.NEEDLE_TASKS]
+            if other:
+                raise ValueError(f"needle_window places planted needles; task(s) {other} plant none "
+                                 f"(use only {self.NEEDLE_TASKS})")
+        self.needle_window = needle_window
         docs = [(n, d) for n, d in docs if d.numel() > 0]
         if not docs:
             raise ValueError("SyntheticQA needs at least one non-empty document")
@@ -104,6 +120,8 @@ class SyntheticQA:
     # -- haystack
     def _haystack(self, rng: random.Random, n: int) -> torch.Tensor:
         """n tokens of contiguous corpus text (documents concatenated when one is too short)."""
+        if n < 1:
+            raise ValueError(f"a haystack needs at least 1 token, got {n}")
         parts, have = [], 0
         while have < n:
             _, d = self.docs[rng.randrange(len(self.docs))]
@@ -113,26 +131,53 @@ class SyntheticQA:
             have += piece.numel()
         return torch.cat(parts)[:n]
 
-    def _plant(self, hay: torch.Tensor, needle: torch.Tensor, depth: float) -> torch.Tensor:
-        pos = int(round(depth * hay.numel()))
+    def _plant(self, hay: torch.Tensor, needle: torch.Tensor, pos: int) -> torch.Tensor:
         return torch.cat([hay[:pos], self.newline, needle, self.newline, hay[pos:]])
+
+    def _planted(self, rng: random.Random, n: int, needle: torch.Tensor, depth: float | None,
+                 template: Template | None, question: str, answer: str, task: str) -> QASample:
+        """`needle` planted in n haystack tokens at `depth` (random when None)."""
+        if depth is not None and not 0.0 <= depth <= 1.0:
+            raise ValueError(f"depth must lie in [0, 1], got {depth}")
+        hay = self._haystack(rng, n)
+        if self.needle_window is None:
+            pos = round((rng.random() if depth is None else depth) * hay.numel())
+            t = template or rng.choice(self.open_templates)
+        else:
+            t = template or rng.choice(self.open_templates)
+            lo, hi = self._middle_range(hay, needle, t, question, answer, task)
+            pos = rng.randint(lo, hi) if depth is None else lo + round(depth * (hi - lo))
+        return build_qa_sample(self.tok, self._plant(hay, needle, pos), question, answer, t, task=task)
+
+    def _middle_range(self, hay, needle, t, question, answer, task) -> tuple[int, int]:
+        """Haystack positions at which the whole needle falls in the compressed middle."""
+        probe = build_qa_sample(self.tok, self._plant(hay, needle, 0), question, answer, t, task=task)
+        n, w = probe.input_ids.numel(), self.needle_window
+        if n <= w:
+            raise ValueError(f"a {task} prompt of {n} tokens fits the {w}-token window, so nothing is "
+                             f"compressed to hold the needle; use a longer context")
+        head, tail = head_tail_sizes(w)
+        first = probe.context_start + self.newline.numel()   # needle start when pos = 0
+        lo = max(0, head - first)
+        hi = min(hay.numel(), n - tail - first - needle.numel())
+        if lo > hi:
+            raise ValueError(f"the {needle.numel()}-token {task} needle does not fit in the "
+                             f"{n - w}-token compressed middle of a {n}-token prompt under a "
+                             f"{w}-token window; use a longer context")
+        return lo, hi
 
     def passkey(self, rng: random.Random, n: int, depth: float | None = None,
                 template: Template | None = None) -> QASample:
         key = str(rng.randrange(10000, 100000))
         needle = encode(self.tok, f"The pass key is {key}. Remember it. {key} is the pass key.")
-        ctx = self._plant(self._haystack(rng, n), needle, rng.random() if depth is None else depth)
-        t = template or rng.choice(self.open_templates)
-        return build_qa_sample(self.tok, ctx, "What is the pass key?", key, t, task="passkey")
+        return self._planted(rng, n, needle, depth, template, "What is the pass key?", key, "passkey")
 
     def fact(self, rng: random.Random, n: int, depth: float | None = None,
              template: Template | None = None) -> QASample:
         obj, name = rng.choice(_OBJECTS), rng.choice(_NAMES)
         needle = encode(self.tok, f"The keeper of the {obj} was named {name}.")
-        ctx = self._plant(self._haystack(rng, n), needle, rng.random() if depth is None else depth)
-        t = template or rng.choice(self.open_templates)
-        return build_qa_sample(self.tok, ctx, f"What was the name of the keeper of the {obj}?",
-                               name, t, task="fact")
+        return self._planted(rng, n, needle, depth, template,
+                             f"What was the name of the keeper of the {obj}?", name, "fact")
 
     def book(self, rng: random.Random, n: int, depth: float | None = None,
              template: Template | None = None) -> QASample:

@@ -44,9 +44,14 @@ def head_tail(ids: torch.Tensor, window: int) -> HeadTail:
         raise ValueError("cannot truncate an empty prompt")
     if n <= window:
         return HeadTail(ids, None, n)
-    head = window // 2
-    tail = window - head
+    head, tail = head_tail_sizes(window)
     return HeadTail(torch.cat([ids[:head], ids[n - tail:]]), ids[head:n - tail], head)
+
+
+def head_tail_sizes(window: int) -> tuple[int, int]:
+    """(head, tail) token counts the LLM keeps of a prompt longer than `window`."""
+    head = window // 2
+    return head, window - head
 
 
 def truncate_with_labels(ids: torch.Tensor, labels: torch.Tensor, window: int

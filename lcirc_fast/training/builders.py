@@ -216,8 +216,9 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
             val = repeated_passage_docs(val, d.window)
         if cfg.stage == 1:
             return DataBundle(train, val)
-        tr_qa = SyntheticQA(tokenizer, named["train"], d.qa_tasks)
-        va_qa = SyntheticQA(tokenizer, named["validation"], d.qa_tasks)
+        needle_window = d.window if d.qa_needle == "middle" else None
+        tr_qa = SyntheticQA(tokenizer, named["train"], d.qa_tasks, needle_window=needle_window)
+        va_qa = SyntheticQA(tokenizer, named["validation"], d.qa_tasks, needle_window=needle_window)
         lo, hi = d.qa_context
         qa_train = lambda rng: tr_qa.sample(rng, rng.randint(lo, hi))  # noqa: E731
         vr = random.Random(123456789)

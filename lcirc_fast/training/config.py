@@ -52,6 +52,7 @@ class DataSection:
     max_doc_tokens: int | None = None
     qa_context: list = field(default_factory=lambda: [8192, 32768])
     qa_tasks: list = field(default_factory=lambda: ["passkey", "fact", "book"])
+    qa_needle: str = "anywhere"      # anywhere | middle: planted needles lie in the compressed middle
     val_docs: int = 16
     val_context: int | None = None   # stage-1 validation length (default 4 * window)
     synthetic_docs: int = 32         # synthetic_tokens: number of documents
@@ -115,6 +116,16 @@ class TrainConfig:
             raise ValueError(f"data.segment_len={self.data.segment_len}: validation segments reach "
                              f"{2 * self.data.segment_len - 1} tokens, more than lcirc.max_segment_len="
                              f"{self.lcirc.max_segment_len}")
+        if self.data.qa_needle not in ("anywhere", "middle"):
+            raise ValueError(f"data.qa_needle must be 'anywhere' or 'middle', got {self.data.qa_needle!r}")
+        if self.data.qa_needle == "middle":
+            if self.stage != 2 or self.data.source != "kjv":
+                raise ValueError("data.qa_needle='middle' places the needles of the stage-2 synthetic "
+                                 f"tasks; it needs stage: 2 and data.source: kjv (got stage {self.stage}, "
+                                 f"source {self.data.source!r})")
+            if "book" in self.data.qa_tasks:
+                raise ValueError("data.qa_needle='middle': the 'book' task plants no needle; "
+                                 "use data.qa_tasks from [passkey, fact]")
         if self.data.repeat_passage and self.stage != 1:
             raise ValueError("data.repeat_passage is a stage-1 objective; it needs stage: 1")
         for key in ("compressor_q_init_scale", "gca_q_init_scale"):

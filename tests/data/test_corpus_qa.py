@@ -6,6 +6,7 @@ import torch
 from lcirc_fast.data import (SyntheticQA, build_qa_sample, chunk_documents, get_template, kjv_splits,
                              prepare_training, query_text, split_by_name, tokenize_documents)
 from lcirc_fast.data.loaders import load_longbench, load_qa_records, load_text_documents, load_token_documents
+from lcirc_fast.data.tokenized import encode
 
 
 def test_kjv_split_by_book_no_leakage():
@@ -86,6 +87,69 @@ def test_synthetic_tasks(sp_tok):
     assert f"From the book of {gold_line[3:]}:" in text
     with pytest.raises(ValueError, match="tasks"):
         SyntheticQA(sp_tok, docs, tasks=["nope"])
+
+
+def _find(seq: list[int], sub: list[int]) -> list[int]:
+    k = len(sub)
+    return [i for i in range(len(seq) - k + 1) if seq[i:i + k] == sub]
+
+
+@pytest.mark.parametrize("task", ["passkey", "fact"])
+def test_needle_in_middle_lies_wholly_in_the_compressed_middle(sp_tok, task):
+    docs = [(f"Book{i}", torch.randint(100, 30000, (3000,))) for i in range(6)]
+    w = 96
+    qa = SyntheticQA(sp_tok, docs, tasks=[task], needle_window=w)
+    free = SyntheticQA(sp_tok, docs, tasks=[task])
+    rng = random.Random(1)
+    head, tail = w // 2, w - w // 2
+    starts = []
+    for i in range(40):
+        s = qa.sample(rng, 160)               # random template and depth
+        ht, lab = prepare_training(s, w)
+        ids = s.input_ids.tolist()
+        sentence = (f"The pass key is {s.answer}. Remember it. {s.answer} is the pass key."
+                    if task == "passkey" else f"was named {s.answer}.")
+        needle = sp_tok(sentence, add_special_tokens=False).input_ids[1:]   # drop the word-start piece
+        at = _find(ids, needle)
+        assert len(at) == 1, (i, sp_tok.decode(s.input_ids))
+        assert at[0] >= head and at[0] + len(needle) <= len(ids) - tail
+        assert ht.truncated and _find(ht.middle.tolist(), needle)
+        assert not _find(ht.llm_ids.tolist(), needle[-4:])
+        assert sp_tok.decode(lab[lab != -100]).strip() == s.answer
+        starts.append(at[0])
+    assert len(set(starts)) > 10                 # the depth still varies within the middle
+    # depth 0 / 1: the first / last position where the whole needle is compressed
+    for depth in (0.0, 1.0):
+        s = qa.sample(random.Random(5), 160, depth=depth, template=get_template("passage_only"))
+        ids = s.input_ids.tolist()
+        first = encode(sp_tok, "The pass key is" if task == "passkey" else "The keeper of the").tolist()
+        last = encode(sp_tok, "is the pass key." if task == "passkey" else f"was named {s.answer}.").tolist()
+        start, end = _find(ids, first)[0], _find(ids, last)[-1] + len(last)
+        assert (start == head) if depth == 0.0 else (end == len(ids) - tail)
+    # the same draw without the option may leave the needle in the head or tail
+    misses = 0
+    for _ in range(40):
+        s = free.sample(rng, 160)
+        ht, _ = prepare_training(s, w)
+        misses += not _find(ht.middle.tolist(), sp_tok(str(s.answer), add_special_tokens=False).input_ids[1:])
+    assert misses > 0
+
+
+def test_needle_in_middle_errors(sp_tok):
+    docs = [(f"Book{i}", torch.randint(100, 30000, (3000,))) for i in range(6)]
+    with pytest.raises(ValueError, match="book"):
+        SyntheticQA(sp_tok, docs, needle_window=96)
+    with pytest.raises(ValueError, match="needle_window"):
+        SyntheticQA(sp_tok, docs, tasks=["passkey"], needle_window=0)
+    qa = SyntheticQA(sp_tok, docs, tasks=["passkey"], needle_window=96)
+    with pytest.raises(ValueError, match="fits the 96-token window"):
+        qa.sample(random.Random(0), 20)
+    with pytest.raises(ValueError, match="does not fit"):
+        qa.sample(random.Random(0), 30)
+    with pytest.raises(ValueError, match="haystack"):
+        qa.sample(random.Random(0), 0)
+    with pytest.raises(ValueError, match="depth"):
+        qa.sample(random.Random(0), 200, depth=1.5)
 
 
 def test_loaders(tmp_path):

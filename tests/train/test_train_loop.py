@@ -1,11 +1,14 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from lcirc_fast.training import config_from_dict, run_training
 from lcirc_fast.training.schedule import warmup_cosine
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_resume_gives_identical_loss_trajectory(tiny_cfg, tmp_path):
@@ -86,6 +89,23 @@ def test_config_errors(tiny_cfg, tmp_path):
     with pytest.raises(ValueError, match="bptt"):
         from lcirc_fast.training.builders import bptt_policy
         bptt_policy({"kind": "sideways"})
+    with pytest.raises(ValueError, match="qa_needle"):
+        config_from_dict(tiny_cfg(data={"qa_needle": "top"}))
+    with pytest.raises(ValueError, match="stage: 2"):
+        config_from_dict(tiny_cfg(stage=2, data={"qa_needle": "middle"}))   # synthetic_tokens source
+    with pytest.raises(ValueError, match="book"):
+        config_from_dict(tiny_cfg(stage=2, data={"qa_needle": "middle", "source": "kjv"}))
+    ok = config_from_dict(tiny_cfg(stage=2, data={"qa_needle": "middle", "source": "kjv",
+                                                  "qa_tasks": ["passkey", "fact"]}))
+    assert ok.data.qa_needle == "middle"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "train" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_validate(path):
+    from lcirc_fast.training import load_config
+
+    cfg = load_config(path)
+    assert cfg.stage in (1, 2) and cfg.output_dir.startswith("runs/")
 
 
 def test_warmup_cosine():
