@@ -39,3 +39,29 @@ def test_compress_bad_input(tmp_path, capsys):
     assert main(["compress", str(empty), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and "empty" in err
+
+
+def test_eval_modes_fit_the_task_and_the_model():
+    from lcirc_fast.cli.eval import resolve_modes
+
+    assert resolve_modes("passkey", None, False, False) == ["base"]
+    assert resolve_modes("passkey", None, True, False) == ["base", "lcirc"]
+    assert resolve_modes("passkey", None, True, True) == ["base", "qd"]       # never lcirc for a QD model
+    assert resolve_modes("longbench", ["qd", "full"], True, True) == ["qd", "full"]
+    assert resolve_modes("ppl", None, True, False) == ["base", "lcirc"]
+    assert resolve_modes("ppl", ["base", "lcirc", "lcirc_swapped"], True, False)[-1] == "lcirc_swapped"
+    assert resolve_modes("ppl", ["base", "full"], True, True) == ["base", "full"]
+    with pytest.raises(ValueError, match="use qd"):
+        resolve_modes("passkey", ["lcirc"], True, True)
+    with pytest.raises(ValueError, match="without a mixer; use lcirc"):
+        resolve_modes("passkey", ["qd"], True, False)
+    with pytest.raises(ValueError, match="perplexity has none"):
+        resolve_modes("ppl", None, True, True)
+    with pytest.raises(ValueError, match="no question for qd"):
+        resolve_modes("ppl", ["qd"], True, True)
+    with pytest.raises(ValueError, match="need --lcirc"):
+        resolve_modes("ppl", ["lcirc_swapped"], False, False)
+    with pytest.raises(ValueError, match=r"\['lcirc_swapped'\] are not available for passkey"):
+        resolve_modes("passkey", ["lcirc_swapped"], True, False)
+    with pytest.raises(ValueError, match="not available"):
+        resolve_modes("passkey", ["fulll"], True, False)

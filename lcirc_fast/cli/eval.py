@@ -51,6 +51,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def resolve_modes(task: str, requested: list[str] | None, has_lcirc: bool, query_dependent: bool) -> list[str]:
+    """The modes to evaluate: `requested`, or by default the truncated base plus the trained model
+    (lcirc, or qd for a QD-LCIRC model). Raises on a mode the task or the model cannot run."""
+    allowed = ("base", "lcirc", "lcirc_swapped", "full") if task == "ppl" else ("base", "lcirc", "qd", "full")
+    compressed = "qd" if query_dependent else "lcirc"
+    default = "lcirc" if task == "ppl" else compressed     # ppl refuses a QD model below
+    modes = requested or (["base", default] if has_lcirc else ["base"])
+    bad = [m for m in modes if m not in allowed]
+    if bad:
+        raise ValueError(f"mode(s) {bad} are not available for {task}; choose from {list(allowed)}"
+                         + (" (perplexity has no question for qd)" if task == "ppl" and "qd" in bad else ""))
+    wants_model = [m for m in modes if m in ("lcirc", "qd", "lcirc_swapped")]
+    if wants_model and not has_lcirc:
+        raise ValueError(f"mode(s) {wants_model} need --lcirc <trained directory>")
+    if wants_model and task == "ppl" and query_dependent:
+        raise ValueError("this is a QD-LCIRC model (query_dependent=True): it compresses with the question, "
+                         "and perplexity has none; score its stage-1 model, or use --modes base,full")
+    wrong = [m for m in wants_model if m != compressed and not (m == "lcirc_swapped" and compressed == "lcirc")]
+    if wrong:
+        kind = "a QD-LCIRC model (query_dependent=True)" if query_dependent else "an LCIRC model without a mixer"
+        raise ValueError(f"mode(s) {wrong} do not fit {kind}; use {compressed}")
+    return modes
+
+
 def _load(args):
     import torch
 
@@ -98,11 +122,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model, tok = _load(args)
     has_lcirc = args.lcirc is not None
-    default_modes = ["base"] + (["lcirc"] if has_lcirc else []) + (
-        ["qd"] if has_lcirc and model.config.query_dependent else [])
-    modes = args.modes or default_modes
-    if any(m in ("lcirc", "qd", "lcirc_swapped") for m in modes) and not has_lcirc:
-        raise ValueError("modes lcirc/qd need --lcirc <trained directory>")
+    modes = resolve_modes(args.task, args.modes, has_lcirc, has_lcirc and model.config.query_dependent)
     t0 = time.time()
     meta = {"task": args.task, "base": args.base, "lcirc": args.lcirc, "window": args.window,
             "segment_len": args.segment_len, "modes": modes, "memory_cap": model.config.memory_cap}
@@ -121,8 +141,6 @@ def run(args) -> int:
         from ..data import chunk_documents
         from ..eval import perplexity_by_length
 
-        if "qd" in modes:
-            raise ValueError("perplexity has no query; use base, lcirc or full")
         if args.repeat_passage:
             from ..data import repeated_passage_docs
 
