@@ -173,7 +173,8 @@ def synthetic_qa_sample(rng: random.Random, vocab: int, n: int) -> QASample:
     ids = torch.tensor(prompt + key, dtype=torch.long)
     labels = torch.full_like(ids, -100)
     labels[len(prompt):] = ids[len(prompt):]
-    return QASample(ids, labels, torch.tensor(query), len(prompt), " ".join(map(str, key)), "synthetic")
+    return QASample(ids, labels, torch.tensor(query), len(prompt), " ".join(map(str, key)), "synthetic",
+                    context_start=1)
 
 
 @dataclass
