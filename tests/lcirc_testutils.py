@@ -42,7 +42,6 @@ def lcirc_params(model):
     return ps
 
 
-
 def load_train_script(name: str):
     """Import train/<name>.py (a script, not a package module) as a module."""
     import importlib.util

@@ -68,7 +68,8 @@ def resolve_modes(task: str, requested: list[str] | None, has_lcirc: bool, query
     if wants_model and task == "ppl" and query_dependent:
         raise ValueError("this is a QD-LCIRC model (query_dependent=True): it compresses with the question, "
                          "and perplexity has none; score its stage-1 model, or use --modes base,full")
-    wrong = [m for m in wants_model if m != compressed and not (m == "lcirc_swapped" and compressed == "lcirc")]
+    fits = ("qd",) if query_dependent else ("lcirc", "lcirc_swapped")
+    wrong = [m for m in wants_model if m not in fits]
     if wrong:
         kind = "a QD-LCIRC model (query_dependent=True)" if query_dependent else "an LCIRC model without a mixer"
         raise ValueError(f"mode(s) {wrong} do not fit {kind}; use {compressed}")

@@ -145,13 +145,17 @@ class SyntheticQA:
             t = template or rng.choice(self.open_templates)
         else:
             t = template or rng.choice(self.open_templates)
-            lo, hi = self._middle_range(hay, needle, t, question, answer, task)
+            s = build_qa_sample(self.tok, self._plant(hay, needle, 0), question, answer, t, task=task)
+            lo, hi = self._middle_range(s, needle, hay.numel(), task)
             pos = rng.randint(lo, hi) if depth is None else lo + round(depth * (hi - lo))
+            ctx = self._plant(hay, needle, pos)     # same length: only the context tokens move
+            s.input_ids[s.context_start:s.context_start + ctx.numel()] = ctx
+            return s
         return build_qa_sample(self.tok, self._plant(hay, needle, pos), question, answer, t, task=task)
 
-    def _middle_range(self, hay, needle, t, question, answer, task) -> tuple[int, int]:
-        """Haystack positions at which the whole needle falls in the compressed middle."""
-        probe = build_qa_sample(self.tok, self._plant(hay, needle, 0), question, answer, t, task=task)
+    def _middle_range(self, probe: QASample, needle: torch.Tensor, hay_len: int, task: str) -> tuple[int, int]:
+        """Haystack positions at which the whole needle falls in the compressed middle, from a
+        sample `probe` with the needle planted at position 0."""
         n, w = probe.input_ids.numel(), self.needle_window
         if n <= w:
             raise ValueError(f"a {task} prompt of {n} tokens fits the {w}-token window, so nothing is "
@@ -159,7 +163,7 @@ class SyntheticQA:
         head, tail = head_tail_sizes(w)
         first = probe.context_start + self.newline.numel()   # needle start when pos = 0
         lo = max(0, head - first)
-        hi = min(hay.numel(), n - tail - first - needle.numel())
+        hi = min(hay_len, n - tail - first - needle.numel())
         if lo > hi:
             raise ValueError(f"the {needle.numel()}-token {task} needle does not fit in the "
                              f"{n - w}-token compressed middle of a {n}-token prompt under a "
