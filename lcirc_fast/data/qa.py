@@ -143,15 +143,14 @@ class SyntheticQA:
         if self.needle_window is None:
             pos = round((rng.random() if depth is None else depth) * hay.numel())
             t = template or rng.choice(self.open_templates)
-        else:
-            t = template or rng.choice(self.open_templates)
-            s = build_qa_sample(self.tok, self._plant(hay, needle, 0), question, answer, t, task=task)
-            lo, hi = self._middle_range(s, needle, hay.numel(), task)
-            pos = rng.randint(lo, hi) if depth is None else lo + round(depth * (hi - lo))
-            ctx = self._plant(hay, needle, pos)     # same length: only the context tokens move
-            s.input_ids[s.context_start:s.context_start + ctx.numel()] = ctx
-            return s
-        return build_qa_sample(self.tok, self._plant(hay, needle, pos), question, answer, t, task=task)
+            return build_qa_sample(self.tok, self._plant(hay, needle, pos), question, answer, t, task=task)
+        t = template or rng.choice(self.open_templates)
+        s = build_qa_sample(self.tok, self._plant(hay, needle, 0), question, answer, t, task=task)
+        lo, hi = self._middle_range(s, needle, hay.numel(), task)
+        pos = rng.randint(lo, hi) if depth is None else lo + round(depth * (hi - lo))
+        ctx = self._plant(hay, needle, pos)     # same length: only the context tokens move
+        s.input_ids[s.context_start:s.context_start + ctx.numel()] = ctx
+        return s
 
     def _middle_range(self, probe: QASample, needle: torch.Tensor, hay_len: int, task: str) -> tuple[int, int]:
         """Haystack positions at which the whole needle falls in the compressed middle, from a
