@@ -175,15 +175,29 @@ def test_setup_py_with_forced_build_fails_clearly_on_cpu(tmp_path):
     assert "ExtensionBuildError" in r.stderr and "CPU build" in r.stderr
 
 
+def _see_this_environment(venv: Path) -> None:
+    """Put this environment's site-packages (pip, setuptools, torch as the project installed them)
+    on the throwaway venv's path, so the install uses what scripts/setup.sh provides and nothing
+    that only the base interpreter has."""
+    import site
+    import sysconfig
+
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c",
+                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    dirs = dict.fromkeys([sysconfig.get_paths()["purelib"], *site.getsitepackages()])
+    Path(purelib, "_outer_environment.pth").write_text("".join(f"{d}\n" for d in dirs))
+
+
 def test_editable_install_compiles_nothing(tmp_path):
     """`pip install --no-deps -e .` into a throwaway venv: no compiled file, the `lcirc` script."""
     if torch.version.cuda is not None:
         pytest.skip("on a CUDA machine the editable install may legitimately build _C")
     src = _copy_project(tmp_path)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
-                    str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
+    _see_this_environment(venv)
     r = subprocess.run([str(py), "-m", "pip", "install", "-v", "--no-deps", "--no-build-isolation",
                         "--no-index", "-e", str(src)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
