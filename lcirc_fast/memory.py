@@ -21,6 +21,15 @@ FORMAT = "lcirc_fast.memory"
 FORMAT_VERSION = "1"
 
 
+def _own_copy(t: torch.Tensor) -> torch.Tensor:
+    """A detached, contiguous CPU copy that shares storage with no other tensor.
+
+    safetensors refuses tensors that share memory, and a one-segment memory's `hidden` is its
+    `state`.
+    """
+    return t.detach().to("cpu", copy=True).contiguous()
+
+
 @dataclass
 class _Record:
     """What streaming Truncated(k) needs to re-run a recent step with a graph."""
@@ -196,14 +205,14 @@ class CompressedMemory:
         """Write a versioned safetensors file (written to a temp file, then renamed)."""
         from safetensors.torch import save_file
 
-        tensors = {"hidden": self.hidden.detach().contiguous().cpu(),
-                   "lengths": self.lengths.cpu(),
-                   "context_tokens": self.context_tokens.cpu()}
+        tensors = {"hidden": _own_copy(self.hidden),
+                   "lengths": _own_copy(self.lengths),
+                   "context_tokens": _own_copy(self.context_tokens)}
         if self.state is not None:
-            tensors["state"] = self.state.detach().contiguous().cpu()
+            tensors["state"] = _own_copy(self.state)
         if self.query_ids is not None:
-            tensors["query_ids"] = self.query_ids.cpu()
-            tensors["query_mask"] = self.query_mask.to(torch.long).cpu()
+            tensors["query_ids"] = _own_copy(self.query_ids)
+            tensors["query_mask"] = _own_copy(self.query_mask.to(torch.long))
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                 "num_segments": str(self.num_segments), "uniform": json.dumps(self.uniform),
                 "cap": json.dumps(self.cap), "num_slots": str(len(self.slots))}

@@ -168,3 +168,43 @@ def test_summary_fields(model):
         mem = model.compress(torch.randint(0, 256, (1, 50)))
     assert "segments=" in repr(mem) and mem.num_segments == len(mem) // 4
     assert json.loads(json.dumps(mem.context_tokens.tolist())) == [50]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_save_load_one_segment_memory(model, tmp_path, batch):
+    """Default segmenting of a short text gives one segment, whose slot is also the state."""
+    ids = torch.randint(0, 256, (batch, 10))
+    with torch.no_grad():
+        mem = model.compress(ids)
+    assert mem.num_segments == 1 and mem.state is mem.slots[0]
+    path = tmp_path / "one.safetensors"
+    mem.save(path)
+    loaded = CompressedMemory.load(path, model)
+    assert torch.equal(loaded.hidden, mem.hidden) and torch.equal(loaded.state, mem.state)
+    assert loaded.num_segments == 1 and loaded.context_tokens.tolist() == [10] * batch
+    more = torch.randint(0, 256, (batch, 8))
+    with torch.no_grad():
+        loaded.append(model, more)
+        mem.append(model, more)
+    assert loaded.num_segments == 2 and torch.equal(loaded.hidden, mem.hidden)
+
+
+def test_save_load_one_segment_stacked(model, tmp_path):
+    with torch.no_grad():
+        mem = model.compress([torch.randint(0, 256, (6,)), torch.randint(0, 256, (10,))])
+    mem.save(tmp_path / "stacked.safetensors")
+    loaded = CompressedMemory.load(tmp_path / "stacked.safetensors", model)
+    assert torch.equal(loaded.hidden, mem.hidden)
+    assert loaded.lengths.tolist() == mem.lengths.tolist() == [4, 4]
+    with pytest.raises(ValueError, match="stacked"):
+        loaded.append(model, torch.randint(0, 256, (2, 8)))
+
+
+def test_save_load_capped_to_one_slot(tmp_path):
+    model = tiny_lcirc(memory_cap=4)
+    with torch.no_grad():
+        mem = model.compress(torch.randint(0, 256, (1, 24)), segment_len=8)
+    assert len(mem.slots) == 1 and mem.state is mem.slots[0]
+    mem.save(tmp_path / "cap.safetensors")
+    loaded = CompressedMemory.load(tmp_path / "cap.safetensors", model)
+    assert torch.equal(loaded.hidden, mem.hidden) and loaded.num_segments == 3
