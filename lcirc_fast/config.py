@@ -8,10 +8,33 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ConfigError
+
 BACKENDS = ("auto", "torch", "triton")
+_REQUIRED_POSITIVE = ("num_latents", "compressor_layers", "max_segment_len")
+_OPTIONAL_POSITIVE = ("compressor_heads", "compressor_head_dim", "compressor_ffn", "segment_len",
+                      "gca_heads", "gca_head_dim", "gca_ffn", "memory_cap", "hidden_size",
+                      "num_hidden_layers", "vocab_size")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value, minimum: int, optional: bool) -> None:
+    """Refuse bools, non-integers and values below `minimum` (None only when `optional`)."""
+    if value is None and optional:
+        return
+    if not _is_int(value) or value < minimum:
+        want = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        if optional:
+            want += " (or None for the default)"
+        raise ConfigError(f"LCIRCConfig.{name} must be {want}, got {value!r}")
 
 
 def default_gca_layers(num_layers: int) -> list[int]:
@@ -20,7 +43,7 @@ def default_gca_layers(num_layers: int) -> list[int]:
     For 32 layers this is [0, 3, ..., 30, 31] (12 blocks), the Llama-2-7B setting.
     """
     if num_layers < 1:
-        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
     layers = list(range(0, num_layers, 3))
     if layers[-1] != num_layers - 1:
         layers.append(num_layers - 1)
@@ -73,6 +96,10 @@ class LCIRCConfig:
     vocab_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.validate()
+        self._normalise()
+
     # ------------------------------------------------------------------ resolution
     def resolve(self, base_config) -> "LCIRCConfig":
         """Return a copy with every ``None`` filled from a Hugging Face Llama config."""
@@ -81,31 +108,27 @@ class LCIRCConfig:
         heads = int(base_config.num_attention_heads)
         head_dim = int(getattr(base_config, "head_dim", None) or d // heads)
         ffn = int(base_config.intermediate_size)
-        if self.hidden_size is not None and self.hidden_size != d:
-            raise ValueError(
-                f"LCIRCConfig.hidden_size={self.hidden_size} does not match the base model's "
-                f"hidden_size={d}")
-        if self.num_hidden_layers is not None and self.num_hidden_layers != n_layers:
-            raise ValueError(
-                f"LCIRCConfig.num_hidden_layers={self.num_hidden_layers} does not match the base "
-                f"model's num_hidden_layers={n_layers}")
+        for name, base_value in (("hidden_size", d), ("num_hidden_layers", n_layers)):
+            own = getattr(self, name)
+            if own is not None and own != base_value:
+                raise ConfigError(f"LCIRCConfig.{name}={own} does not match the base model's "
+                                  f"{name}={base_value}; leave it None to copy the base model's")
+        pick = lambda value, default: default if value is None else value  # noqa: E731
         out = dataclasses.replace(
             self,
-            compressor_heads=self.compressor_heads or heads,
-            compressor_head_dim=self.compressor_head_dim or head_dim,
-            compressor_ffn=self.compressor_ffn or ffn,
-            gca_layers=sorted(self.gca_layers) if self.gca_layers is not None
-            else default_gca_layers(n_layers),
-            segment_len=self.segment_len or min(2048, max(1, self.max_segment_len // 2)),
-            gca_heads=self.gca_heads or heads,
-            gca_head_dim=self.gca_head_dim or head_dim,
-            gca_ffn=self.gca_ffn or ffn,
+            compressor_heads=pick(self.compressor_heads, heads),
+            compressor_head_dim=pick(self.compressor_head_dim, head_dim),
+            compressor_ffn=pick(self.compressor_ffn, ffn),
+            gca_layers=sorted(pick(self.gca_layers, default_gca_layers(n_layers))),
+            segment_len=pick(self.segment_len, min(2048, max(1, self.max_segment_len // 2))),
+            gca_heads=pick(self.gca_heads, heads),
+            gca_head_dim=pick(self.gca_head_dim, head_dim),
+            gca_ffn=pick(self.gca_ffn, ffn),
             hidden_size=d,
             num_hidden_layers=n_layers,
             vocab_size=int(base_config.vocab_size),
             extra=dict(self.extra),
         )
-        out.validate()
         return out
 
     @property
@@ -115,46 +138,76 @@ class LCIRCConfig:
                             self.gca_layers, self.gca_heads, self.gca_head_dim, self.gca_ffn,
                             self.hidden_size, self.num_hidden_layers, self.vocab_size)
 
+    # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ValueError naming the first bad field."""
-        def positive(name):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"LCIRCConfig.{name} must be a positive int, got {v!r}")
+        """Raise ConfigError naming the first bad field and its value."""
+        for name in _REQUIRED_POSITIVE:
+            _check_int(name, getattr(self, name), minimum=1, optional=False)
+        for name in _OPTIONAL_POSITIVE:
+            _check_int(name, getattr(self, name), minimum=1, optional=True)
+        _check_int("compressor_input_layers", self.compressor_input_layers, minimum=0,
+                   optional=False)
+        self._check_choices()
+        self._check_gca_layers()
+        self._check_relations()
 
-        for name in ("num_latents", "compressor_layers", "compressor_heads", "compressor_head_dim",
-                     "compressor_ffn", "max_segment_len", "segment_len", "gca_heads",
-                     "gca_head_dim", "gca_ffn", "memory_cap", "hidden_size",
-                     "num_hidden_layers", "vocab_size"):
-            positive(name)
-        if self.backend not in BACKENDS:
-            raise ValueError(f"LCIRCConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+    def _check_choices(self) -> None:
+        if not isinstance(self.query_dependent, bool):
+            raise ConfigError(f"LCIRCConfig.query_dependent must be true or false, got "
+                              f"{self.query_dependent!r}")
+        if not isinstance(self.backend, str) or self.backend not in BACKENDS:
+            raise ConfigError(f"LCIRCConfig.backend must be one of {', '.join(BACKENDS)}, got "
+                              f"{self.backend!r}")
+        eps = self.norm_eps
+        if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
+                or not math.isfinite(eps) or not eps > 0):
+            raise ConfigError(f"LCIRCConfig.norm_eps must be a finite number > 0, got {eps!r}")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"LCIRCConfig.extra must be a dict, got {self.extra!r}")
+
+    def _check_gca_layers(self) -> None:
+        layers = self.gca_layers
+        if layers is None:
+            return
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ConfigError(f"LCIRCConfig.gca_layers must be a non-empty list of decoder layer "
+                              f"indices (or None for the default placement), got {layers!r}")
+        for i in layers:
+            if not _is_int(i) or i < 0:
+                raise ConfigError(f"LCIRCConfig.gca_layers must hold ints >= 0, got {i!r} in "
+                                  f"{layers!r}")
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"LCIRCConfig.gca_layers must be distinct, got {list(layers)}")
+        if self.num_hidden_layers is not None:
+            bad = [i for i in layers if i >= self.num_hidden_layers]
+            if bad:
+                raise ConfigError(
+                    f"LCIRCConfig.gca_layers {bad} out of range for a base model with "
+                    f"{self.num_hidden_layers} layers")
+
+    def _check_relations(self) -> None:
         if self.segment_len is not None and self.segment_len > self.max_segment_len:
-            raise ValueError(
+            raise ConfigError(
                 f"LCIRCConfig.segment_len={self.segment_len} exceeds "
                 f"max_segment_len={self.max_segment_len}")
         if self.memory_cap is not None and self.memory_cap < self.num_latents:
-            raise ValueError(
+            raise ConfigError(
                 f"LCIRCConfig.memory_cap={self.memory_cap} is smaller than one segment's "
                 f"{self.num_latents} latents")
-        if self.gca_layers is not None:
-            if len(set(self.gca_layers)) != len(self.gca_layers) or not self.gca_layers:
-                raise ValueError(f"LCIRCConfig.gca_layers must be distinct and non-empty, "
-                                 f"got {self.gca_layers}")
-            if self.num_hidden_layers is not None:
-                bad = [i for i in self.gca_layers if not 0 <= i < self.num_hidden_layers]
-                if bad:
-                    raise ValueError(
-                        f"LCIRCConfig.gca_layers {bad} out of range for a base model with "
-                        f"{self.num_hidden_layers} layers")
         k = self.compressor_input_layers
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise ValueError(f"LCIRCConfig.compressor_input_layers must be an int >= 0, got {k!r}")
         if self.num_hidden_layers is not None and k > self.num_hidden_layers:
-            raise ValueError(f"LCIRCConfig.compressor_input_layers={k} exceeds the base model's "
-                             f"{self.num_hidden_layers} layers")
-        if not self.norm_eps > 0:
-            raise ValueError(f"LCIRCConfig.norm_eps must be > 0, got {self.norm_eps}")
+            raise ConfigError(f"LCIRCConfig.compressor_input_layers={k} exceeds the base model's "
+                              f"{self.num_hidden_layers} layers")
+
+    def _normalise(self) -> None:
+        """Plain Python ints / floats / lists (numpy scalars and tuples are accepted)."""
+        for name in _REQUIRED_POSITIVE + _OPTIONAL_POSITIVE + ("compressor_input_layers",):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, int(value))
+        self.norm_eps = float(self.norm_eps)
+        if self.gca_layers is not None:
+            self.gca_layers = [int(i) for i in self.gca_layers]
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -165,10 +218,15 @@ class LCIRCConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LCIRCConfig":
+        """Build from `to_dict` output; unknown fields are refused."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"an LCIRCConfig must be a mapping of field names to values, got "
+                              f"{type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown LCIRCConfig fields: {unknown}")
+            raise ConfigError(f"unknown LCIRCConfig fields: {unknown}; known fields: "
+                              f"{sorted(known)}")
         return cls(**data)
 
     def compressor_signature(self) -> dict[str, Any]:
