@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointError
+from .checkpoint import load_state, safe_torch_load, save_state
 from .config import PARAM_GROUPS
 
 
@@ -107,24 +109,29 @@ class PlainEngine:
 
     def state_dict(self) -> dict:
         return {"model": {k: v for k, v in self.model.state_dict().items() if not k.startswith("base.")},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "micro": self.micro}
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
-    def save(self, directory: Path, client_state: dict) -> None:
+    def save(self, directory: Path) -> None:
+        """Write the trainable weights, optimizer and schedule as engine.{safetensors,json}."""
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save({**self.state_dict(), "client": client_state}, directory / "state.pt")
+        save_state(directory, "engine", self.state_dict())
 
-    def load(self, directory: Path) -> dict:
-        st = torch.load(directory / "state.pt", map_location="cpu", weights_only=False)
-        missing, unexpected = self.model.load_state_dict(st["model"], strict=False)
-        missing = [k for k in missing if not k.startswith("base.")]
-        if missing or unexpected:
-            raise ValueError(f"checkpoint {directory} does not match the model: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
-        self.micro = st["micro"]
-        return st["client"]
+    def load(self, directory: Path) -> None:
+        """Restore what :meth:`save` wrote; a mismatch is a CheckpointError naming the directory."""
+        st = load_state(directory, "engine")
+        try:
+            missing, unexpected = self.model.load_state_dict(st["model"], strict=False)
+            missing = [k for k in missing if not k.startswith("base.")]
+            if missing or unexpected:
+                raise ValueError(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.scheduler.load_state_dict(st["scheduler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {directory} does not match this model and optimizer "
+                                  f"({e}); resume with the config that wrote it, or start fresh") from None
+
+    def broadcast_int(self, x: int) -> int:
+        return x
 
     def barrier(self):
         pass
@@ -224,6 +231,7 @@ class DeepSpeedEngine:
         self.torch_optimizer, self.base_lr = optimizer, cfg.train.lr
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
+        self.engine.checkpoint_engine = _SafeLoads(self.engine.checkpoint_engine)
         self.model = self.engine.module
         self.rank, self.world = deepspeed.comm.get_rank(), deepspeed.comm.get_world_size()
         self.micro = 0
@@ -246,18 +254,25 @@ class DeepSpeedEngine:
         """Current learning rate of the base group (train.lr times the schedule)."""
         return scheduled_lr(self.torch_optimizer, self.base_lr)
 
-    def save(self, directory: Path, client_state: dict) -> None:
-        self.engine.save_checkpoint(str(directory.parent), tag=directory.name,
-                                    client_state={**client_state, "micro": self.micro},
+    def save(self, directory: Path) -> None:
+        """DeepSpeed's own files (model states, one optimizer shard per rank); no client state."""
+        self.engine.save_checkpoint(str(directory.parent), tag=directory.name, client_state={},
                                     save_latest=False)
 
-    def load(self, directory: Path) -> dict:
-        _, client = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
+    def load(self, directory: Path) -> None:
+        """DeepSpeed's loader, with every file it reads going through :func:`safe_torch_load`."""
+        loaded, _ = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
                                                 load_optimizer_states=True, load_lr_scheduler_states=True)
-        if client is None:
-            raise ValueError(f"could not load the DeepSpeed checkpoint in {directory}")
-        self.micro = client.pop("micro")
-        return client
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed found no model states in checkpoint {directory}")
+
+    def broadcast_int(self, x: int) -> int:
+        """Rank 0's `x` on every rank."""
+        import deepspeed
+
+        t = torch.tensor([x], dtype=torch.int64, device=self.engine.device)
+        deepspeed.comm.broadcast(t, 0)
+        return int(t.item())
 
     def barrier(self):
         import deepspeed
@@ -270,6 +285,29 @@ class DeepSpeedEngine:
         t = torch.tensor([x], dtype=torch.float64, device=self.engine.device)
         deepspeed.comm.all_reduce(t)
         return float(t.item()) / self.world
+
+
+def deepspeed_allowed_types() -> tuple:
+    """The non-tensor classes DeepSpeed's checkpoint files contain (loss scaler, ZeRO stage,
+    fragment addresses); rebuilding them sets plain attributes and runs no other code."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address)
+
+
+class _SafeLoads:
+    """A DeepSpeed checkpoint engine whose `load` accepts only tensors and allowed types."""
+
+    def __init__(self, inner):
+        self._inner = getattr(inner, "_inner", inner)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def load(self, path, map_location=None):
+        return safe_torch_load(path, map_location, deepspeed_allowed_types())
 
 
 def make_engine(model, cfg, scheduler_fn):

@@ -21,8 +21,11 @@ from ..data.stage1 import draw_boundaries
 from ..eval.perplexity import window_nll
 from ..memory import CompressedMemory, _Record
 from ..segmenting import balanced_boundaries
+from ..errors import CheckpointError
 from .builders import (DataBundle, bptt_policy, build_base, build_data, build_model,
                        center_positions)
+from .checkpoint import (RunLock, load_state, save_state, truncate_log, verify_checkpoint,
+                         write_manifest)
 from .config import TrainConfig
 from .engine import dist_env, make_engine
 from .schedule import make_scheduler
@@ -60,9 +63,23 @@ def _memory_from_state(st, model) -> CompressedMemory | None:
 
 
 class Trainer:
+    """One training run in cfg.output_dir, which it locks (rank 0) until :meth:`close`."""
+
     def __init__(self, cfg: TrainConfig, resume: str = "auto", quiet: bool = False):
         self.cfg = cfg
         self.quiet = quiet
+        self.out = Path(cfg.output_dir)
+        self._lock = RunLock(self.out)
+        if dist_env()[0] == 0:
+            self._lock.acquire()
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, resume: str):
+        cfg = self.cfg
         rank, world, local = dist_env()
         self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cuda":
@@ -83,7 +100,6 @@ class Trainer:
                                   lambda opt: make_scheduler(opt, t.warmup_steps, t.max_steps, t.min_lr_ratio))
         self.model = self.engine.model
         self.rank, self.world = self.engine.rank, self.engine.world
-        self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         if self.rank == 0:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +114,10 @@ class Trainer:
         random.seed(cfg.seed + self.rank)
         np.random.seed(cfg.seed + self.rank)
         self._resume(resume)
+
+    def close(self) -> None:
+        """Release the output_dir lock (also released by the OS if the process dies)."""
+        self._lock.release()
 
     # ---------------------------------------------------------------- data streams
     def _stage1_iter(self, skip: int):
@@ -205,22 +225,36 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _client_state(self) -> dict:
-        return {"opt_step": self.opt_step, "best_val": self.best_val, "history": self.history,
+        return {"opt_step": self.opt_step, "micro": self.engine.micro, "world": self.world,
+                "best_val": self.best_val, "history": self.history,
                 "val_history": self.val_history, "memory": _memory_state(self.memory),
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                         "numpy": np.random.get_state()}}
 
+    def _set_client_state(self, st: dict) -> None:
+        self.opt_step, self.engine.micro = int(st["opt_step"]), int(st["micro"])
+        self.best_val = float(st["best_val"])
+        self.history, self.val_history = list(st["history"]), list(st["val_history"])
+        self.memory = _memory_from_state(st["memory"], self.model)
+        torch.set_rng_state(st["rng"]["torch"])
+        random.setstate(st["rng"]["python"])
+        np.random.set_state(st["rng"]["numpy"])
+
     def save_checkpoint(self) -> Path:
-        """Write checkpoints/step<N> atomically (temp dir, then rename) and point LATEST at it."""
+        """Write checkpoints/step<N> atomically (temp dir, manifest, rename); point LATEST at it."""
         name = f"step{self.opt_step:07d}"
         tmp = self.ckpt_dir / f".tmp-{name}"
         final = self.ckpt_dir / name
-        if self.rank == 0 and tmp.exists():
-            shutil.rmtree(tmp)
+        if self.rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
         self.engine.barrier()
-        self.engine.save(tmp, self._client_state())
+        self.engine.save(tmp)
+        save_state(tmp, f"trainer_rank{self.rank}", self._client_state())
         self.engine.barrier()
         if self.rank == 0:
+            write_manifest(tmp, self.opt_step)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)
@@ -234,27 +268,74 @@ class Trainer:
         return final
 
     def _resume(self, resume: str):
+        """Load the checkpoint `resume` names ('auto': the newest complete one; 'none': none),
+        then drop log.jsonl records past the step the run continues from."""
+        path = self._checkpoint_to_resume(resume)
+        if path is not None:
+            self._load_checkpoint(path)
+            self._log(f"resumed from {path} at optimizer step {self.opt_step}")
+        if self.rank == 0:
+            truncate_log(self.out / "log.jsonl", self.opt_step)
+
+    def _checkpoint_to_resume(self, resume: str) -> Path | None:
+        """Rank 0 picks and verifies the checkpoint; every rank gets its choice."""
         if resume == "none":
-            return
-        if resume == "auto":
-            latest = self.ckpt_dir / "LATEST"
-            if not latest.is_file():
-                return
-            path = self.ckpt_dir / latest.read_text().strip()
-        else:
-            path = Path(resume)
-        if not path.is_dir():
-            raise FileNotFoundError(f"checkpoint {path} not found")
-        client = self.engine.load(path)
-        self.opt_step = client["opt_step"]
-        self.best_val = client["best_val"]
-        self.history = client["history"]
-        self.val_history = client["val_history"]
-        self.memory = _memory_from_state(client["memory"], self.model)
-        torch.set_rng_state(client["rng"]["torch"])
-        random.setstate(client["rng"]["python"])
-        np.random.set_state(client["rng"]["numpy"])
-        self._log(f"resumed from {path} at optimizer step {self.opt_step}")
+            return None
+        code = 0
+        if self.rank == 0:
+            try:
+                code = self._newest_usable() if resume == "auto" else max(1, verify_checkpoint(Path(resume)))
+            except CheckpointError:
+                self.engine.broadcast_int(-1)
+                raise
+        code = self.engine.broadcast_int(code)
+        if code < 0:
+            raise CheckpointError(f"rank 0 found no usable checkpoint for --resume {resume} (see its error)")
+        if code == 0:
+            return None
+        return self.ckpt_dir / f"step{code:07d}" if resume == "auto" else Path(resume)
+
+    def _newest_usable(self) -> int:
+        """Step of the newest verifiable checkpoint in checkpoints/ (0 if there is none at all);
+        each newer one that fails verification is named in a warning."""
+        found = sorted((p for p in self.ckpt_dir.glob("step*") if p.is_dir()), reverse=True)
+        latest = self.ckpt_dir / "LATEST"
+        named = latest.read_text().strip() if latest.is_file() else None
+        if named and not (self.ckpt_dir / named).is_dir():
+            self._warn(f"LATEST names checkpoint {self.ckpt_dir / named}, which is missing")
+        if not found:
+            if named:
+                raise CheckpointError(f"no checkpoint left in {self.ckpt_dir} although LATEST names "
+                                      f"{named}; start fresh with --resume none or a new output_dir")
+            return 0
+        reasons = []
+        for p in found:
+            try:
+                step = verify_checkpoint(p)
+                if p.name != f"step{step:07d}":
+                    raise CheckpointError(f"checkpoint {p}: its manifest is for optimizer step {step}")
+                return step
+            except CheckpointError as e:
+                reasons.append(str(e))
+                self._warn(f"skipping checkpoint {p}: {e}")
+        raise CheckpointError(f"no usable checkpoint in {self.ckpt_dir}: {'; '.join(reasons)}; "
+                              "start fresh with --resume none or a new output_dir")
+
+    def _load_checkpoint(self, path: Path) -> None:
+        name = f"trainer_rank{self.rank}"
+        if not (path / f"{name}.json").is_file():
+            raise CheckpointError(f"checkpoint {path} has no {name}.json: it was written by fewer "
+                                  f"processes than this run's {self.world}")
+        st = load_state(path, name)
+        try:
+            if st["world"] != self.world:
+                raise ValueError(f"it was written by {st['world']} processes, this run has {self.world}")
+            self.engine.load(path)
+            self._set_client_state(st)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"checkpoint {path}: cannot restore the trainer state ({e!r})") from None
 
     def save_best(self, metrics: dict) -> None:
         best = self.out / "best"
@@ -274,6 +355,10 @@ class Trainer:
         if self.rank == 0 and not self.quiet:
             print(msg, flush=True)
 
+    def _warn(self, msg: str):
+        if self.rank == 0:
+            print(f"warning: {msg}", file=sys.stderr, flush=True)
+
     def _record(self, rec: dict):
         if self.rank == 0:
             with open(self.out / "log.jsonl", "a") as f:
@@ -283,6 +368,8 @@ class Trainer:
     def train(self, stop_at: int | None = None) -> dict:
         """Run to train.max_steps (or stop early, checkpointed, after optimizer step `stop_at`)."""
         cfg, t = self.cfg, self.cfg.train
+        if self.rank == 0 and not self._lock.held:
+            self._lock.acquire()
         self.model.train()
         self.model.base.eval()  # frozen backbone: no dropout
         stream = self._stage1_iter(self.engine.micro) if cfg.stage == 1 else None
@@ -363,4 +450,8 @@ class Trainer:
 
 def run_training(cfg: TrainConfig, resume: str = "auto", quiet: bool = False,
                  stop_at: int | None = None) -> dict:
-    return Trainer(cfg, resume=resume, quiet=quiet).train(stop_at=stop_at)
+    trainer = Trainer(cfg, resume=resume, quiet=quiet)
+    try:
+        return trainer.train(stop_at=stop_at)
+    finally:
+        trainer.close()

@@ -1,0 +1,269 @@
+"""Checkpoint files that load without running code, and the run's housekeeping.
+
+A checkpoint directory holds states written by :func:`save_state` (``<name>.safetensors`` for the
+tensors, ``<name>.json`` for the structure around them), the engine's own files, and a
+``manifest.json`` written last with the size and SHA-256 of every file. :func:`verify_checkpoint`
+checks the manifest before anything is loaded; :func:`safe_torch_load` reads ``.pt`` files with
+``weights_only=True`` and an explicit allow-list, so no file is ever unpickled freely.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, RunError
+
+FORMAT = "lcirc-checkpoint/2"
+MANIFEST = "manifest.json"
+_MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__")
+
+
+# ---------------------------------------------------------------- nested state <-> JSON + tensors
+def pack(obj, tensors: dict, where: str = "state"):
+    """JSON-able tree for `obj`; its tensors (and numpy arrays) go into `tensors` by key."""
+    if isinstance(obj, torch.Tensor):
+        key = str(len(tensors))
+        tensors[key] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        key = str(len(tensors))
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj).copy())
+        return {"__ndarray__": key, "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    if isinstance(obj, list):
+        return [pack(v, tensors, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, tuple):
+        return {"__tuple__": [pack(v, tensors, f"{where}[{i}]") for i, v in enumerate(obj)]}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: pack(v, tensors, f"{where}.{k}") for k, v in obj.items()}
+        return {"__dict__": [[pack(k, tensors, where), pack(v, tensors, f"{where}[{k!r}]")]
+                             for k, v in obj.items()]}
+    raise TypeError(f"{where}: a {type(obj).__name__} cannot be stored in a checkpoint")
+
+
+def unpack(tree, tensors: dict, where: str = "state"):
+    """Inverse of :func:`pack`; a malformed tree raises CheckpointError naming `where`."""
+    if isinstance(tree, list):
+        return [unpack(v, tensors, f"{where}[{i}]") for i, v in enumerate(tree)]
+    if not isinstance(tree, dict):
+        return tree
+    marker = next((k for k in _MARKERS if k in tree), None)
+    if marker is None:
+        return {k: unpack(v, tensors, f"{where}.{k}") for k, v in tree.items()}
+    try:
+        return _unpack_marked(marker, tree, tensors, where)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: malformed {marker} entry ({e})") from None
+
+
+def _unpack_marked(marker: str, tree: dict, tensors: dict, where: str):
+    value = tree[marker]
+    if marker == "__tensor__":
+        return tensors[value]
+    if marker == "__ndarray__":
+        return tensors[value].numpy().astype(np.dtype(tree["dtype"]), copy=True)
+    if marker == "__tuple__":
+        return tuple(unpack(v, tensors, f"{where}[{i}]") for i, v in enumerate(value))
+    if marker == "__float__":
+        if value not in ("inf", "-inf", "nan"):
+            raise ValueError(f"{value!r} is not inf, -inf or nan")
+        return float(value)
+    return {unpack(k, tensors, where): unpack(v, tensors, f"{where}[{k!r}]") for k, v in value}
+
+
+def save_state(directory: Path, name: str, obj) -> None:
+    """Write `obj` as <name>.safetensors (tensors) and <name>.json (everything else)."""
+    from safetensors.torch import save_file
+
+    tensors: dict = {}
+    tree = pack(obj, tensors, name)
+    save_file(tensors, str(directory / f"{name}.safetensors"))
+    (directory / f"{name}.json").write_text(json.dumps({"format": FORMAT, "state": tree}))
+
+
+def load_state(directory: Path, name: str):
+    """Read what :func:`save_state` wrote; any problem is a CheckpointError naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    jpath, tpath = directory / f"{name}.json", directory / f"{name}.safetensors"
+    try:
+        doc = json.loads(jpath.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {jpath} is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint file {jpath} is not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "state" not in doc:
+        raise CheckpointError(f"checkpoint file {jpath} is not an {FORMAT} state file")
+    try:
+        tensors = load_file(str(tpath))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {tpath} is missing") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint file {tpath} is not a readable safetensors file ({e})") from None
+    return unpack(doc["state"], tensors, str(jpath))
+
+
+# ---------------------------------------------------------------- .pt files (DeepSpeed)
+def safe_torch_load(path, map_location=None, allowed: tuple = ()):
+    """torch.load with weights_only=True: only tensors, containers and the `allowed` classes."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} is missing") from None
+    except Exception as e:  # noqa: BLE001 - any failure means the file is refused
+        raise CheckpointError(f"refusing checkpoint file {path}: it does not load as plain tensors "
+                              f"and allowed types (weights_only=True): {_reason(e)}") from None
+
+
+def _reason(err: Exception) -> str:
+    """The line of a torch.load error that says what was wrong (not its general advice)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    specific = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation"))]
+    return (specific or lines or [type(err).__name__])[0]
+
+
+# ---------------------------------------------------------------- manifest and verification
+def _digest(path: Path, sync: bool = False) -> str:
+    """SHA-256 of a file; `sync` also flushes it to disk."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+        if sync:
+            os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(directory: Path, step: int) -> None:
+    """Record the size and SHA-256 of every file; written last, so its presence means complete."""
+    files = {p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": _digest(p, sync=True)}
+             for p in _files(directory)}
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1))
+    os.replace(tmp, directory / MANIFEST)
+
+
+def _old_format(directory: Path) -> bool:
+    return any(directory.glob("*.pt"))
+
+
+def verify_checkpoint(directory: Path) -> int:
+    """Optimizer step of a complete checkpoint; CheckpointError saying what is wrong otherwise."""
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} not found")
+    mpath = directory / MANIFEST
+    if not mpath.is_file():
+        if _old_format(directory):
+            raise CheckpointError(
+                f"checkpoint {directory} is in the old pickle format, which is no longer loaded "
+                "because unpickling a file can run code; start fresh (--resume none, or a new output_dir)")
+        raise CheckpointError(f"checkpoint {directory} is incomplete: it has no {MANIFEST}")
+    try:
+        man = json.loads(mpath.read_text())
+        files, step = man["files"], man["step"]
+        if man["format"] != FORMAT or not isinstance(files, dict) or not isinstance(step, int):
+            raise ValueError(f"not an {FORMAT} manifest")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} is unreadable ({e})") from None
+    for rel, meta in files.items():
+        _verify_file(directory, rel, meta)
+    return step
+
+
+def _verify_file(directory: Path, rel: str, meta) -> None:
+    path = directory / rel
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} names a path outside it: {rel!r}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {directory} is incomplete: {rel} is missing")
+    if not isinstance(meta, dict) or path.stat().st_size != meta.get("size"):
+        raise CheckpointError(f"checkpoint {directory} is corrupt: {rel} has {path.stat().st_size} "
+                              f"bytes, the manifest says {meta.get('size') if isinstance(meta, dict) else meta}")
+    if _digest(path) != meta.get("sha256"):
+        raise CheckpointError(f"checkpoint {directory} is corrupt: the SHA-256 of {rel} does not match")
+
+
+# ---------------------------------------------------------------- log.jsonl
+def _step_of(line: str) -> int | None:
+    """Optimizer step a log line belongs to; None for a line that is not a complete record."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict):
+        return None
+    step = rec["validation"].get("step") if isinstance(rec.get("validation"), dict) else rec.get("step")
+    return step if isinstance(step, int) else None
+
+
+def truncate_log(path: Path, step: int) -> int:
+    """Keep the records of optimizer steps <= `step` (atomically); returns how many were dropped."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    keep = [ln for ln in lines if (s := _step_of(ln)) is not None and s <= step]
+    if len(keep) == len(lines):
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+    return len(lines) - len(keep)
+
+
+# ---------------------------------------------------------------- one run per output_dir
+class RunLock:
+    """An exclusive lock on <output_dir>/.lock for the life of a run (released by the OS on a crash)."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / ".lock"
+        self._fd = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if holder.startswith(f"pid {os.getpid()} "):
+                raise RunError(f"output_dir {self.path.parent} is locked by another Trainer in this "
+                               "process; call close() on it first") from None
+            raise RunError(f"output_dir {self.path.parent} is in use by another training run "
+                           f"({holder}); wait for it to finish or stop it, or use another output_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __del__(self):
+        self.release()
