@@ -1,21 +1,47 @@
-"""Training configuration (YAML) as nested dataclasses; unknown keys are errors."""
+"""Training configuration (YAML) as nested dataclasses, checked before anything is built.
+
+`load_config` and `config_from_dict` refuse unknown keys, values of the wrong type and values out
+of range with a `ConfigError` that names the key path (``train.grad_clip = -1: must be ...``).
+Types come from the dataclass annotations; ranges and choices from `FIELD_CHECKS`; rules that
+tie several fields together from `TrainConfig.validate`.
+"""
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from ..config import BACKENDS
+from ..data.qa import SyntheticQA
+from ..errors import ConfigError
 
 PARAM_GROUPS = ("gca", "gates", "compressor", "mixer")  # optimizer groups (train.lr_mult keys)
+DATA_SOURCES = ("kjv", "text_files", "token_files", "qa_files", "hub", "synthetic_tokens")
+STAGE_SOURCES = {1: ("kjv", "text_files", "token_files", "hub", "synthetic_tokens"),
+                 2: ("kjv", "qa_files", "synthetic_tokens")}
+DTYPES = ("float32", "bfloat16")
+SEGMENTING = ("random", "fixed")
+QA_NEEDLES = ("anywhere", "middle")
+ENGINES = ("plain", "deepspeed")
+DIST_BACKENDS = ("nccl", "gloo", "mpi", "ccl")
+TINY_DEFAULTS = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2)  # base.tiny entries override these
+TINY_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
 
 
 @dataclass
 class BaseSection:
     name: str = "smollm2"            # smollm2 | tiny_random | path to a Hugging Face Llama dir
     dtype: str = "float32"           # float32 | bfloat16
-    tiny: dict = field(default_factory=lambda: dict(vocab_size=256, hidden_size=64,
-                                                     intermediate_size=128, num_hidden_layers=2,
-                                                     num_attention_heads=4, num_key_value_heads=2))
+    tiny: dict = field(default_factory=lambda: dict(TINY_DEFAULTS))  # tiny_random: LlamaConfig
 
 
 @dataclass
@@ -101,86 +127,511 @@ class TrainConfig:
     distributed: DistributedSection = field(default_factory=DistributedSection)
 
     def validate(self) -> "TrainConfig":
-        if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
-        if self.train.grad_accum < 1 or self.train.max_steps < 1:
-            raise ValueError("train.grad_accum and train.max_steps must be >= 1")
-        if self.data.window < 8:
-            raise ValueError(f"data.window must be >= 8 tokens, got {self.data.window}")
-        if self.distributed.engine not in ("plain", "deepspeed"):
-            raise ValueError(f"distributed.engine must be 'plain' or 'deepspeed', got {self.distributed.engine!r}")
-        if self.data.segment_max > self.lcirc.max_segment_len:
-            raise ValueError(f"data.segment_max={self.data.segment_max} exceeds "
-                             f"lcirc.max_segment_len={self.lcirc.max_segment_len}")
-        if 2 * self.data.segment_len - 1 > self.lcirc.max_segment_len:
-            raise ValueError(f"data.segment_len={self.data.segment_len}: validation segments reach "
-                             f"{2 * self.data.segment_len - 1} tokens, more than lcirc.max_segment_len="
-                             f"{self.lcirc.max_segment_len}")
-        if self.data.qa_needle not in ("anywhere", "middle"):
-            raise ValueError(f"data.qa_needle must be 'anywhere' or 'middle', got {self.data.qa_needle!r}")
-        if self.data.qa_needle == "middle":
-            if self.stage != 2 or self.data.source != "kjv":
-                raise ValueError("data.qa_needle='middle' places the needles of the stage-2 synthetic "
-                                 f"tasks; it needs stage: 2 and data.source: kjv (got stage {self.stage}, "
-                                 f"source {self.data.source!r})")
-            if "book" in self.data.qa_tasks:
-                raise ValueError("data.qa_needle='middle': the 'book' task plants no needle; "
-                                 "use data.qa_tasks from [passkey, fact]")
-        if self.data.repeat_passage and self.stage != 1:
-            raise ValueError("data.repeat_passage is a stage-1 objective; it needs stage: 1")
-        for key in ("compressor_q_init_scale", "gca_q_init_scale"):
-            v = getattr(self.lcirc, key)
-            if v is not None and not v > 0:
-                raise ValueError(f"lcirc.{key} must be > 0, got {v}")
-        unknown = sorted(set(self.train.lr_mult) - set(PARAM_GROUPS))
-        if unknown:
-            raise ValueError(f"train.lr_mult has unknown group(s) {unknown}; groups: {list(PARAM_GROUPS)}")
-        if self.base.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"base.dtype must be float32 or bfloat16, got {self.base.dtype!r}")
+        """Check every field (type, range, choices) and the rules between fields; values are
+        normalised in place ('1e-3' -> 0.001, 1000.0 -> 1000). Raises ConfigError."""
+        for key, owner, name, kind, optional in _leaves(self):
+            value = check_value(key, getattr(owner, name), kind, FIELD_CHECKS[key], optional)
+            setattr(owner, name, value)
+        for rule in CROSS_RULES:
+            rule(self)
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise TypeError(f"{where} must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+# ---------------------------------------------------------------- single values
+class _Bad(Exception):
+    """A value that does not fit; the caller reports the key path and the requirement."""
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _show(value) -> str:
+    """A value as YAML spells it (null, true / false), strings quoted."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _as_float(value) -> float:
+    """A finite number; text such as '1e-3' (a string to YAML 1.1, which wants a dot) counts."""
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Bad from None
+    if not math.isfinite(number):
+        raise _Bad
+    return number
+
+
+def _as_int(value) -> int:
+    """An integer; 1000.0 and '1e3' give 1000, bools and numbers with a fraction are refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = _as_float(value)
+    if not number.is_integer():
+        raise _Bad
+    return int(number)
+
+
+def _of_type(kind: type) -> Callable[[Any], Any]:
+    def convert(value):
+        if isinstance(value, kind):
+            return value
+        raise _Bad
+    return convert
+
+
+_CONVERT = {int: _as_int, float: _as_float, bool: _of_type(bool), str: _of_type(str),
+            list: lambda v: list(v) if isinstance(v, (list, tuple)) else _of_type(list)(v),
+            dict: lambda v: dict(_of_type(dict)(v))}
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a good value of one field is.
+
+    need: the requirement, read as "must be <need>"; test: a predicate on the converted value;
+    fix: (value, key) -> value, for lists and mappings (raises _Bad, or a ConfigError naming an
+    entry); null: what null means, for fields annotated ``X | None``.
+    """
+    need: str
+    test: Callable[[Any], bool] | None = None
+    fix: Callable[[Any, str], Any] | None = None
+    null: str = ""
+
+    def requirement(self, optional: bool) -> str:
+        text = f"must be {self.need}"
+        if optional:
+            text += f" or null ({self.null})" if self.null else " or null"
+        return text
+
+
+def check_value(key: str, value, kind: type, check: Check, optional: bool = False):
+    """`value` converted to `kind` and checked, or a ConfigError "key = value: must be ..."."""
+    if value is None and optional:
+        return None
+    try:
+        if value is None:
+            raise _Bad
+        out = _CONVERT[kind](value)
+        if check.test is not None and not check.test(out):
+            raise _Bad
+        if check.fix is not None:
+            out = check.fix(out, key)
+    except _Bad:
+        raise ConfigError(f"{key} = {_show(value)}: {check.requirement(optional)}") from None
+    return out
+
+
+def _at_least(lo: int, note: str = "", null: str = "") -> Check:
+    return Check(f"an integer >= {lo}{note}", lambda v: v >= lo, null=null)
+
+
+def _positive(null: str = "") -> Check:
+    return Check("a positive number", lambda v: v > 0, null=null)
+
+
+def _choice(options, null: str = "") -> Check:
+    return Check("one of " + ", ".join(map(str, options)), lambda v: v in options, null=null)
+
+
+def _text(need: str, null: str = "") -> Check:
+    return Check(need, lambda v: bool(v.strip()), null=null)
+
+
+BOOL = Check("true or false")
+
+
+# ---------------------------------------------------------------- lists and mappings
+def _fix_gca_layers(value: list, key: str) -> list[int]:
+    layers = [_as_int(x) for x in value]
+    if not layers or min(layers) < 0 or len(set(layers)) != len(layers):
+        raise _Bad
+    return layers
+
+
+def _fix_qa_context(value: list, key: str) -> list[int]:
+    if len(value) != 2:
+        raise _Bad
+    lo, hi = (_as_int(x) for x in value)
+    if not 1 <= lo <= hi:
+        raise _Bad
+    return [lo, hi]
+
+
+def _fix_qa_tasks(value: list, key: str) -> list[str]:
+    if not value or any(t not in SyntheticQA.TASKS for t in value) or len(set(value)) != len(value):
+        raise _Bad
+    return value
+
+
+def _fix_betas(value: list, key: str) -> list[float]:
+    if len(value) != 2:
+        raise _Bad
+    betas = [_as_float(b) for b in value]
+    if not all(0 <= b < 1 for b in betas):
+        raise _Bad
+    return betas
+
+
+def _fix_lr_mult(value: dict, key: str) -> dict:
+    out = {}
+    for group, mult in value.items():
+        if group not in PARAM_GROUPS:
+            raise ConfigError(f"{key}.{group}: unknown optimizer group; groups: {', '.join(PARAM_GROUPS)}")
+        out[group] = check_value(f"{key}.{group}", mult, float, _positive())
+    return out
+
+
+def _fix_tiny(value: dict, key: str) -> dict:
+    value = {**TINY_DEFAULTS, **value}
+    for name in TINY_SIZES:
+        if name in value:
+            value[name] = check_value(f"{key}.{name}", value[name], int, _at_least(1))
+    return value
+
+
+BPTT_FIELDS = {  # kind -> {setting: (type, check, default)}; see builders.bptt_policy
+    "truncated": {"k": (int, _at_least(1, " (steps that keep their graph)"), 1)},
+    "selective": {"n": (int, _at_least(1, " (steps selected for gradient)"), 8),
+                  "replace": (bool, BOOL, False), "full_when_short": (bool, BOOL, False)},
+    "full": {},
+}
+
+
+def check_bptt(spec, key: str = "train.bptt") -> dict:
+    """A train.bptt mapping checked and completed with its kind's defaults; ConfigError if bad."""
+    kinds = ", ".join(BPTT_FIELDS)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{key} = {_show(spec)}: must be a mapping such as {{kind: truncated, k: 1}}")
+    if "kind" not in spec:
+        raise ConfigError(f"{key}.kind is missing: set it to one of {kinds}")
+    kind = spec["kind"]
+    if not isinstance(kind, str) or kind not in BPTT_FIELDS:
+        raise ConfigError(f"{key}.kind = {_show(kind)}: must be one of {kinds}")
+    settings = BPTT_FIELDS[kind]
+    unknown = [str(k) for k in spec if k != "kind" and k not in settings]
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(fields)}")
-    kwargs = {}
-    for k, v in data.items():
-        sub = fields[k].default_factory if fields[k].default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(sub, type):
-            kwargs[k] = _build(sub, v or {}, f"{where}.{k}")
+        raise ConfigError(f"{key}.{unknown[0]}: not a setting of kind {kind} "
+                          f"(its settings: {', '.join(settings) or 'none'})")
+    out = {"kind": kind}
+    for name, (kind_type, check, default) in settings.items():
+        out[name] = check_value(f"{key}.{name}", spec.get(name, default), kind_type, check)
+    return out
+
+
+
+FIELD_CHECKS: dict[str, Check] = {
+    "stage": Check("1 (language modelling) or 2 (question answering)", lambda v: v in (1, 2)),
+    "seed": Check("an integer in [0, 2147483647]", lambda v: 0 <= v < 2**31),
+    "output_dir": _text("a non-empty path"),
+    "init_from": _text("a save_pretrained directory", null="a fresh LCIRC model"),
+    "base.name": _text("smollm2, tiny_random or a Hugging Face Llama directory"),
+    "base.dtype": _choice(DTYPES),
+    "base.tiny": Check("a mapping of LlamaConfig arguments (over the tiny defaults)", fix=_fix_tiny),
+    "lcirc.num_latents": _at_least(1),
+    "lcirc.compressor_layers": _at_least(1),
+    "lcirc.max_segment_len": _at_least(1),
+    "lcirc.segment_len": _at_least(1),
+    "lcirc.gca_layers": Check("a non-empty list of distinct decoder layer indices >= 0",
+                              fix=_fix_gca_layers, null="every third layer and the last"),
+    "lcirc.query_dependent": BOOL,
+    "lcirc.memory_cap": _at_least(1, null="keep every memory vector"),
+    "lcirc.backend": _choice(BACKENDS),
+    "lcirc.pos_emb_std": _positive(null="N(0, 1)"),
+    "lcirc.latents_std": _positive(null="N(0, 1)"),
+    "lcirc.attn_gate_init": Check("a number", null="0: the base model exactly"),
+    "lcirc.compressor_q_init_scale": _positive(null="unscaled"),
+    "lcirc.gca_q_init_scale": _positive(null="unscaled"),
+    "lcirc.center_positions": BOOL,
+    "lcirc.compressor_input_layers": _at_least(0, " (0: token embeddings)"),
+    "data.source": _choice(DATA_SOURCES),
+    "data.train_path": _text("a non-empty path", null="none"),
+    "data.val_path": _text("a non-empty path", null="none"),
+    "data.hub_name": _text("a dataset name", null="none"),
+    "data.text_field": _text("a non-empty field name"),
+    "data.window": _at_least(8),
+    "data.segmenting": _choice(SEGMENTING),
+    "data.segment_min": _at_least(1),
+    "data.segment_max": _at_least(1),
+    "data.segment_len": _at_least(1),
+    "data.max_doc_tokens": _at_least(2, null="whole documents"),
+    "data.qa_context": Check("a list [min, max] of context lengths with 1 <= min <= max",
+                             fix=_fix_qa_context),
+    "data.qa_tasks": Check("a non-empty list of distinct tasks from " + ", ".join(SyntheticQA.TASKS),
+                           fix=_fix_qa_tasks),
+    "data.qa_needle": _choice(QA_NEEDLES),
+    "data.val_docs": _at_least(1),
+    "data.val_context": _at_least(9, null="4 * data.window"),
+    "data.synthetic_docs": _at_least(1),
+    "data.synthetic_len": _at_least(2),
+    "data.cache_dir": _text("a non-empty path", null="the default token cache"),
+    "data.repeat_passage": BOOL,
+    "train.max_steps": _at_least(1),
+    "train.grad_accum": _at_least(1),
+    "train.lr": _positive(),
+    "train.lr_mult": Check("a mapping from optimizer group (" + ", ".join(PARAM_GROUPS)
+                           + ") to a multiplier > 0", fix=_fix_lr_mult),
+    "train.warmup_steps": _at_least(0),
+    "train.min_lr_ratio": Check("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "train.weight_decay": Check("a number >= 0", lambda v: v >= 0),
+    "train.betas": Check("a list of two numbers in [0, 1)", fix=_fix_betas),
+    "train.grad_clip": _positive(null="no clipping"),
+    "train.bptt": Check("a mapping such as {kind: truncated, k: 1}", fix=check_bptt),
+    "train.activation_checkpointing": BOOL,
+    "train.log_every": _at_least(0, " (0: no per-step lines)"),
+    "train.eval_every": _at_least(0, " (0: no validation)"),
+    "train.save_every": _at_least(0, " (0: save at the end only)"),
+    "train.keep_last": _at_least(1),
+    "train.max_minutes": _positive(null="no time limit"),
+    "distributed.engine": _choice(ENGINES),
+    "distributed.deepspeed_config": _text("a path to a DeepSpeed JSON file", null="ZeRO stage 0"),
+    "distributed.backend": _choice(DIST_BACKENDS, null="nccl on GPU, gloo on CPU"),
+}
+
+
+# ---------------------------------------------------------------- rules between fields
+def _check_stage(cfg: TrainConfig) -> None:
+    d = cfg.data
+    if d.repeat_passage and cfg.stage != 1:
+        raise ConfigError("data.repeat_passage = true is a stage-1 objective; it needs stage: 1")
+    if d.source not in STAGE_SOURCES[cfg.stage]:
+        gives = "no QA samples" if cfg.stage == 2 else "no training documents"
+        raise ConfigError(f"data.source = {d.source!r} gives {gives} for stage {cfg.stage}; "
+                          f"stage {cfg.stage} reads one of {', '.join(STAGE_SOURCES[cfg.stage])}")
+
+
+def _check_source_paths(cfg: TrainConfig) -> None:
+    d = cfg.data
+    needs = {"text_files": "train_path", "token_files": "train_path", "qa_files": "train_path",
+             "hub": "hub_name"}
+    key = needs.get(d.source)
+    if key and getattr(d, key) is None:
+        raise ConfigError(f"data.{key} is null, but data.source = {d.source!r} reads it; set data.{key}")
+    if d.source in ("text_files", "token_files") and d.val_path is None and cfg.train.eval_every:
+        raise ConfigError(f"data.val_path is null: data.source = {d.source!r} then has no validation "
+                          "documents; set data.val_path, or train.eval_every: 0 for no validation")
+    if cfg.lcirc.center_positions and not cfg.init_from and d.source == "qa_files":
+        raise ConfigError("lcirc.center_positions = true needs stage-1 training documents, and "
+                          "data.source = 'qa_files' has none; set it to false")
+
+
+def _check_segments(cfg: TrainConfig) -> None:
+    d, lc = cfg.data, cfg.lcirc
+    if d.segment_min > d.segment_max:
+        raise ConfigError(f"data.segment_min = {d.segment_min} is larger than data.segment_max = "
+                          f"{d.segment_max}; random segment lengths are drawn from [segment_min, segment_max]")
+    if d.segment_max > lc.max_segment_len:
+        raise ConfigError(f"data.segment_max = {d.segment_max} exceeds lcirc.max_segment_len = "
+                          f"{lc.max_segment_len} (the longest segment the position table holds)")
+    if 2 * d.segment_len - 1 > lc.max_segment_len:
+        raise ConfigError(f"data.segment_len = {d.segment_len}: validation segments reach "
+                          f"{2 * d.segment_len - 1} tokens, more than lcirc.max_segment_len = "
+                          f"{lc.max_segment_len}")
+    if lc.segment_len > lc.max_segment_len:
+        raise ConfigError(f"lcirc.segment_len = {lc.segment_len} exceeds lcirc.max_segment_len = "
+                          f"{lc.max_segment_len}")
+    if lc.memory_cap is not None and lc.memory_cap < lc.num_latents:
+        raise ConfigError(f"lcirc.memory_cap = {lc.memory_cap} is smaller than one segment's "
+                          f"lcirc.num_latents = {lc.num_latents} vectors; raise it, or null to keep all")
+
+
+def _check_validation(cfg: TrainConfig) -> None:
+    d = cfg.data
+    if d.val_context is not None and d.val_context <= d.window:
+        raise ConfigError(f"data.val_context = {d.val_context}: must be larger than data.window = "
+                          f"{d.window} (validation compresses all but the last window), or null "
+                          "(4 * data.window)")
+
+
+def _check_needle(cfg: TrainConfig) -> None:
+    d = cfg.data
+    if d.qa_needle != "middle":
+        return
+    if cfg.stage != 2 or d.source != "kjv":
+        raise ConfigError("data.qa_needle = 'middle' places the needles of the stage-2 synthetic "
+                          f"tasks; it needs stage: 2 and data.source: kjv (got stage {cfg.stage}, "
+                          f"source {d.source!r})")
+    if "book" in d.qa_tasks:
+        raise ConfigError("data.qa_needle = 'middle': the 'book' task plants no needle; "
+                          "use data.qa_tasks from [passkey, fact]")
+
+
+def _check_distributed(cfg: TrainConfig) -> None:
+    dist = cfg.distributed
+    if dist.engine == "deepspeed":
+        return
+    for key in ("deepspeed_config", "backend"):
+        value = getattr(dist, key)
+        if value is not None:
+            raise ConfigError(f"distributed.{key} = {value!r} is only read by distributed.engine: "
+                              f"deepspeed (engine is {dist.engine!r}); set the engine or remove the key")
+
+
+def _check_tiny_base(cfg: TrainConfig) -> None:
+    """base.name tiny_random: base.tiny must make a LlamaConfig that the LCIRC settings fit."""
+    if cfg.base.name != "tiny_random":
+        return
+    from transformers import LlamaConfig
+
+    known = {f.name for f in dataclasses.fields(LlamaConfig)} if dataclasses.is_dataclass(LlamaConfig) \
+        else set(inspect.signature(LlamaConfig.__init__).parameters)
+    unknown = [str(k) for k in cfg.base.tiny if k not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"base.tiny.{unknown[0]}: not a LlamaConfig argument{hint}")
+    try:
+        base = LlamaConfig(**cfg.base.tiny)
+    except Exception as e:  # noqa: BLE001 - LlamaConfig's own validators raise various types
+        raise ConfigError(f"base.tiny = {cfg.base.tiny}: LlamaConfig refuses it: "
+                          f"{' '.join(str(e).split())}") from e
+    layers = base.num_hidden_layers
+    bad = [i for i in cfg.lcirc.gca_layers or [] if i >= layers]
+    if bad:
+        raise ConfigError(f"lcirc.gca_layers = {cfg.lcirc.gca_layers}: layer(s) {bad} do not exist in "
+                          f"the tiny_random base (base.tiny.num_hidden_layers = {layers})")
+    if cfg.lcirc.compressor_input_layers > layers:
+        raise ConfigError(f"lcirc.compressor_input_layers = {cfg.lcirc.compressor_input_layers} exceeds "
+                          f"the tiny_random base's {layers} layers (base.tiny.num_hidden_layers)")
+    if cfg.data.source == "synthetic_tokens" and base.vocab_size < 5:
+        raise ConfigError(f"base.tiny.vocab_size = {base.vocab_size}: data.source synthetic_tokens "
+                          "draws tokens 4 .. vocab_size - 1; use vocab_size >= 5")
+
+
+CROSS_RULES = (_check_stage, _check_source_paths, _check_segments, _check_validation, _check_needle,
+               _check_distributed, _check_tiny_base)
+
+
+# ---------------------------------------------------------------- structure
+def _field_types(cls) -> dict[str, tuple[type, bool]]:
+    """name -> (type, optional) from the annotations of a config dataclass."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        if optional:
+            (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[name] = (typing.get_origin(hint) or hint, optional)
+    return out
+
+
+def _leaves(obj, where: str = ""):
+    """(key path, owner, name, type, optional) of every non-section field, depth first."""
+    for name, (kind, optional) in _field_types(type(obj)).items():
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(kind):
+            yield from _leaves(getattr(obj, name), key)
         else:
-            kwargs[k] = v
+            yield key, obj, name, kind, optional
+
+
+def _unknown_key(name, known, where: str) -> str:
+    key = f"{where}.{name}" if where else str(name)
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"{key}: unknown key in {where or 'the top level'}; {hint}known keys: {', '.join(known)}"
+
+
+def _build(cls, data: dict, where: str = ""):
+    fields = _field_types(cls)
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(_unknown_key(unknown[0], fields, where))
+    kwargs = {}
+    for name, value in data.items():
+        kind, _ = fields[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(kind):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} = {_show(value)}: must be a section (a mapping of keys)")
+            value = _build(kind, value, key)
+        kwargs[name] = value
     return cls(**kwargs)
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    return _build(TrainConfig, data, "config").validate()
+    """A checked TrainConfig from nested mappings (as read from YAML); ConfigError if bad."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a training config must be a mapping of keys, got {type(data).__name__}")
+    return _build(TrainConfig, data).validate()
+
+
+# ---------------------------------------------------------------- YAML and --set
+def _override_path(key: str, item: str) -> list[str]:
+    """The key path of `--set key=...`; a key of one section may omit it (grad_accum)."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {item}: {key!r} is not a key path such as train.max_steps")
+    top = _field_types(TrainConfig)
+    if parts[0] in top:
+        return parts
+    owners = [s for s, (kind, _) in top.items() if dataclasses.is_dataclass(kind)
+              and parts[0] in _field_types(kind)]
+    if len(owners) == 1:
+        return [owners[0], *parts]
+    if owners:
+        raise ConfigError(f"--set {item}: {parts[0]} is in sections {' and '.join(owners)}; write "
+                          + " or ".join(f"{s}.{key}" for s in owners))
+    raise ConfigError(f"--set {item}: unknown key {parts[0]!r}; use section.key (sections "
+                      f"and top-level keys: {', '.join(top)})")
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Set `item` ("key=value", the value read as YAML) in the nested mapping `data`."""
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: must look like key=value, e.g. train.max_steps=10")
+    key, text = item.split("=", 1)
+    parts = _override_path(key.strip(), item)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({' '.join(str(e).split())})") from None
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item}: {'.'.join(parts[:i + 1])} is a value, not a section")
+    node[parts[-1]] = value
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not data:
+        raise ConfigError(f"config file {path} is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys (stage, base, lcirc, data, "
+                          f"train, ...), not a {type(data).__name__}")
+    return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config; `overrides` are "a.b=value" strings (value parsed as YAML)."""
-    import yaml
-
+    """Read a YAML config, apply `overrides` ("key=value", value read as YAML) and check it all."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
-    data = yaml.safe_load(path.read_text())
-    if not data:
-        raise ValueError(f"config file {path} is empty")
+    data = _read_yaml(path)
     for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
-        key, value = item.split("=", 1)
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        apply_override(data, item)
     return config_from_dict(data)
