@@ -13,6 +13,8 @@ from ..data import SyntheticQA, chunk_documents, kjv_splits, tokenize_documents
 from ..data.qa import QASample, build_qa_sample
 from ..data.stage1 import repeated_passage_docs
 from ..data.templates import TEMPLATES, get_template
+from ..errors import ConfigError
+from .config import DATA_SOURCES, check_bptt
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -135,16 +137,15 @@ def _load_partial(directory, base, lcfg):
 
 
 def bptt_policy(spec: dict, generator: torch.Generator | None = None):
-    kind = spec.get("kind")
+    """The BPTT policy of a train.bptt mapping (checked by `check_bptt`; ConfigError if bad)."""
+    spec = check_bptt(spec)
+    kind = spec["kind"]
     if kind == "truncated":
-        return bptt.Truncated(int(spec.get("k", 1)))
+        return bptt.Truncated(spec["k"])
     if kind == "selective":
-        return bptt.Selective(int(spec.get("n", 8)), generator=generator,
-                              replace=bool(spec.get("replace", False)),
-                              full_when_short=bool(spec.get("full_when_short", False)))
-    if kind == "full":
-        return bptt.Full()
-    raise ValueError(f"train.bptt.kind must be truncated, selective or full, got {kind!r}")
+        return bptt.Selective(spec["n"], generator=generator, replace=spec["replace"],
+                              full_when_short=spec["full_when_short"])
+    return bptt.Full()
 
 
 # ---------------------------------------------------------------- data
@@ -195,6 +196,8 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
     d = cfg.data
     val_len = d.val_context or 4 * d.window
     src = d.source
+    if src not in DATA_SOURCES:
+        raise ConfigError(f"data.source = {src!r}: must be one of {', '.join(DATA_SOURCES)}")
     if src == "synthetic_tokens":
         train = synthetic_docs(d.synthetic_docs, d.synthetic_len, vocab, cfg.seed)
         val = synthetic_docs(max(1, d.val_docs), max(d.synthetic_len, val_len), vocab, cfg.seed + 7)
@@ -204,7 +207,8 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
         qa_val = [synthetic_qa_sample(vr, vocab, vr.randint(lo, hi)) for _ in range(d.val_docs)]
         return DataBundle(train, val, qa_train, qa_val)
     if tokenizer is None:
-        raise ValueError(f"data.source={src!r} needs a base model with a tokenizer")
+        raise ConfigError(f"data.source = {src!r} needs a tokenizer, and base.name = {cfg.base.name!r} "
+                          "has none; use data.source: synthetic_tokens or a base model with a tokenizer")
     cache = _cache_dir(cfg)
     if src == "kjv":
         splits = kjv_splits()
@@ -252,4 +256,4 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
         qa_train = lambda rng: enc(recs[rng.randrange(len(recs))], rng.choice(open_t))  # noqa: E731
         qa_val = [enc(r, get_template("read_answer")) for r in vrecs[:d.val_docs]]
         return DataBundle([], [], qa_train, qa_val)
-    raise ValueError(f"unknown data.source {src!r}")
+    raise ConfigError(f"data.source = {src!r} has no reader")
