@@ -1,8 +1,13 @@
-"""`lcirc train --config <yaml>`: train LCIRC / QD-LCIRC (plain process, torchrun or deepspeed)."""
+"""`lcirc train --config <yaml>`: train LCIRC / QD-LCIRC (plain process, torchrun or deepspeed).
+
+The whole config (and every --set) is checked, and the files it names looked up, before the model,
+the tokenizer or the data are built.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -10,7 +15,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__)
     p.add_argument("--config", required=True, help="YAML file (see train/configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config entry, e.g. --set train.max_steps=10 (repeatable)")
+                   help="override a config entry, e.g. --set train.max_steps=10 (repeatable; the value "
+                        "is read as YAML; a key of a single section may omit it: --set grad_accum=4)")
     p.add_argument("--resume", default="auto",
                    help="'auto' (latest checkpoint in output_dir, if any), 'none', or a checkpoint dir")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -20,18 +26,40 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def check_inputs(cfg, args) -> None:
+    """Refuse arguments and files the run would fail on only after building the model."""
+    from ..errors import ConfigError
+    from ..models.lcirc_llama import WEIGHTS_NAME
+
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads}: must be >= 1")
+    if args.resume not in ("auto", "none") and not Path(args.resume).is_dir():
+        raise FileNotFoundError(f"--resume {args.resume}: no such checkpoint directory "
+                                "(use auto, none or a checkpoints/step* directory)")
+    if cfg.base.name not in ("smollm2", "tiny_random") and not Path(cfg.base.name).is_dir():
+        raise FileNotFoundError(f"base.name = {cfg.base.name!r}: not smollm2, tiny_random or a "
+                                "Hugging Face Llama directory")
+    if cfg.init_from and not (Path(cfg.init_from) / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"init_from = {cfg.init_from!r}: no {WEIGHTS_NAME} there (a "
+                                "save_pretrained directory such as runs/<stage-1 run>/final)")
+    ds = cfg.distributed.deepspeed_config
+    if cfg.distributed.engine == "deepspeed" and ds and not Path(ds).is_file():
+        raise FileNotFoundError(f"distributed.deepspeed_config = {ds!r}: no such file")
+
+
 def run(args) -> int:
     import os
 
-    import torch
-
     from ..training import load_config, run_training
 
+    cfg = load_config(args.config, args.overrides)
+    check_inputs(cfg, args)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.overrides)
     result = run_training(cfg, resume=args.resume, quiet=args.quiet)
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps({"opt_step": result["opt_step"], "best_val": result["best_val"],

@@ -1,0 +1,268 @@
+"""The training config is checked as a whole (types, ranges, choices, rules between fields) when it
+is loaded, before any model, tokenizer or data is built; errors name the key path."""
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lcirc_fast.errors import ConfigError
+from lcirc_fast.training import config_from_dict, load_config
+from lcirc_fast.training.config import FIELD_CHECKS, TrainConfig, _leaves
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BAD = [
+    # (sections merged into the tiny config, regex the message must match)
+    ({"train": {"max_steps": "ten"}}, r"^train\.max_steps = 'ten': must be an integer >= 1$"),
+    ({"train": {"max_steps": 2.5}}, r"train\.max_steps = 2\.5: must be an integer"),
+    ({"train": {"max_steps": True}}, r"train\.max_steps = true: must be an integer"),
+    ({"train": {"max_steps": 0}}, r"train\.max_steps = 0: must be an integer >= 1"),
+    ({"train": {"grad_accum": "abc"}}, r"train\.grad_accum = 'abc': must be an integer"),
+    ({"train": {"grad_clip": -1}}, r"train\.grad_clip = -1: must be a positive number or null \(no clipping\)"),
+    ({"train": {"grad_clip": 0}}, r"train\.grad_clip = 0: must be a positive number or null"),
+    ({"train": {"save_every": -1}}, r"train\.save_every = -1: must be an integer >= 0"),
+    ({"train": {"warmup_steps": -5}}, r"train\.warmup_steps = -5: must be an integer >= 0"),
+    ({"train": {"keep_last": 0}}, r"train\.keep_last = 0: must be an integer >= 1"),
+    ({"train": {"log_every": -1}}, r"train\.log_every = -1"),
+    ({"train": {"eval_every": "often"}}, r"train\.eval_every = 'often'"),
+    ({"train": {"lr": 0}}, r"train\.lr = 0: must be a positive number"),
+    ({"train": {"lr": "fast"}}, r"train\.lr = 'fast': must be a positive number"),
+    ({"train": {"lr": float("nan")}}, r"train\.lr = nan"),
+    ({"train": {"min_lr_ratio": 1.5}}, r"train\.min_lr_ratio = 1\.5: must be a number in \[0, 1\]"),
+    ({"train": {"weight_decay": -0.1}}, r"train\.weight_decay = -0\.1: must be a number >= 0"),
+    ({"train": {"betas": [0.9, 1.0]}}, r"train\.betas = \[0\.9, 1\.0\]: must be a list of two numbers in \[0, 1\)"),
+    ({"train": {"betas": [0.9]}}, r"train\.betas = \[0\.9\]"),
+    ({"train": {"betas": 0.9}}, r"train\.betas = 0\.9"),
+    ({"train": {"max_minutes": -3}}, r"train\.max_minutes = -3: must be a positive number or null"),
+    ({"train": {"activation_checkpointing": "no"}}, r"train\.activation_checkpointing = 'no': must be true or false"),
+    ({"train": {"activation_checkpointing": 1}}, r"train\.activation_checkpointing = 1: must be true or false"),
+    ({"train": {"lr_mult": {"perceiver": 2.0}}}, r"train\.lr_mult\.perceiver: unknown optimizer group; groups: gca"),
+    ({"train": {"lr_mult": {"gates": 0.0}}}, r"train\.lr_mult\.gates = 0\.0: must be a positive number"),
+    ({"train": {"lr_mult": {"gca": "x"}}}, r"train\.lr_mult\.gca = 'x'"),
+    ({"train": {"lr_mult": [1.0]}}, r"train\.lr_mult = \[1\.0\]: must be a mapping"),
+    ({"train": {"bptt": {"kind": "sideways"}}}, r"train\.bptt\.kind = 'sideways': must be one of truncated, selective, full"),
+    ({"train": {"bptt": {"k": 2}}}, r"train\.bptt\.kind is missing"),
+    ({"train": {"bptt": {"kind": "truncated", "n": 8}}}, r"train\.bptt\.n: not a setting of kind truncated"),
+    ({"train": {"bptt": {"kind": "truncated", "k": 0}}}, r"train\.bptt\.k = 0: must be an integer >= 1"),
+    ({"train": {"bptt": {"kind": "selective", "replace": "no"}}}, r"train\.bptt\.replace = 'no': must be true or false"),
+    ({"train": {"bptt": "full"}}, r"train\.bptt = 'full': must be a mapping"),
+    ({"train": {"nope": 1}}, r"train\.nope: unknown key in train"),
+    ({"train": {"grad_acum": 1}}, r"train\.grad_acum: unknown key in train; did you mean grad_accum\?"),
+    ({"train": 5}, r"train = 5: must be a section"),
+    ({"nope": 1}, r"nope: unknown key in the top level"),
+    ({"stage": 3}, r"stage = 3: must be 1 \(language modelling\) or 2"),
+    ({"stage": "1"}, r"stage = '1'"),
+    ({"seed": -1}, r"seed = -1: must be an integer in \[0, 2147483647\]"),
+    ({"output_dir": 5}, r"output_dir = 5: must be a non-empty path"),
+    ({"output_dir": None}, r"output_dir = null: must be a non-empty path$"),
+    ({"init_from": ""}, r"init_from = '': must be a save_pretrained directory or null"),
+    ({"base": {"dtype": "float16"}}, r"base\.dtype = 'float16': must be one of float32, bfloat16"),
+    ({"base": {"name": ""}}, r"base\.name = ''"),
+    ({"base": {"tiny": {"hiden_size": 32}}}, r"base\.tiny\.hiden_size: not a LlamaConfig argument; did you mean hidden_size\?"),
+    ({"base": {"tiny": {"hidden_size": -4}}}, r"base\.tiny\.hidden_size = -4: must be an integer >= 1"),
+    ({"base": {"tiny": {"hidden_size": 66}}}, r"base\.tiny = .*LlamaConfig refuses it"),
+    ({"lcirc": {"num_latents": 0}}, r"lcirc\.num_latents = 0: must be an integer >= 1"),
+    ({"lcirc": {"compressor_layers": "2"}}, r"lcirc\.compressor_layers = '2'"),
+    ({"lcirc": {"backend": "cuda"}}, r"lcirc\.backend = 'cuda': must be one of auto, torch, triton"),
+    ({"lcirc": {"memory_cap": 2}}, r"lcirc\.memory_cap = 2 is smaller than one segment's lcirc\.num_latents = 4"),
+    ({"lcirc": {"gca_layers": [0, 0]}}, r"lcirc\.gca_layers = \[0, 0\]: must be a non-empty list of distinct"),
+    ({"lcirc": {"gca_layers": []}}, r"lcirc\.gca_layers = \[\]"),
+    ({"lcirc": {"gca_layers": [5]}}, r"lcirc\.gca_layers = \[5\]: layer\(s\) \[5\] do not exist"),
+    ({"lcirc": {"query_dependent": "yes"}}, r"lcirc\.query_dependent = 'yes': must be true or false"),
+    ({"lcirc": {"compressor_input_layers": -1}}, r"lcirc\.compressor_input_layers = -1"),
+    ({"lcirc": {"compressor_input_layers": 3}}, r"lcirc\.compressor_input_layers = 3 exceeds"),
+    ({"lcirc": {"pos_emb_std": 0}}, r"lcirc\.pos_emb_std = 0: must be a positive number or null"),
+    ({"lcirc": {"gca_q_init_scale": 0.0}}, r"lcirc\.gca_q_init_scale = 0\.0: must be a positive number"),
+    ({"lcirc": {"segment_len": 100}}, r"lcirc\.segment_len = 100 exceeds lcirc\.max_segment_len = 64"),
+    ({"data": {"source": "kvj"}}, r"data\.source = 'kvj': must be one of kjv, text_files"),
+    ({"data": {"segmenting": "chunks"}}, r"data\.segmenting = 'chunks': must be one of random, fixed"),
+    ({"data": {"qa_needle": "top"}}, r"data\.qa_needle = 'top'"),
+    ({"data": {"qa_tasks": ["riddle"]}}, r"data\.qa_tasks = \['riddle'\]: must be a non-empty list of distinct tasks"),
+    ({"data": {"qa_tasks": []}}, r"data\.qa_tasks = \[\]"),
+    ({"data": {"qa_context": [90, 40]}}, r"data\.qa_context = \[90, 40\]: must be a list \[min, max\]"),
+    ({"data": {"qa_context": [40]}}, r"data\.qa_context = \[40\]"),
+    ({"data": {"window": 4}}, r"data\.window = 4: must be an integer >= 8"),
+    ({"data": {"segment_min": 0}}, r"data\.segment_min = 0"),
+    ({"data": {"segment_min": 50}}, r"data\.segment_min = 50 is larger than data\.segment_max = 48"),
+    ({"data": {"segment_max": 1000}}, r"data\.segment_max = 1000 exceeds lcirc\.max_segment_len = 64"),
+    ({"data": {"segment_len": 40}}, r"data\.segment_len = 40: validation segments reach 79 tokens"),
+    ({"data": {"val_docs": 0}}, r"data\.val_docs = 0: must be an integer >= 1"),
+    ({"data": {"val_context": 16}}, r"data\.val_context = 16: must be larger than data\.window = 32"),
+    ({"data": {"max_doc_tokens": 1}}, r"data\.max_doc_tokens = 1: must be an integer >= 2 or null"),
+    ({"data": {"synthetic_docs": 0}}, r"data\.synthetic_docs = 0"),
+    ({"data": {"text_field": ""}}, r"data\.text_field = ''"),
+    ({"data": {"repeat_passage": "true"}}, r"data\.repeat_passage = 'true': must be true or false"),
+    ({"data": {"source": "text_files"}}, r"data\.train_path is null, but data\.source = 'text_files' reads it"),
+    ({"data": {"source": "hub"}}, r"data\.hub_name is null"),
+    ({"data": {"source": "text_files", "train_path": "a.txt"}}, r"data\.val_path is null"),
+    ({"data": {"source": "qa_files", "train_path": "qa.jsonl"}}, r"data\.source = 'qa_files' gives no training documents for stage 1"),
+    ({"stage": 2, "data": {"source": "text_files", "train_path": "a.txt"}}, r"data\.source = 'text_files' gives no QA samples for stage 2"),
+    ({"stage": 2, "data": {"repeat_passage": True}}, r"data\.repeat_passage = true is a stage-1 objective"),
+    ({"distributed": {"engine": "horovod"}}, r"distributed\.engine = 'horovod': must be one of plain, deepspeed"),
+    ({"distributed": {"engine": "deepspeed", "backend": "tcp"}}, r"distributed\.backend = 'tcp': must be one of nccl, gloo"),
+    ({"distributed": {"deepspeed_config": "ds.json"}}, r"distributed\.deepspeed_config = 'ds\.json' is only read by distributed\.engine: deepspeed"),
+]
+
+
+@pytest.mark.parametrize("sections,message", BAD, ids=[m.split(" ")[0].strip("^\\") for _, m in BAD])
+def test_bad_value_is_refused_naming_the_key(tiny_cfg, sections, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(tiny_cfg(**sections))
+
+
+def _write(tmp_path, cfg: dict, text: str = "") -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg) + text)
+    return path
+
+
+def test_grad_clip_minus_one_is_refused(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    cfg["train"]["grad_clip"] = -1
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, cfg))
+    assert str(err.value) == "train.grad_clip = -1: must be a positive number or null (no clipping)"
+
+
+@pytest.mark.parametrize("text,value", [("1e-3", 1e-3), ("1E-3", 1e-3), ("5e-5", 5e-5), ("2", 2.0),
+                                        ("1.0e-4", 1e-4), ("1.0e3", 1000.0),
+                                        ("3.0e+2", 300.0)])
+def test_yaml_exponent_without_dot_is_a_number(tiny_cfg, tmp_path, text, value):
+    cfg = tiny_cfg()
+    del cfg["train"]["lr"]
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg).replace("\ntrain:\n", f"\ntrain:\n  lr: {text}\n", 1))
+    assert f"lr: {text}\n" in path.read_text()
+    got = load_config(path).train.lr
+    assert type(got) is float and got == pytest.approx(value)
+
+
+def test_values_are_normalised(tiny_cfg):
+    cfg = config_from_dict(tiny_cfg(train={"max_steps": 10.0, "warmup_steps": "1e1", "grad_clip": 2,
+                                           "bptt": {"kind": "selective"}},
+                                    base={"tiny": {"hidden_size": 32}}))
+    assert cfg.train.max_steps == 10 and type(cfg.train.max_steps) is int
+    assert cfg.train.warmup_steps == 10 and type(cfg.train.warmup_steps) is int
+    assert cfg.train.grad_clip == 2.0 and type(cfg.train.grad_clip) is float
+    assert cfg.train.bptt == {"kind": "selective", "n": 8, "replace": False, "full_when_short": False}
+    assert cfg.base.tiny["hidden_size"] == 32 and cfg.base.tiny["vocab_size"] == 256  # over the defaults
+
+
+def test_every_field_has_a_check():
+    assert set(FIELD_CHECKS) == {key for key, *_ in _leaves(TrainConfig())}
+
+
+@pytest.mark.parametrize("key", sorted(FIELD_CHECKS))
+def test_every_field_refuses_a_value_of_the_wrong_type(tiny_cfg, key):
+    *sections, name = key.split(".")
+    kind = {k: t for k, _, _, t, _ in _leaves(TrainConfig())}[key]
+    wrong = "text" if kind in (list, dict) else {"a": 1}
+    cfg = tiny_cfg()
+    node = cfg
+    for s in sections:
+        node = node.setdefault(s, {})
+    node[name] = wrong
+    with pytest.raises(ConfigError, match="^" + key.replace(".", r"\.") + " = "):
+        config_from_dict(cfg)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "train" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate_and_round_trip(path):
+    cfg = load_config(path)
+    again = config_from_dict(cfg.to_dict())
+    assert dataclasses.asdict(again) == cfg.to_dict()
+
+
+def test_set_overrides(tiny_cfg, tmp_path):
+    path = _write(tmp_path, tiny_cfg())
+    with pytest.raises(ConfigError, match=r"^train\.grad_accum = 'abc': must be an integer"):
+        load_config(path, ["grad_accum=abc"])
+    with pytest.raises(ConfigError, match=r"^train\.grad_accum = 'abc': must be an integer"):
+        load_config(path, ["train.grad_accum=abc"])
+    assert load_config(path, ["grad_accum=5", "train.lr=2e-4", "bptt={kind: full}"]).train.grad_accum == 5
+    with pytest.raises(ConfigError, match=r"train\.nope: unknown key in train"):
+        load_config(path, ["train.nope=1"])
+    with pytest.raises(ConfigError, match=r"--set nope=1: unknown key 'nope'"):
+        load_config(path, ["nope=1"])
+    with pytest.raises(ConfigError, match=r"segment_len is in sections lcirc and data; write "
+                                          r"lcirc\.segment_len or data\.segment_len"):
+        load_config(path, ["segment_len=16"])
+    with pytest.raises(ConfigError, match=r"--set train\.lr\.x=1: train\.lr is a value, not a section"):
+        load_config(path, ["train.lr.x=1"])
+    with pytest.raises(ConfigError, match=r"--set train\.max_steps: must look like key=value"):
+        load_config(path, ["train.max_steps"])
+    with pytest.raises(ConfigError, match=r"--set train\.betas=\[1: the value is not valid YAML"):
+        load_config(path, ["train.betas=[1"])
+    with pytest.raises(ConfigError, match=r"'train\.\.lr' is not a key path"):
+        load_config(path, ["train..lr=1"])
+
+
+def test_yaml_files_that_are_not_configs(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"must hold a mapping of keys .* not a list"):
+        load_config(bad)
+    bad.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(bad)
+
+
+def test_bptt_policy_and_build_data_name_the_key(tiny_cfg):
+    from lcirc_fast.training.builders import bptt_policy, build_data
+
+    with pytest.raises(ConfigError, match=r"train\.bptt\.kind = 'sideways'"):
+        bptt_policy({"kind": "sideways"})
+    with pytest.raises(ConfigError, match=r"train\.bptt\.n = 0"):
+        bptt_policy({"kind": "selective", "n": 0})
+    assert bptt_policy({"kind": "truncated", "k": 3}).k == 3
+    cfg = config_from_dict(tiny_cfg())
+    cfg.data.source = "kvj"   # set after validation: build_data checks the source before the tokenizer
+    with pytest.raises(ConfigError, match=r"^data\.source = 'kvj': must be one of"):
+        build_data(cfg, None, 256)
+    cfg.data.source = "kjv"
+    with pytest.raises(ConfigError, match=r"data\.source = 'kjv' needs a tokenizer, and base\.name = "
+                                          r"'tiny_random' has none"):
+        build_data(cfg, None, 256)
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    """Make every builder of the training run fail the test if it is called."""
+    import lcirc_fast.training as training
+    import lcirc_fast.training.trainer as trainer
+
+    def forbidden(*a, **k):
+        raise AssertionError("the run went past config checking")
+
+    for name in ("build_base", "build_model", "build_data"):
+        monkeypatch.setattr(trainer, name, forbidden)
+    monkeypatch.setattr(training, "run_training", forbidden)
+
+
+@pytest.mark.parametrize("argv_tail,config,message", [
+    ([], {"train": {"grad_clip": -1}}, "train.grad_clip = -1: must be a positive number or null"),
+    (["--set", "grad_accum=abc"], {}, "train.grad_accum = 'abc': must be an integer"),
+    (["--set", "train.nope=1"], {}, "train.nope: unknown key in train"),
+    ([], {"data": {"source": "kvj"}}, "data.source = 'kvj': must be one of"),
+    ([], {"train": {"bptt": {"kind": "sideways"}}}, "train.bptt.kind = 'sideways'"),
+    ([], {"init_from": "/nonexistent/run/final"}, "init_from = '/nonexistent/run/final': no lcirc_model.safetensors"),
+    (["--resume", "/nonexistent/ckpt"], {}, "--resume /nonexistent/ckpt: no such checkpoint directory"),
+    (["--threads", "0"], {}, "--threads 0: must be >= 1"),
+])
+def test_cli_train_refuses_a_bad_config_in_one_line_without_building(tiny_cfg, tmp_path, capsys, no_build,
+                                                                     argv_tail, config, message):
+    from lcirc_fast.cli import main
+
+    path = _write(tmp_path, tiny_cfg(**config))
+    start = time.perf_counter()
+    rc = main(["train", "--config", str(path), *argv_tail])
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith(f"lcirc train: {message}"), err
+    assert elapsed < 2.0
