@@ -32,13 +32,33 @@ def test_compress_writes_loadable_memory(tmp_path, capsys):
     assert mem.num_segments == segments and len(mem) == 8 * segments
 
 
+def test_compress_one_line_with_default_settings(tmp_path, capsys):
+    """The README's first use: a short text, no options; one segment of 64 memory vectors."""
+    src = tmp_path / "verse.txt"
+    src.write_text("In the beginning God created the heaven and the earth.\n", encoding="utf-8")
+    out = tmp_path / "verse.safetensors"
+    assert main(["compress", str(src), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "segments         1" in text and "memory tokens    64" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["verse.safetensors", "verse.txt"]
+    from lcirc_fast import LCIRCConfig, LCIRCForCausalLM
+    from lcirc_fast.assets import load_smollm2
+
+    base, _ = load_smollm2()
+    torch.manual_seed(0)
+    model = LCIRCForCausalLM.from_base(base, LCIRCConfig())
+    mem = CompressedMemory.load(out, model)
+    assert mem.num_segments == 1 and len(mem) == 64 and mem.state is not None
+
+
 def test_compress_bad_input(tmp_path, capsys):
-    assert main(["compress", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "m")]) == 2
+    out = str(tmp_path / "m.safetensors")
+    assert main(["compress", str(tmp_path / "missing.txt"), "--out", out]) == 2
+    assert capsys.readouterr().err == f"lcirc compress: no such file: {tmp_path}/missing.txt\n"
     empty = tmp_path / "empty.txt"
     empty.write_text("   \n")
-    assert main(["compress", str(empty), "--out", str(tmp_path / "m")]) == 2
-    err = capsys.readouterr().err
-    assert "no such file" in err and "empty" in err
+    assert main(["compress", str(empty), "--out", out]) == 2
+    assert capsys.readouterr().err == f"lcirc compress: {empty} is empty; nothing to compress\n"
 
 
 def test_eval_modes_fit_the_task_and_the_model():

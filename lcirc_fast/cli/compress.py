@@ -1,10 +1,21 @@
-"""`lcirc compress`: a text file in, a compressed memory file out, with a summary."""
+"""`lcirc compress`: a text file in, a compressed memory file out, with a summary.
+
+Every argument (numbers, the input file, --out, --base, --lcirc) is checked before the model is
+loaded, so a mistake is reported in a second rather than after a model load and a compression.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
+
+from ..errors import CheckpointError, ConfigError, DataError
+
+BUNDLED_BASE = "smollm2-135m"
+MEMORY_SUFFIX = ".safetensors"
+DEFAULT_NUM_LATENTS = 64
+DEFAULT_MAX_SEGMENT_LEN = 4096
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -13,70 +24,193 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "and write a memory file (safetensors).")
     p.add_argument("input", help="UTF-8 text file to compress ('-' for stdin)")
     p.add_argument("--out", required=True, help="memory file to write (.safetensors)")
-    p.add_argument("--base", default="smollm2-135m",
-                   help="frozen base model: 'smollm2-135m' (bundled, offline) or a local "
+    p.add_argument("--base", default=BUNDLED_BASE,
+                   help=f"frozen base model: '{BUNDLED_BASE}' (bundled, offline) or a local "
                         "Hugging Face model directory")
     p.add_argument("--lcirc", default=None,
                    help="directory written by save_pretrained with trained LCIRC weights "
                         "(default: freshly initialised weights from --seed)")
     p.add_argument("--segment-len", type=int, default=None,
                    help="fixed segment length (default: the balanced ~2K rule)")
-    p.add_argument("--max-segment-len", type=int, default=4096)
-    p.add_argument("--num-latents", type=int, default=64)
+    p.add_argument("--max-segment-len", type=int, default=None,
+                   help=f"longest segment of fresh weights (default {DEFAULT_MAX_SEGMENT_LEN}; "
+                        "a trained --lcirc model has its own)")
+    p.add_argument("--num-latents", type=int, default=None,
+                   help=f"memory vectors per segment of fresh weights (default "
+                        f"{DEFAULT_NUM_LATENTS}; a trained --lcirc model has its own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=None,
                    help="refuse inputs longer than this many tokens (default: no limit)")
     return p
 
 
+# ---------------------------------------------------------------------- checks before loading
+def check_numbers(args) -> None:
+    """Refuse counts below 1 and shape options that a trained --lcirc model would ignore."""
+    for flag, value in (("--num-latents", args.num_latents), ("--segment-len", args.segment_len),
+                        ("--max-segment-len", args.max_segment_len),
+                        ("--max-tokens", args.max_tokens)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.lcirc:
+        fixed = [flag for flag, value in (("--num-latents", args.num_latents),
+                                          ("--max-segment-len", args.max_segment_len))
+                 if value is not None]
+        if fixed:
+            raise ConfigError(f"{' and '.join(fixed)} shape fresh weights only; the model in "
+                              f"--lcirc {args.lcirc} has its own, so drop {' and '.join(fixed)}")
+    else:
+        check_segment_len(args.segment_len, args.max_segment_len or DEFAULT_MAX_SEGMENT_LEN,
+                          "--max-segment-len")
+
+
+def check_segment_len(segment_len: int | None, max_segment_len: int, limit: str) -> None:
+    """Refuse a fixed segment length longer than the model's position table."""
+    if segment_len is not None and segment_len > max_segment_len:
+        raise ConfigError(f"--segment-len {segment_len} is longer than {limit} "
+                          f"{max_segment_len}, the longest segment the model reads")
+
+
+def check_input(path: str) -> None:
+    """The input must be '-' or a readable file."""
+    if path == "-":
+        return
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; give a UTF-8 text file")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"cannot read {path} (permission denied)")
+
+
+def check_out(out: str, source: str) -> None:
+    """--out must be a new or existing .safetensors file in a writable directory, not the input."""
+    if source != "-" and os.path.exists(out) and os.path.samefile(out, source):
+        raise ConfigError(f"--out {out} is the input file; writing the memory would overwrite "
+                          f"the text, give another path ending in {MEMORY_SUFFIX}")
+    if os.path.isdir(out):
+        raise IsADirectoryError(f"--out {out} is a directory; give a file path such as "
+                                f"{os.path.join(out, 'memory' + MEMORY_SUFFIX)}")
+    if not out.lower().endswith(MEMORY_SUFFIX):
+        raise ConfigError(f"--out {out}: a memory file is written as safetensors and must end "
+                          f"in {MEMORY_SUFFIX}, e.g. {os.path.splitext(out)[0]}{MEMORY_SUFFIX}")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.exists(parent):
+        raise FileNotFoundError(f"--out {out}: directory {parent} does not exist")
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(f"--out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: cannot write in directory {parent} "
+                              "(permission denied)")
+    if os.path.exists(out) and not os.path.isfile(out):
+        raise ConfigError(f"--out {out} exists and is not a regular file")
+
+
+def check_base(name: str) -> None:
+    """--base must be the bundled model or a Hugging Face model directory."""
+    if name == BUNDLED_BASE:
+        return
+    if not os.path.isdir(name):
+        raise ConfigError(f"--base {name!r} is neither the bundled '{BUNDLED_BASE}' nor a "
+                          "model directory")
+    if not os.path.isfile(os.path.join(name, "config.json")):
+        raise ConfigError(f"--base {name} has no config.json; give a Hugging Face model "
+                          f"directory or '{BUNDLED_BASE}'")
+
+
+def check_lcirc(path: str | None) -> None:
+    """--lcirc, when given, must be a directory written by save_pretrained."""
+    if path is None:
+        return
+    from ..models.lcirc_llama import CONFIG_NAME, WEIGHTS_NAME
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--lcirc {path}: no such directory; give a directory written "
+                                "by save_pretrained (training's best/ or final/)")
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not os.path.isfile(os.path.join(path, n))]
+    if missing:
+        raise CheckpointError(f"--lcirc {path} is not a save_pretrained directory: "
+                              f"{' and '.join(missing)} missing")
+
+
+def check_args(args) -> None:
+    """Every check that needs no model, in the order the user wrote the arguments."""
+    check_numbers(args)
+    check_input(args.input)
+    check_out(args.out, args.input)
+    check_base(args.base)
+    check_lcirc(args.lcirc)
+
+
+# ---------------------------------------------------------------------- input and model
+def decode_text(data: bytes, name: str) -> str:
+    """UTF-8 text of `data`; a non-UTF-8 byte is refused, naming `name` and the byte's offset."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset "
+                        f"{e.start} ({e.reason}); compress reads UTF-8 text files") from None
+
+
+def read_text(path: str) -> str:
+    """The non-empty text of `path` ('-': stdin), decoded as UTF-8."""
+    if path == "-":
+        stream = getattr(sys.stdin, "buffer", None)   # None: already a text stream
+        text = sys.stdin.read() if stream is None else decode_text(stream.read(), "stdin")
+    else:
+        with open(path, "rb") as f:
+            text = decode_text(f.read(), path)
+    if not text.strip():
+        raise DataError(f"{'stdin' if path == '-' else path} is empty; nothing to compress")
+    return text
+
+
 def load_base(name: str):
     """(model, tokenizer) for 'smollm2-135m' or a local HF directory."""
     import torch
 
-    if name == "smollm2-135m":
+    if name == BUNDLED_BASE:
         from ..assets import load_smollm2
         return load_smollm2(torch.float32)
-    if not os.path.isdir(name):
-        raise SystemExit(f"lcirc: --base {name!r} is neither 'smollm2-135m' nor a directory")
+    check_base(name)
     from transformers import AutoTokenizer, LlamaForCausalLM
     model = LlamaForCausalLM.from_pretrained(name, local_files_only=True).eval()
     return model, AutoTokenizer.from_pretrained(name, local_files_only=True)
 
 
-def run(args) -> int:
+def build_model(args):
+    """(LCIRC model in eval mode, tokenizer): trained from --lcirc or fresh from --seed."""
     import torch
 
     from .. import LCIRCConfig, LCIRCForCausalLM
 
-    if args.input == "-":
-        text = sys.stdin.read()
-    else:
-        if not os.path.isfile(args.input):
-            print(f"lcirc compress: no such file: {args.input}", file=sys.stderr)
-            return 2
-        with open(args.input, encoding="utf-8") as f:
-            text = f.read()
-    if not text.strip():
-        print(f"lcirc compress: {args.input} is empty; nothing to compress", file=sys.stderr)
-        return 2
     base, tok = load_base(args.base)
     torch.manual_seed(args.seed)           # the seed fixes the fresh LCIRC weights alone
     if args.lcirc:
         model = LCIRCForCausalLM.from_pretrained(args.lcirc, base=base)
+        check_segment_len(args.segment_len, model.config.max_segment_len,
+                          f"the max_segment_len of {args.lcirc}")
     else:
-        cfg = LCIRCConfig(num_latents=args.num_latents, max_segment_len=args.max_segment_len)
+        cfg = LCIRCConfig(num_latents=args.num_latents or DEFAULT_NUM_LATENTS,
+                          max_segment_len=args.max_segment_len or DEFAULT_MAX_SEGMENT_LEN)
         model = LCIRCForCausalLM.from_base(base, cfg)
-    model.eval()
+    return model.eval(), tok
+
+
+def run(args) -> int:
+    import torch
+
+    check_args(args)
+    text = read_text(args.input)
+    model, tok = build_model(args)
     ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
     n = ids.shape[1]
     if args.max_tokens is not None and n > args.max_tokens:
-        print(f"lcirc compress: input has {n} tokens, more than --max-tokens {args.max_tokens}",
-              file=sys.stderr)
-        return 2
+        raise DataError(f"{args.input} has {n} tokens, more than --max-tokens {args.max_tokens}")
     t0 = time.perf_counter()
     with torch.no_grad():
         mem = model.compress(ids, segment_len=args.segment_len)
-    dt = time.perf_counter() - t0
+    dt = max(time.perf_counter() - t0, 1e-9)
     mem.save(args.out)
     print(f"input            {args.input}")
     print(f"context tokens   {n}")
