@@ -6,6 +6,7 @@ decoding projects the memory once.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import weakref
@@ -14,11 +15,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .errors import MemoryFileError
+
 if TYPE_CHECKING:  # pragma: no cover
     from .models.lcirc_llama import LCIRCForCausalLM
 
 FORMAT = "lcirc_fast.memory"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"      # 2: sha256 checksum of the content in the metadata
 
 
 def _own_copy(t: torch.Tensor) -> torch.Tensor:
@@ -202,9 +205,11 @@ class CompressedMemory:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
-        """Write a versioned safetensors file (written to a temp file, then renamed)."""
+        """Write a versioned safetensors file with a sha256 checksum of its content (written to a
+        temp file, then renamed). Refuses a memory holding NaN or Inf."""
         from safetensors.torch import save_file
 
+        path = os.fspath(path)
         tensors = {"hidden": _own_copy(self.hidden),
                    "lengths": _own_copy(self.lengths),
                    "context_tokens": _own_copy(self.context_tokens)}
@@ -213,53 +218,224 @@ class CompressedMemory:
         if self.query_ids is not None:
             tensors["query_ids"] = _own_copy(self.query_ids)
             tensors["query_mask"] = _own_copy(self.query_mask.to(torch.long))
+        for name in _FLOAT_TENSORS:
+            if name in tensors and not bool(torch.isfinite(tensors[name]).all()):
+                raise MemoryFileError(
+                    f"refusing to write {path}: the memory's {name!r} holds NaN or Inf (the "
+                    f"model diverged or overflowed its dtype); nothing was written")
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                 "num_segments": str(self.num_segments), "uniform": json.dumps(self.uniform),
                 "cap": json.dumps(self.cap), "num_slots": str(len(self.slots))}
-        path = os.fspath(path)
+        meta["checksum"] = content_checksum(meta, tensors)
         tmp = f"{path}.tmp-{os.getpid()}"
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: "LCIRCForCausalLM") -> "CompressedMemory":
-        """Load a memory saved by `save`; refuses memories made by a different model/config."""
-        from safetensors import safe_open
+        """Load a memory saved by `save`.
 
+        Checks the format, version, metadata, checksum, that the model that made it has this
+        model's fingerprint, and the tensors' dtypes, shapes and values; raises MemoryFileError
+        naming the file and the problem.
+        """
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no memory file at {path}")
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"{path} is not a safetensors memory file: {e}") from e
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an lcirc_fast memory (format={meta.get('format')!r})")
-        if meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path} has memory format version {meta.get('version')!r}; this "
-                             f"lcirc_fast reads version {FORMAT_VERSION}")
+        meta, tensors = _read_file(path)
+        info = _check_file(path, meta, tensors)
         expected = model.fingerprint()
-        if meta.get("fingerprint") != expected:
-            raise ValueError(
+        if meta["fingerprint"] != expected:
+            raise MemoryFileError(
                 f"{path} was made by a different model: its fingerprint "
-                f"{meta.get('fingerprint', '')[:16]}... does not match this model's "
-                f"{expected[:16]}... (config or compressor weights differ)")
+                f"{meta['fingerprint'][:16]}... does not match this model's "
+                f"{expected[:16]}... (config or compressor weights differ); load it with the "
+                f"model that compressed it, or compress the context again")
+        _check_tensors(path, info, tensors, model)
         dev, dt = model.device, model.dtype
         hidden = tensors["hidden"].to(dev, dt)
         state = tensors["state"].to(dev, dt) if "state" in tensors else None
         qids = tensors.get("query_ids")
         qmask = tensors.get("query_mask")
-        uniform = json.loads(meta["uniform"])
-        cap = json.loads(meta["cap"])
         k = model.config.num_latents
-        common = dict(num_segments=int(meta["num_segments"]),
+        common = dict(num_segments=info["num_segments"],
                       context_tokens=tensors["context_tokens"].to(dev), fingerprint=expected,
-                      owner=model,
-                      cap=cap, query_ids=None if qids is None else qids.to(dev),
+                      owner=model, cap=info["cap"],
+                      query_ids=None if qids is None else qids.to(dev),
                       query_mask=None if qmask is None else qmask.to(dev).bool())
-        if uniform:
+        if info["uniform"]:
             slots = list(hidden.split(k, dim=1)) if hidden.shape[1] % k == 0 else [hidden]
             return cls(slots, state, **common)
         return cls([], state, lengths=tensors["lengths"].to(dev), hidden=hidden, **common)
+
+
+# ---------------------------------------------------------------------- memory files
+_FLOAT_TENSORS = ("hidden", "state")
+_REQUIRED_TENSORS = ("hidden", "lengths", "context_tokens")
+_KNOWN_TENSORS = _REQUIRED_TENSORS + ("state", "query_ids", "query_mask")
+_META_KEYS = ("format", "version", "fingerprint", "num_segments", "uniform", "cap", "num_slots",
+              "checksum")
+_REWRITE = "compress the context again to write a new memory file"
+
+
+def content_checksum(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the metadata (except the checksum) and each tensor's name, dtype, shape and
+    bytes, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in meta if k != "checksum"):
+        h.update(f"meta:{key}={meta[key]}\n".encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"tensor:{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def _read_file(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file; MemoryFileError when it cannot be read."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise MemoryFileError(f"no memory file at {path}; check the path (memory files are "
+                              f"written by CompressedMemory.save or `lcirc compress`)")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise MemoryFileError(f"{path} is not a safetensors memory file ({e}); the file is "
+                              f"truncated or of another kind: {_REWRITE}") from e
+    return meta or {}, tensors
+
+
+def _check_file(path: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> dict:
+    """Check format, version, metadata keys, tensor names and checksum; return the parsed
+    metadata (num_segments, uniform, cap, num_slots)."""
+    if meta.get("format") != FORMAT:
+        raise MemoryFileError(f"{path} is not an lcirc_fast memory (metadata format="
+                              f"{meta.get('format')!r}, expected {FORMAT!r})")
+    version = meta.get("version")
+    if version == "1":
+        raise MemoryFileError(f"{path} has memory format version 1, which has no checksum; this "
+                              f"lcirc_fast reads version {FORMAT_VERSION} only: {_REWRITE}")
+    if version != FORMAT_VERSION:
+        raise MemoryFileError(f"{path} has memory format version {version!r}; this lcirc_fast "
+                              f"reads version {FORMAT_VERSION}: {_REWRITE}")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise MemoryFileError(f"{path} lacks the metadata key(s) {missing}; the file is "
+                              f"incomplete: {_REWRITE}")
+    absent = [k for k in _REQUIRED_TENSORS if k not in tensors]
+    unknown = sorted(set(tensors) - set(_KNOWN_TENSORS))
+    if absent or unknown:
+        raise MemoryFileError(f"{path} does not hold the memory tensors: missing {absent}, "
+                              f"unknown {unknown}; {_REWRITE}")
+    if ("query_ids" in tensors) != ("query_mask" in tensors):
+        raise MemoryFileError(f"{path} holds only one of 'query_ids' / 'query_mask'; {_REWRITE}")
+    if content_checksum(meta, tensors) != meta["checksum"]:
+        raise MemoryFileError(f"{path} fails its checksum: its content changed after it was "
+                              f"written (a corrupt copy or an edit); {_REWRITE}")
+    return _parse_meta(path, meta)
+
+
+def _parse_meta(path: str, meta: dict[str, str]) -> dict:
+    """The metadata values, each checked for type and range."""
+    num_segments = _meta_value(path, meta, "num_segments", int, "an int >= 1",
+                               lambda v: v >= 1)
+    uniform = _meta_value(path, meta, "uniform", json.loads, "true or false",
+                          lambda v: isinstance(v, bool))
+    cap = _meta_value(path, meta, "cap", json.loads, "null or an int >= 1",
+                      lambda v: v is None or (type(v) is int and v >= 1))
+    num_slots = _meta_value(path, meta, "num_slots", int,
+                            f"an int in [0, num_segments={num_segments}]",
+                            lambda v: 0 <= v <= num_segments)
+    return {"num_segments": num_segments, "uniform": uniform, "cap": cap, "num_slots": num_slots}
+
+
+def _meta_value(path: str, meta: dict[str, str], key: str, parse, expected: str, ok):
+    """meta[key] parsed by `parse` and accepted by `ok`, else MemoryFileError."""
+    try:
+        value = parse(meta[key])
+    except ValueError:          # json.JSONDecodeError is a ValueError
+        value, valid = None, False
+    else:
+        valid = ok(value)
+    if not valid:
+        raise MemoryFileError(f"{path}: metadata {key!r} is {meta[key]!r}, expected {expected}; "
+                              f"{_REWRITE}")
+    return value
+
+
+def _tensor_error(path: str, name: str, problem: str) -> MemoryFileError:
+    return MemoryFileError(f"{path}: tensor {name!r} {problem}; {_REWRITE}")
+
+
+def _check_layout(path: str, name: str, t: torch.Tensor, shape: tuple, floating: bool) -> None:
+    """dtype kind and shape (None in `shape` matches any size >= 1)."""
+    if floating and not t.dtype.is_floating_point:
+        raise _tensor_error(path, name, f"has dtype {t.dtype}, expected a floating-point dtype")
+    if not floating and t.dtype != torch.long:
+        raise _tensor_error(path, name, f"has dtype {t.dtype}, expected torch.int64")
+    got = tuple(t.shape)
+    if len(got) != len(shape) or any(s is not None and g != s for g, s in zip(got, shape)) \
+            or any(g < 1 for g in got):
+        want = ", ".join("*" if s is None else str(s) for s in shape)
+        raise _tensor_error(path, name, f"has shape {got}, expected ({want})")
+
+
+def _check_tensors(path: str, info: dict, tensors: dict[str, torch.Tensor], model) -> None:
+    """Dtypes, shapes and values of a memory file's tensors against `model`'s config."""
+    cfg = model.config
+    d, k = cfg.hidden_size, cfg.num_latents
+    _check_layout(path, "hidden", tensors["hidden"], (None, None, d), floating=True)
+    b, m = tensors["hidden"].shape[:2]
+    if info["uniform"] and "state" not in tensors:
+        raise _tensor_error(path, "state", "is missing (a memory that can be appended to needs "
+                                           "it)")
+    if "state" in tensors:
+        _check_layout(path, "state", tensors["state"], (b, k, d), floating=True)
+    for name in _FLOAT_TENSORS:
+        if name in tensors and not bool(torch.isfinite(tensors[name]).all()):
+            raise _tensor_error(path, name, "holds NaN or Inf")
+    _check_layout(path, "lengths", tensors["lengths"], (b,), floating=False)
+    _check_layout(path, "context_tokens", tensors["context_tokens"], (b,), floating=False)
+    _check_counts(path, info, tensors, m, k)
+    if "query_ids" in tensors:
+        _check_query(path, tensors, b, cfg.vocab_size)
+
+
+def _check_counts(path: str, info: dict, tensors: dict, m: int, k: int) -> None:
+    """Memory length, per-item lengths and token counts consistent with the segment count."""
+    s, cap = info["num_segments"], info["cap"]
+    lengths = tensors["lengths"]
+    if info["uniform"]:
+        expected = s * k if cap is None else min(s * k, cap)
+        if m != expected:
+            raise _tensor_error(path, "hidden", f"holds {m} vectors per item, but "
+                                f"{s} segments of {k} latents (cap {cap}) make {expected}")
+        if bool((lengths != m).any()):
+            raise _tensor_error(path, "lengths", f"is {lengths.tolist()}, expected {m} per item")
+    else:
+        if m > s * k:
+            raise _tensor_error(path, "hidden", f"holds {m} vectors per item, more than {s} "
+                                f"segments of {k} latents make")
+        if bool((lengths < 1).any()) or int(lengths.max()) != m:
+            raise _tensor_error(path, "lengths", f"is {lengths.tolist()}, expected values in "
+                                f"[1, {m}] with the longest equal to {m}")
+    if bool((tensors["context_tokens"] < 1).any()):
+        raise _tensor_error(path, "context_tokens", f"is {tensors['context_tokens'].tolist()}, "
+                            f"expected token counts >= 1")
+
+
+def _check_query(path: str, tensors: dict, b: int, vocab_size: int) -> None:
+    ids, mask = tensors["query_ids"], tensors["query_mask"]
+    _check_layout(path, "query_ids", ids, (b, None), floating=False)
+    _check_layout(path, "query_mask", mask, tuple(ids.shape), floating=False)
+    if bool((ids < 0).any()) or bool((ids >= vocab_size).any()):
+        raise _tensor_error(path, "query_ids", f"holds token ids outside the vocabulary "
+                                               f"[0, {vocab_size})")
+    if bool(((mask != 0) & (mask != 1)).any()) or not bool(mask.any(-1).all()):
+        raise _tensor_error(path, "query_mask", "must hold 0/1 with at least one 1 per row")

@@ -8,6 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lcirc_fast import CompressedMemory
+from lcirc_fast.errors import MemoryFileError
 
 
 def test_streaming_equals_one_shot(model):
@@ -70,7 +71,7 @@ def test_save_load_roundtrip_identical_logits(model, tmp_path):
     assert torch.equal(loaded.hidden, mem.hidden)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    assert meta["format"] == "lcirc_fast.memory" and meta["version"] == "1"
+    assert meta["format"] == "lcirc_fast.memory" and meta["version"] == "2"
 
 
 def test_save_load_stacked_and_qd(tmp_path):
@@ -105,7 +106,7 @@ def test_load_refuses_other_model(model, tmp_path):
 
 
 def test_load_refuses_bad_files(model, tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(MemoryFileError, match="no memory file at .*none.safetensors"):
         CompressedMemory.load(tmp_path / "none.safetensors", model)
     (tmp_path / "junk").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a safetensors"):
@@ -208,3 +209,182 @@ def test_save_load_capped_to_one_slot(tmp_path):
     mem.save(tmp_path / "cap.safetensors")
     loaded = CompressedMemory.load(tmp_path / "cap.safetensors", model)
     assert torch.equal(loaded.hidden, mem.hidden) and loaded.num_segments == 3
+
+
+# ---------------------------------------------------------------------- corrupt memory files
+
+def _saved(model, tmp_path, batch=1, tokens=20):
+    with torch.no_grad():
+        mem = model.compress(torch.randint(0, 256, (batch, tokens)))
+    path = tmp_path / "m.safetensors"
+    mem.save(path)
+    return path
+
+
+def _rewrite(src, dst, meta_edit=None, tensor_edit=None, fix_checksum=True):
+    """Copy a memory file through `meta_edit(meta)` / `tensor_edit(tensors)`; re-sign it."""
+    from lcirc_fast.memory import content_checksum
+
+    with safe_open(str(src), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    if meta_edit:
+        meta_edit(meta)
+    if tensor_edit:
+        tensor_edit(tensors)
+    if fix_checksum and "checksum" in meta:
+        meta["checksum"] = content_checksum(meta, tensors)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def _load_error(path, model, *words):
+    with pytest.raises(MemoryFileError) as err:
+        CompressedMemory.load(path, model)
+    msg = str(err.value)
+    assert str(path) in msg, msg
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+def test_load_detects_a_flipped_data_byte(model, tmp_path):
+    path = _saved(model, tmp_path)
+    raw = bytearray(path.read_bytes())
+    header = int.from_bytes(raw[:8], "little")
+    raw[8 + header + 5] ^= 0x01                 # inside the first tensor's bytes
+    path.write_bytes(bytes(raw))
+    _load_error(path, model, "checksum", "compress the context again")
+
+
+def test_load_detects_an_edited_metadata_value(model, tmp_path):
+    path = _saved(model, tmp_path, tokens=10)
+    raw = path.read_bytes()
+    assert raw.count(b'"num_segments":"1"') == 1
+    path.write_bytes(raw.replace(b'"num_segments":"1"', b'"num_segments":"2"'))
+    _load_error(path, model, "checksum")
+
+
+def test_load_refuses_a_corrupt_header_or_truncated_file(model, tmp_path):
+    path = _saved(model, tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[9] = ord("#")                           # the header JSON's first key
+    bad = tmp_path / "header.safetensors"
+    bad.write_bytes(bytes(raw))
+    _load_error(bad, model, "not a safetensors memory file")
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(path.read_bytes()[:-100])
+    _load_error(short, model, "not a safetensors memory file", "truncated")
+
+
+@pytest.mark.parametrize("name", ["hidden", "state"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_load_refuses_non_finite_memory(model, tmp_path, name, value):
+    def poison(t):
+        t[name][0, 1, 2] = value
+
+    path = _rewrite(_saved(model, tmp_path), tmp_path / "nan.safetensors", tensor_edit=poison)
+    _load_error(path, model, f"'{name}' holds NaN or Inf")
+
+
+def test_save_refuses_non_finite_memory(model, tmp_path):
+    with torch.no_grad():
+        mem = model.compress(torch.randint(0, 256, (1, 20)))
+    mem.slots[0][0, 0, 0] = float("nan")
+    mem.invalidate_cache()
+    path = tmp_path / "nan.safetensors"
+    with pytest.raises(MemoryFileError, match=r"refusing to write .*nan.safetensors.*'hidden' "
+                                              r"holds NaN or Inf"):
+        mem.save(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["fingerprint", "num_segments", "uniform", "cap", "num_slots",
+                                 "checksum"])
+def test_load_names_a_missing_metadata_key(model, tmp_path, key):
+    path = _rewrite(_saved(model, tmp_path), tmp_path / "k.safetensors",
+                    meta_edit=lambda m: m.pop(key))
+    _load_error(path, model, f"lacks the metadata key(s) ['{key}']")
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("uniform", "tru", "true or false"),
+    ("uniform", "1", "true or false"),
+    ("cap", "{", "null or an int"),
+    ("cap", "0", "null or an int"),
+    ("num_segments", "two", "an int >= 1"),
+    ("num_segments", "0", "an int >= 1"),
+    ("num_slots", "9", "an int in [0, num_segments=2]"),
+])
+def test_load_names_a_bad_metadata_value(model, tmp_path, key, value, expected):
+    def edit(meta):
+        meta[key] = value
+
+    path = _rewrite(_saved(model, tmp_path), tmp_path / "v.safetensors", meta_edit=edit)
+    _load_error(path, model, f"metadata '{key}' is '{value}', expected {expected}")
+
+
+def test_load_refuses_version_1_files(model, tmp_path):
+    def old(meta):
+        meta["version"] = "1"
+        meta.pop("checksum")
+
+    path = _rewrite(_saved(model, tmp_path), tmp_path / "v1.safetensors", meta_edit=old)
+    _load_error(path, model, "version 1, which has no checksum", "compress the context again")
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda t: t.update(hidden=t["hidden"][..., :32].clone()),
+     "'hidden' has shape (1, 8, 32), expected (*, *, 64)"),
+    (lambda t: t.update(hidden=t["hidden"][0].clone()),
+     "'hidden' has shape (8, 64), expected (*, *, 64)"),
+    (lambda t: t.update(hidden=t["hidden"].long()),
+     "'hidden' has dtype torch.int64, expected a floating-point dtype"),
+    (lambda t: t.update(state=t["state"][:, :3].clone()),
+     "'state' has shape (1, 3, 64), expected (1, 4, 64)"),
+    (lambda t: t.pop("state"), "'state' is missing"),
+    (lambda t: t.update(lengths=t["lengths"].float()),
+     "'lengths' has dtype torch.float32, expected torch.int64"),
+    (lambda t: t.update(lengths=t["lengths"] - 1), "'lengths' is [7], expected 8 per item"),
+    (lambda t: t.update(context_tokens=torch.zeros(2, dtype=torch.long)),
+     "'context_tokens' has shape (2,), expected (1)"),
+    (lambda t: t.update(hidden=t["hidden"][:, :4].clone(), lengths=t["lengths"] - 4),
+     "'hidden' holds 4 vectors per item, but 2 segments of 4 latents"),
+    (lambda t: t.pop("context_tokens"), "missing ['context_tokens']"),
+    (lambda t: t.update(extra=torch.zeros(1)), "unknown ['extra']"),
+    (lambda t: t.update(query_ids=torch.zeros(1, 3, dtype=torch.long)),
+     "only one of 'query_ids' / 'query_mask'"),
+])
+def test_load_names_bad_tensors(model, tmp_path, edit, words):
+    path = _rewrite(_saved(model, tmp_path), tmp_path / "t.safetensors", tensor_edit=edit)
+    _load_error(path, model, words)
+
+
+def test_load_checks_the_query_tensors(tmp_path):
+    model = tiny_lcirc(query_dependent=True)
+    with torch.no_grad():
+        mem = model.compress(torch.randint(0, 256, (1, 20)), query_ids=torch.randint(0, 256, (1, 3)))
+    mem.save(tmp_path / "qd.safetensors")
+
+    def out_of_vocab(t):
+        t["query_ids"][0, 0] = 256
+
+    def zero_mask(t):
+        t["query_mask"].zero_()
+
+    bad = _rewrite(tmp_path / "qd.safetensors", tmp_path / "q1.safetensors",
+                   tensor_edit=out_of_vocab)
+    _load_error(bad, model, "'query_ids' holds token ids outside the vocabulary [0, 256)")
+    bad = _rewrite(tmp_path / "qd.safetensors", tmp_path / "q2.safetensors", tensor_edit=zero_mask)
+    _load_error(bad, model, "'query_mask' must hold 0/1 with at least one 1 per row")
+
+
+def test_load_checks_stacked_lengths(model, tmp_path):
+    with torch.no_grad():
+        mem = model.compress([torch.randint(0, 256, (8,)), torch.randint(0, 256, (20,))])
+    mem.save(tmp_path / "s.safetensors")
+
+    def too_long(t):
+        t["lengths"][0] = 99
+
+    bad = _rewrite(tmp_path / "s.safetensors", tmp_path / "bad.safetensors", tensor_edit=too_long)
+    _load_error(bad, model, "'lengths' is [99, 8], expected values in [1, 8]")
