@@ -11,12 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import ConfigError, RunError
+
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
 
 
 def parse_lengths(text: str) -> list[int]:
-    """'512,1k,128K,1M' -> [512, 1024, 131072, 1048576]; raises ValueError on bad items."""
+    """'512,1k,128K,1M' -> [512, 1024, 131072, 1048576]; ConfigError on bad items."""
     out = []
     for item in text.split(","):
         item = item.strip().lower()
@@ -25,13 +27,13 @@ def parse_lengths(text: str) -> list[int]:
         mult = {"k": 1024, "m": 1024 * 1024}.get(item[-1], 1)
         num = item[:-1] if mult > 1 else item
         if not num.isdigit():
-            raise ValueError(f"--lengths: {item!r} is not a token count (use e.g. 512,4k,128k)")
+            raise ConfigError(f"--lengths: {item!r} is not a token count (use e.g. 512,4k,128k)")
         n = int(num) * mult
         if n < 1:
-            raise ValueError(f"--lengths: every length must be >= 1 token, got {item!r}")
+            raise ConfigError(f"--lengths: every length must be >= 1 token, got {item!r}")
         out.append(n)
     if not out:
-        raise ValueError("--lengths is empty")
+        raise ConfigError("--lengths is empty")
     return sorted(set(out))
 
 
@@ -67,11 +69,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def _check_args(args) -> None:
     if args.decode_tokens < 0:
-        raise ValueError(f"--decode-tokens must be >= 0, got {args.decode_tokens}")
+        raise ConfigError(f"--decode-tokens must be >= 0, got {args.decode_tokens}")
     if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
     from ..flops import _policy_parts
 
     _policy_parts(args.train_policy)
@@ -106,21 +108,44 @@ def _flops_only(preset, lengths, out: Path) -> int:
     return 0
 
 
-def run(args) -> int:
+def _check_out(out: Path) -> None:
+    """--out must be a directory, or a path that can be created as one, before anything runs."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a directory; bench writes "
+                                 "bench.json and bench.png into a directory")
+    parent = out.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"--out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: cannot write in {parent} (permission denied)")
+
+
+def _device(name: str | None):
+    """The torch device of --device (default: cuda if available), refusing unknown names."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return _run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"lcirc bench: error: {e}", file=sys.stderr)
-        return 2
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use cpu or cuda[:i]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but torch sees no CUDA device")
+    return device
 
 
-def _run(args) -> int:
+def run(args) -> int:
+    """Errors propagate to the command line's handler (`lcirc_fast.cli.main`)."""
     t_start = time.perf_counter()
     _check_args(args)
     from ..bench.presets import get_preset
 
     lengths = parse_lengths(args.lengths) if args.lengths else None
     out = Path(args.out)
+    _check_out(out)
     if args.flops_only:
         preset = get_preset(args.model or "llama2-7b", args.window, args.segment_len)
         from ..flops import DEFAULT_LENGTHS
@@ -131,9 +156,7 @@ def _run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but torch sees no CUDA device")
+    device = _device(args.device)
     dtype = getattr(torch, DTYPES[args.dtype] if args.dtype else
                     ("bfloat16" if device.type == "cuda" else "float32"))
     preset = get_preset(args.model or ("llama2-7b" if device.type == "cuda" else "cpu-small"),
@@ -200,7 +223,7 @@ def _check_fits(preset, dtype, device) -> None:
     except (ValueError, OSError, AttributeError):
         return
     if need > avail:
-        raise RuntimeError(
+        raise RunError(
             f"--model {preset.name} needs about {need / 2**30:.0f} GiB here but only "
             f"{avail / 2**30:.0f} GiB is free; use --flops-only, a smaller preset "
             f"(cpu-small, smollm2-135m) or a GPU")

@@ -70,7 +70,9 @@ def test_hf_config_path_is_accepted(tmp_path, capsys):
     (["--train-policy", "sometimes"], "BPTT policy"),
 ])
 def test_bad_inputs_give_clear_errors(argv, message, tmp_path, capsys):
-    rc = cli.run(parse([*argv, "--flops-only", "--out", str(tmp_path)]))
+    from lcirc_fast.cli import main
+
+    rc = main(["bench", *argv, "--flops-only", "--out", str(tmp_path)])
     assert rc == 2
     assert message in capsys.readouterr().err
 
