@@ -59,13 +59,18 @@ def error_status(err: BaseException) -> tuple[int, str]:
                            f"(run 'lcirc --debug ...' for the traceback)")
 
 
+def debug_from_env() -> bool:
+    """LCIRC_DEBUG set to anything but '', 0, false, no or off asks for tracebacks."""
+    return os.environ.get("LCIRC_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return EXIT_USAGE
-    debug = args.debug or os.environ.get("LCIRC_DEBUG", "") not in ("", "0")
+    debug = args.debug or debug_from_env()
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
