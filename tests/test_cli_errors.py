@@ -130,7 +130,10 @@ def test_compress_base_neither_bundled_nor_directory(tmp_path, text, capsys, loa
     assert "--base 'llama-9000' is neither the bundled 'smollm2-135m' nor a model directory" in line
     rc, line = compress(capsys, text, "--out", tmp_path / "m.safetensors", "--base", tmp_path)
     assert rc == EXIT_USAGE and f"--base {tmp_path} has no config.json" in line
-    assert loads == []
+    (tmp_path / "config.json").write_text("{}")
+    rc, line = compress(capsys, text, "--out", tmp_path / "m.safetensors", "--base", tmp_path)
+    assert rc == EXIT_USAGE and f"--base {tmp_path} has a config.json but no weights" in line
+    assert "model.safetensors" in line and loads == []
 
 
 def test_compress_lcirc_directory_checked(tmp_path, text, capsys, loads):

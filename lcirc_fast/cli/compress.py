@@ -16,6 +16,8 @@ BUNDLED_BASE = "smollm2-135m"
 MEMORY_SUFFIX = ".safetensors"
 DEFAULT_NUM_LATENTS = 64
 DEFAULT_MAX_SEGMENT_LEN = 4096
+BASE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -116,6 +118,9 @@ def check_base(name: str) -> None:
     if not os.path.isfile(os.path.join(name, "config.json")):
         raise ConfigError(f"--base {name} has no config.json; give a Hugging Face model "
                           f"directory or '{BUNDLED_BASE}'")
+    if not any(os.path.isfile(os.path.join(name, w)) for w in BASE_WEIGHTS):
+        raise ConfigError(f"--base {name} has a config.json but no weights (one of "
+                          f"{', '.join(BASE_WEIGHTS)})")
 
 
 def check_lcirc(path: str | None) -> None:
