@@ -111,6 +111,13 @@ class LLMShape:
                                "intermediate_size", "vocab_size") if get(k) is None]
         if missing:
             raise ValueError(f"model config lacks {missing} (need a Llama-style config)")
+        bad = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                           "intermediate_size", "vocab_size", "num_key_value_heads", "head_dim")
+               if get(k) is not None and (isinstance(get(k), bool) or not isinstance(get(k), int)
+                                          or get(k) < 1)]
+        if bad:
+            raise ValueError("model config entries must be positive integers: "
+                             + ", ".join(f"{k}={get(k)!r}" for k in bad))
         d, heads = int(get("hidden_size")), int(get("num_attention_heads"))
         return cls(hidden_size=d, num_layers=int(get("num_hidden_layers")), num_heads=heads,
                    num_kv_heads=int(get("num_key_value_heads") or heads),
@@ -127,7 +134,17 @@ class LLMShape:
             p = p / "config.json"
         if not p.is_file():
             raise FileNotFoundError(f"no config.json at {path}")
-        return cls.from_hf_config(json.loads(p.read_text()), name=p.parent.name or str(p))
+        try:
+            cfg = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p} is not a JSON model config ({e}); pass a Hugging Face "
+                             f"config.json or a preset name") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{p} holds a JSON {type(cfg).__name__}, not a model config object")
+        try:
+            return cls.from_hf_config(cfg, name=p.parent.name or str(p))
+        except ValueError as e:
+            raise ValueError(f"{p}: {e}") from None
 
     def to_hf_dict(self) -> dict[str, Any]:
         """Keyword arguments for transformers.LlamaConfig."""

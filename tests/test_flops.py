@@ -279,3 +279,18 @@ def test_real_model_training_step_matches_counter():
         counted, _ = count_flops(step)
         expect = fl.train_step(llm, s, 124, name, causal="full").matmul
         assert close(expect, counted), (name, expect, counted)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", "is not a JSON model config"),
+    ("[1, 2]", "holds a JSON list"),
+    ('{"hidden_size": 64}', "lacks"),
+    ('{"hidden_size": 0, "num_hidden_layers": 2, "num_attention_heads": 4, '
+     '"intermediate_size": 128, "vocab_size": 256}', "hidden_size=0"),
+])
+def test_config_json_errors_name_the_file(tmp_path, content, match):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match) as err:
+        fl.LLMShape.from_json(tmp_path)
+    assert str(path) in str(err.value)
