@@ -28,6 +28,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def check_inputs(cfg, args) -> None:
     """Refuse arguments and files the run would fail on only after building the model."""
+    import os
+
     from ..errors import ConfigError
     from ..models.lcirc_llama import WEIGHTS_NAME
 
@@ -42,6 +44,10 @@ def check_inputs(cfg, args) -> None:
     if cfg.init_from and not (Path(cfg.init_from) / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"init_from = {cfg.init_from!r}: no {WEIGHTS_NAME} there (a "
                                 "save_pretrained directory such as runs/<stage-1 run>/final)")
+    world = os.environ.get("WORLD_SIZE", "1")
+    if cfg.distributed.engine == "plain" and world.strip() not in ("", "1"):
+        raise ConfigError(f"distributed.engine = 'plain' runs one process, but the launcher started "
+                          f"WORLD_SIZE={world}; use distributed.engine: deepspeed")
     ds = cfg.distributed.deepspeed_config
     if cfg.distributed.engine == "deepspeed" and ds and not Path(ds).is_file():
         raise FileNotFoundError(f"distributed.deepspeed_config = {ds!r}: no such file")

