@@ -182,17 +182,17 @@ def _as_int(value) -> int:
     return int(number)
 
 
-def _of_type(kind: type) -> Callable[[Any], Any]:
+def _of_type(*kinds: type) -> Callable[[Any], Any]:
+    """A converter that accepts instances of `kinds` (as the first of them) and nothing else."""
     def convert(value):
-        if isinstance(value, kind):
-            return value
+        if isinstance(value, kinds):
+            return kinds[0](value)
         raise _Bad
     return convert
 
 
 _CONVERT = {int: _as_int, float: _as_float, bool: _of_type(bool), str: _of_type(str),
-            list: lambda v: list(v) if isinstance(v, (list, tuple)) else _of_type(list)(v),
-            dict: lambda v: dict(_of_type(dict)(v))}
+            list: _of_type(list, tuple), dict: _of_type(dict)}
 
 
 @dataclass(frozen=True)
@@ -322,7 +322,7 @@ def check_bptt(spec, key: str = "train.bptt") -> dict:
     unknown = [str(k) for k in spec if k != "kind" and k not in settings]
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}: not a setting of kind {kind} "
-                          f"(its settings: {', '.join(settings) or 'none'})")
+                          f"(its settings: {', '.join(settings) or 'none'}); remove it")
     out = {"kind": kind}
     for name, (kind_type, check, default) in settings.items():
         out[name] = check_value(f"{key}.{name}", spec.get(name, default), kind_type, check)
