@@ -41,6 +41,10 @@ def check_inputs(cfg, args) -> None:
     if cfg.base.name not in ("smollm2", "tiny_random") and not Path(cfg.base.name).is_dir():
         raise FileNotFoundError(f"base.name = {cfg.base.name!r}: not smollm2, tiny_random or a "
                                 "Hugging Face Llama directory")
+    if cfg.base.name == "tiny_random" and cfg.data.source != "synthetic_tokens":
+        raise ConfigError(f"data.source = {cfg.data.source!r} needs a tokenizer, and base.name = "
+                          "'tiny_random' has none; use data.source: synthetic_tokens or a base model "
+                          "with a tokenizer")
     if cfg.init_from and not (Path(cfg.init_from) / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"init_from = {cfg.init_from!r}: no {WEIGHTS_NAME} there (a "
                                 "save_pretrained directory such as runs/<stage-1 run>/final)")
