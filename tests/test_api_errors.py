@@ -2,10 +2,11 @@
 options and from_pretrained directories. Each error must name the problem."""
 import numpy as np
 import pytest
-from lcirc_testutils import tiny_llama
+import torch
+from lcirc_testutils import tiny_lcirc, tiny_llama
 
-from lcirc_fast import LCIRCConfig
-from lcirc_fast.errors import ConfigError
+from lcirc_fast import LCIRCConfig, LCIRCForCausalLM
+from lcirc_fast.errors import CheckpointError, ConfigError, DataError
 
 # ---------------------------------------------------------------------- LCIRCConfig
 
@@ -90,3 +91,223 @@ def test_config_from_dict_errors():
         LCIRCConfig(gca_layers=[0, 9]).resolve(tiny_llama().config)
     with pytest.raises(ConfigError, match="hidden_size=32 does not match"):
         LCIRCConfig(hidden_size=32).resolve(tiny_llama().config)
+
+
+# ---------------------------------------------------------------------- token batches
+
+def _calls(model):
+    """Each API entry point that takes token ids, as name -> f(ids)."""
+    return {
+        "compress": lambda ids: model.compress(ids),
+        "forward": lambda ids: model(ids),
+        "generate": lambda ids: model.generate(ids, max_new_tokens=2),
+    }
+
+
+_WHAT = {"compress": "context_ids", "forward": "input_ids", "generate": "input_ids"}
+
+
+@pytest.mark.parametrize("call", ["compress", "forward", "generate"])
+def test_empty_batch_is_refused(model, call):
+    with pytest.raises(DataError, match=rf"{_WHAT[call]} has an empty batch \(shape \(0, 6\)\)"):
+        _calls(model)[call](torch.zeros(0, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("call", ["compress", "forward", "generate"])
+@pytest.mark.parametrize("ids,words", [
+    (torch.zeros(1, 2, 3, dtype=torch.long), r"must be \[batch, length\], got shape \(1, 2, 3\)"),
+    (torch.zeros((), dtype=torch.long), r"must be \[batch, length\], got shape \(\)"),
+    (torch.ones(1, 5), r"must hold integer token ids \(int64\), got torch.float32"),
+    (torch.ones(1, 5, dtype=torch.bool), r"must hold integer token ids \(int64\), got torch.bool"),
+    (torch.tensor([[3, 256]]), r"holds token id 256 outside the vocabulary \[0, 256\)"),
+    (torch.tensor([[-2, 3]]), r"holds token id -2 outside the vocabulary \[0, 256\)"),
+    (torch.zeros(2, 0, dtype=torch.long), r"is empty \(length 0\)"),
+    ("1 2 3", r"must be a torch.Tensor of token ids, got str"),
+])
+def test_bad_token_ids_are_named(model, call, ids, words):
+    with pytest.raises(DataError, match=rf"{_WHAT[call]} {words}"):
+        _calls(model)[call](ids)
+
+
+def test_compress_names_a_bad_list_item(model):
+    with pytest.raises(DataError, match=r"context_ids\[1\] must be a torch.Tensor of token ids "
+                                        r"\(a list holds one context per item\), got list"):
+        model.compress([torch.arange(5), [1, 2, 3]])
+    with pytest.raises(DataError, match=r"context_ids has an empty batch"):
+        model.compress([torch.arange(5), torch.zeros(0, 3, dtype=torch.long)])
+
+
+@pytest.mark.parametrize("call", ["forward", "generate"])
+def test_one_dimensional_prompts_are_refused(model, call):
+    """A [L] prompt would silently become one row; compress documents [N] as one context."""
+    with pytest.raises(DataError, match=r"input_ids must be \[batch, length\], got shape \(5,\); "
+                                        r"for one sequence pass ids\[None\]"):
+        _calls(model)[call](torch.arange(5))
+    assert model.compress(torch.arange(5)).batch_size == 1
+
+
+def test_int32_ids_are_accepted(model):
+    ids = torch.randint(0, 256, (1, 6), dtype=torch.int32)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model(ids.long()).logits)
+
+
+def test_masks_and_segment_len_are_checked(model):
+    ids = torch.randint(0, 256, (1, 6))
+    with pytest.raises(DataError, match=r"attention_mask must be a torch.Tensor, got list"):
+        model(ids, attention_mask=[[1] * 6])
+    with pytest.raises(DataError, match=r"labels shape \(1, 5\) does not match input_ids \(1, 6\)"):
+        model(ids, labels=ids[:, :5])
+    with pytest.raises(DataError, match="attention_mask must hold 0 .padding. and 1 .token."):
+        model.generate(ids, attention_mask=torch.full((1, 6), 2), max_new_tokens=1)
+    for bad in (0, True, 4.0, "8"):
+        with pytest.raises(ConfigError, match=rf"segment_len must be a positive int .*got {bad!r}"):
+            model.compress(torch.randint(0, 256, (1, 20)), segment_len=bad)
+    qd = tiny_lcirc(query_dependent=True)
+    with pytest.raises(DataError, match="query_mask must be a torch.Tensor, got list"):
+        qd.compress(torch.randint(0, 256, (1, 20)), query_ids=torch.randint(0, 256, (1, 3)),
+                    query_mask=[[1, 1, 1]])
+
+
+# ---------------------------------------------------------------------- generate options
+
+@pytest.mark.parametrize("option,value,words", [
+    ("eos_token_id", "x", r"eos_token_id must be a token id \(int\), a non-empty list of ids, "
+                          r"or None; got 'x'"),
+    ("eos_token_id", [], "eos_token_id must be a token id"),
+    ("eos_token_id", [1, "2"], "eos_token_id must be a token id"),
+    ("eos_token_id", 1.0, "eos_token_id must be a token id"),
+    ("eos_token_id", True, "eos_token_id must be a token id"),
+    ("eos_token_id", 256, r"eos_token_id holds token id 256 outside the vocabulary \[0, 256\)"),
+    ("eos_token_id", [3, -1], "eos_token_id holds token id -1 outside the vocabulary"),
+    ("pad_token_id", "0", "pad_token_id must be a token id"),
+    ("pad_token_id", [1, 2], r"pad_token_id must be one token id, got \[1, 2\]"),
+    ("max_new_tokens", "5", "max_new_tokens must be an int >= 0, got '5'"),
+    ("max_new_tokens", 2.0, "max_new_tokens must be an int >= 0, got 2.0"),
+    ("max_new_tokens", True, "max_new_tokens must be an int >= 0, got True"),
+    ("max_new_tokens", -1, "max_new_tokens must be an int >= 0, got -1"),
+    ("temperature", "hot", "temperature must be a finite number, got 'hot'"),
+    ("temperature", float("nan"), "temperature must be a finite number, got nan"),
+    ("top_k", 0, r"top_k must be an int >= 1 \(or None: no top-k filter\), got 0"),
+    ("top_k", 2.5, "top_k must be an int >= 1"),
+    ("top_p", 0.0, r"top_p must be a number in \(0, 1\]"),
+    ("top_p", 1.5, r"top_p must be a number in \(0, 1\]"),
+    ("top_p", "0.9", r"top_p must be a number in \(0, 1\]"),
+    ("do_sample", "yes", "do_sample must be True or False, got 'yes'"),
+    ("use_cache", 1, "use_cache must be True or False, got 1"),
+    ("generator", 42, "generator must be a torch.Generator or None, got int"),
+])
+def test_generate_options_are_checked(model, option, value, words):
+    with pytest.raises(ConfigError, match=words):
+        model.generate(torch.randint(0, 256, (1, 4)), **{"max_new_tokens": 2, option: value})
+
+
+def test_generate_accepts_eos_forms(model):
+    x = torch.randint(0, 256, (1, 4))
+    greedy = model.generate(x, max_new_tokens=3)
+    first = int(greedy[0, 4])
+    for eos in (first, [first], (7, first), torch.tensor([first]), torch.tensor(first)):
+        assert model.generate(x, max_new_tokens=3, eos_token_id=eos).shape == (1, 5)
+    sampled = model.generate(x, max_new_tokens=3, do_sample=True, top_k=5, top_p=0.9,
+                             temperature=0.7, generator=torch.Generator().manual_seed(0))
+    assert sampled.shape == (1, 7)
+
+
+# ---------------------------------------------------------------------- from_pretrained
+
+@pytest.fixture
+def saved(tmp_path):
+    model = tiny_lcirc()
+    model.save_pretrained(tmp_path / "m")
+    return model, tmp_path / "m"
+
+
+def _pretrained_error(directory, base, *words):
+    with pytest.raises(CheckpointError) as err:
+        LCIRCForCausalLM.from_pretrained(directory, base=base)
+    msg = str(err.value)
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+def test_from_pretrained_round_trip(saved):
+    model, directory = saved
+    loaded = LCIRCForCausalLM.from_pretrained(directory, base=tiny_llama())
+    assert loaded.fingerprint() == model.fingerprint()
+
+
+def test_from_pretrained_missing_directory_and_files(saved, tmp_path):
+    model, directory = saved
+    _pretrained_error(tmp_path / "nowhere", model.base, f"no LCIRC model directory at "
+                      f"{tmp_path / 'nowhere'}", "save_pretrained")
+    (directory / "lcirc_model.safetensors").unlink()
+    _pretrained_error(directory, model.base,
+                      f"no lcirc_model.safetensors at {directory / 'lcirc_model.safetensors'}")
+    (directory / "lcirc_config.json").unlink()
+    _pretrained_error(directory, model.base,
+                      f"no lcirc_config.json at {directory / 'lcirc_config.json'}")
+
+
+@pytest.mark.parametrize("text,words", [
+    ('{"lcirc_config": {"num_latents": 4,', "is not valid JSON"),
+    ("\udcff", "is not valid JSON"),
+    ("[1, 2]", "has no 'lcirc_config' object"),
+    ('{"base_model": "x"}', "has no 'lcirc_config' object"),
+    ('{"lcirc_config": {"num_latents": 0}}', "LCIRCConfig.num_latents must be a positive int"),
+    ('{"lcirc_config": {"num_latent": 4}}', "unknown LCIRCConfig fields: ['num_latent']"),
+])
+def test_from_pretrained_bad_config(saved, text, words):
+    model, directory = saved
+    path = directory / "lcirc_config.json"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    _pretrained_error(directory, model.base, str(path), words)
+
+
+def test_from_pretrained_other_base(saved):
+    model, directory = saved
+    _pretrained_error(directory, tiny_llama(hidden=32, heads=2, kv_heads=1),
+                      str(directory / "lcirc_config.json"),
+                      "was saved for a base model with hidden_size=64, but the given base has 32")
+
+
+def test_from_pretrained_truncated_or_corrupt_weights(saved):
+    model, directory = saved
+    path = directory / "lcirc_model.safetensors"
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    _pretrained_error(directory, model.base, str(path), "truncated or corrupt")
+    path.write_bytes(b"\x00" * 64)
+    _pretrained_error(directory, model.base, str(path), "truncated or corrupt")
+
+
+def _rewrite_weights(path, edit, meta=None):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata() if meta is None else meta
+    edit(tensors)
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda t: t.pop("latents"), "missing ['latents']"),
+    (lambda t: t.update(stray=torch.zeros(1)), "unexpected ['stray']"),
+    (lambda t: t.update(latents=torch.zeros(3, 64)),
+     "tensor 'latents' has shape (3, 64), the config needs (4, 64)"),
+    (lambda t: t["latents"].fill_(float("nan")), "tensor 'latents' holds NaN or Inf"),
+])
+def test_from_pretrained_bad_tensors(saved, edit, words):
+    model, directory = saved
+    path = directory / "lcirc_model.safetensors"
+    _rewrite_weights(path, edit)
+    _pretrained_error(directory, model.base, str(path), words)
+
+
+def test_from_pretrained_refuses_foreign_safetensors(saved):
+    model, directory = saved
+    path = directory / "lcirc_model.safetensors"
+    _rewrite_weights(path, lambda t: None, meta={"format": "pt"})
+    _pretrained_error(directory, model.base, str(path), "not an lcirc_fast model file")

@@ -4,6 +4,7 @@ import torch
 from lcirc_testutils import tiny_lcirc, tiny_llama
 
 from lcirc_fast import CompressedMemory, LCIRCConfig, LCIRCForCausalLM
+from lcirc_fast.errors import DataError
 
 
 @pytest.mark.parametrize("heads,kv_heads,tied", [(4, 4, False), (4, 2, True), (4, 1, False)])
@@ -152,7 +153,7 @@ class TestBadInput:
             model(torch.tensor([[-1, 2]]))
 
     def test_wrong_dtype(self, model):
-        with pytest.raises(TypeError, match="integer token ids"):
+        with pytest.raises(DataError, match="context_ids must hold integer token ids"):
             model.compress(torch.rand(1, 10))
 
     def test_wrong_device(self, model):

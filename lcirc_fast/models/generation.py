@@ -7,12 +7,17 @@ the tests use as the oracle.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from transformers import DynamicCache
 
+from ..errors import ConfigError, DataError
+
 
 def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    if top_k is not None and top_k > 0:
+    if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1, None]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
@@ -33,16 +38,52 @@ def _next_token(logits, do_sample, temperature, top_k, top_p, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _check_options(max_new_tokens, do_sample, temperature, top_k, top_p):
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if do_sample:
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _check_options(max_new_tokens, do_sample, temperature, top_k, top_p, use_cache, generator):
+    """Types and ranges of the decoding options (ConfigError naming the option and value)."""
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    for name, flag in (("do_sample", do_sample), ("use_cache", use_cache)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{name} must be True or False, got {flag!r}")
+    if not _is_number(temperature):
+        raise ConfigError(f"temperature must be a finite number, got {temperature!r}")
+    if do_sample and not temperature > 0:
+        raise ConfigError(f"temperature must be > 0 when sampling, got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ConfigError(f"top_k must be an int >= 1 (or None: no top-k filter), got {top_k!r}")
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+        raise ConfigError(f"top_p must be a number in (0, 1] (or None: no nucleus filter), got "
+                          f"{top_p!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ConfigError(f"generator must be a torch.Generator or None, got "
+                          f"{type(generator).__name__}")
+
+
+def _token_ids(value, name: str, vocab_size: int) -> list[int]:
+    """None, an id, or a non-empty list / tuple / integer tensor of ids -> list of ids."""
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor) and not value.is_floating_point() \
+            and value.dtype != torch.bool and value.dim() <= 1:
+        value = value.tolist()
+    items = [value] if not isinstance(value, (list, tuple)) else list(value)
+    if not items or not all(_is_int(i) for i in items):
+        raise ConfigError(f"{name} must be a token id (int), a non-empty list of ids, or None; "
+                          f"got {value!r}")
+    bad = [int(i) for i in items if not 0 <= i < vocab_size]
+    if bad:
+        raise ConfigError(f"{name} holds token id {bad[0]} outside the vocabulary "
+                          f"[0, {vocab_size})")
+    return [int(i) for i in items]
 
 
 @torch.no_grad()
@@ -63,20 +104,22 @@ def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
     Returns:
         int64 [B, T + n] with n <= max_new_tokens (fewer when every row has finished).
     """
-    ids = model._check_ids(input_ids, "input_ids")
-    _check_options(max_new_tokens, do_sample, temperature, top_k, top_p)
+    ids = model._check_ids(input_ids, "input_ids", allow_1d=False)
+    _check_options(max_new_tokens, do_sample, temperature, top_k, top_p, use_cache, generator)
+    vocab = model.config.vocab_size
+    eos = _token_ids(eos_token_id, "eos_token_id", vocab)
+    pads = _token_ids(pad_token_id, "pad_token_id", vocab)
+    if len(pads) > 1:
+        raise ConfigError(f"pad_token_id must be one token id, got {pad_token_id!r}")
     b = ids.shape[0]
     if attention_mask is None:
         attention_mask = torch.ones_like(ids)
-    elif attention_mask.shape != ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
-                         f"input_ids {tuple(ids.shape)}")
-    attention_mask = attention_mask.to(ids.device).long()
+    attention_mask = model._check_like(attention_mask, ids, "attention_mask").long()
+    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        raise DataError("attention_mask must hold 0 (padding) and 1 (token)")
     if bool((attention_mask.sum(-1) == 0).any()):
-        raise ValueError("attention_mask masks out every token of some prompt")
-    eos = [] if eos_token_id is None else (
-        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
-    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+        raise DataError("attention_mask masks out every token of some prompt")
+    pad = pads[0] if pads else (eos[0] if eos else 0)
     eos_t = torch.tensor(eos, device=ids.device, dtype=torch.long)
     finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
     base = model.base

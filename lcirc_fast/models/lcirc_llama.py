@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .. import bptt as bptt_mod
 from ..backend import resolve_backend
 from ..config import LCIRCConfig
+from ..errors import CheckpointError, ConfigError, DataError
 from ..memory import CompressedMemory, _Record
 from ..modules import GatedCrossAttentionBlock, PerceiverCompressor
 from ..segmenting import balanced_boundaries, check_boundaries, fixed_boundaries
@@ -149,25 +150,43 @@ class LCIRCForCausalLM(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("base.")}
 
     # ------------------------------------------------------------------ input checks
-    def _check_ids(self, ids: torch.Tensor, what: str) -> torch.Tensor:
+    def _check_ids(self, ids: torch.Tensor, what: str, allow_1d: bool = True) -> torch.Tensor:
+        """Token ids as int64 [B, L]: a tensor of integers on the model's device, B >= 1,
+        L >= 1, every id in the vocabulary. A 1-D tensor is one row when `allow_1d`."""
         if not isinstance(ids, torch.Tensor):
-            raise TypeError(f"{what} must be a torch.Tensor of token ids, got {type(ids).__name__}")
-        if ids.dtype not in (torch.long, torch.int32, torch.int64):
-            raise TypeError(f"{what} must hold integer token ids (int64), got {ids.dtype}")
+            raise DataError(f"{what} must be a torch.Tensor of token ids, got "
+                            f"{type(ids).__name__}")
+        if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+            raise DataError(f"{what} must hold integer token ids (int64), got {ids.dtype}; "
+                            f"convert with .long()")
         if ids.device != self.device:
-            raise ValueError(f"{what} is on {ids.device} but the model is on {self.device}")
-        if ids.dim() == 1:
+            raise DataError(f"{what} is on {ids.device} but the model is on {self.device}")
+        if ids.dim() == 1 and allow_1d:
             ids = ids[None]
         if ids.dim() != 2:
-            raise ValueError(f"{what} must be [batch, length], got shape {tuple(ids.shape)}")
+            hint = "; for one sequence pass ids[None]" if ids.dim() == 1 else ""
+            raise DataError(f"{what} must be [batch, length], got shape {tuple(ids.shape)}{hint}")
+        if ids.shape[0] == 0:
+            raise DataError(f"{what} has an empty batch (shape {tuple(ids.shape)}); pass at "
+                            f"least one row")
         if ids.shape[1] == 0:
-            raise ValueError(f"{what} is empty (length 0)")
+            raise DataError(f"{what} is empty (length 0)")
         v = self.config.vocab_size
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= v:
-            raise ValueError(f"{what} holds token id {lo if lo < 0 else hi} outside the "
-                             f"vocabulary [0, {v})")
+            raise DataError(f"{what} holds token id {lo if lo < 0 else hi} outside the "
+                            f"vocabulary [0, {v})")
         return ids.long()
+
+    @staticmethod
+    def _check_like(t, ids: torch.Tensor, what: str) -> torch.Tensor:
+        """A tensor (mask or labels) with the shape of `ids`, on its device."""
+        if not isinstance(t, torch.Tensor):
+            raise DataError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+        if t.shape != ids.shape:
+            raise DataError(f"{what} shape {tuple(t.shape)} does not match input_ids "
+                            f"{tuple(ids.shape)}")
+        return t.to(ids.device)
 
     def _check_memory(self, memory: CompressedMemory, batch: int) -> None:
         if not isinstance(memory, CompressedMemory):
@@ -226,6 +245,9 @@ class LCIRCForCausalLM(nn.Module):
         if boundaries is not None:
             return check_boundaries(boundaries, n, cfg.max_segment_len)
         if segment_len is not None:
+            if isinstance(segment_len, bool) or not isinstance(segment_len, int) or segment_len < 1:
+                raise ConfigError(f"segment_len must be a positive int (or None for the default "
+                                  f"segmenting), got {segment_len!r}")
             if segment_len > cfg.max_segment_len:
                 raise ValueError(f"segment_len={segment_len} is longer than the position table "
                                  f"({cfg.max_segment_len} rows; raise LCIRCConfig.max_segment_len)")
@@ -249,6 +271,9 @@ class LCIRCForCausalLM(nn.Module):
         if query_mask is None:
             query_mask = torch.ones_like(q, dtype=torch.bool)
         else:
+            if not isinstance(query_mask, torch.Tensor):
+                raise DataError(f"query_mask must be a torch.Tensor, got "
+                                f"{type(query_mask).__name__}")
             if query_mask.shape[-1] != q.shape[1]:
                 raise ValueError(f"query_mask shape {tuple(query_mask.shape)} does not match "
                                  f"query_ids {tuple(q.shape)}")
@@ -393,6 +418,10 @@ class LCIRCForCausalLM(nn.Module):
                 raise ValueError("context_ids is an empty list")
             if query_ids is not None and len(query_ids) != len(context_ids):
                 raise ValueError("pass one query per context")
+            for i, c in enumerate(context_ids):
+                if not isinstance(c, torch.Tensor):
+                    raise DataError(f"context_ids[{i}] must be a torch.Tensor of token ids (a "
+                                    f"list holds one context per item), got {type(c).__name__}")
             mems = [self.compress(c, segment_len, boundaries,
                                   None if query_ids is None else query_ids[i],
                                   None if query_mask is None else query_mask[i], bptt)
@@ -575,13 +604,11 @@ class LCIRCForCausalLM(nn.Module):
 
         With `memory=None` this is the base model. Every GCA block attends to the whole memory.
         """
-        ids = self._check_ids(input_ids, "input_ids")
-        if attention_mask is not None and attention_mask.shape != ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
-                             f"input_ids {tuple(ids.shape)}")
-        if labels is not None and labels.shape != ids.shape:
-            raise ValueError(f"labels shape {tuple(labels.shape)} does not match input_ids "
-                             f"{tuple(ids.shape)}")
+        ids = self._check_ids(input_ids, "input_ids", allow_1d=False)
+        if attention_mask is not None:
+            attention_mask = self._check_like(attention_mask, ids, "attention_mask")
+        if labels is not None:
+            labels = self._check_like(labels, ids, "labels")
         with self.inject(memory, ids.shape[0]):
             return self.base(input_ids=ids, attention_mask=attention_mask, labels=labels,
                              **kwargs)
@@ -617,29 +644,21 @@ class LCIRCForCausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, base: nn.Module
                         ) -> "LCIRCForCausalLM":
-        """Rebuild a model saved by `save_pretrained` around `base`."""
-        from safetensors.torch import load_file
+        """Rebuild a model saved by `save_pretrained` around `base`.
 
+        Raises CheckpointError naming the file when the directory, its config JSON or its
+        weights are missing, corrupt, or made for another base model.
+        """
         directory = os.fspath(directory)
-        cfg_path = os.path.join(directory, CONFIG_NAME)
-        if not os.path.exists(cfg_path):
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
-        with open(cfg_path) as f:
-            info = json.load(f)
-        config = LCIRCConfig.from_dict(info["lcirc_config"])
-        for field in ("hidden_size", "num_hidden_layers", "vocab_size"):
-            if getattr(config, field) != getattr(base.config, field):
-                raise ValueError(f"{directory} was saved for a base model with {field}="
-                                 f"{getattr(config, field)}, but the given base has "
-                                 f"{getattr(base.config, field)}")
+        if not os.path.isdir(directory):
+            raise CheckpointError(f"no LCIRC model directory at {directory}; pass a directory "
+                                  f"written by save_pretrained (training's best/ or final/)")
+        config = _read_pretrained_config(os.path.join(directory, CONFIG_NAME), base)
+        weights_path = os.path.join(directory, WEIGHTS_NAME)
+        state = _read_pretrained_weights(weights_path)
         model = cls(base, config)
-        state = load_file(os.path.join(directory, WEIGHTS_NAME))
-        missing, unexpected = model.load_state_dict(
-            {k: v.to(model.device) for k, v in state.items()}, strict=False)
-        missing = [k for k in missing if not k.startswith("base.")]
-        if missing or unexpected:
-            raise ValueError(f"weights in {directory} do not match the config: missing "
-                             f"{missing[:5]}, unexpected {unexpected[:5]}")
+        _check_pretrained_state(weights_path, state, model)
+        model.load_state_dict({k: v.to(model.device) for k, v in state.items()}, strict=False)
         return model
 
     def load_official_checkpoint(self, path: str | os.PathLike) -> None:
@@ -649,3 +668,70 @@ class LCIRCForCausalLM(nn.Module):
     def official_state_dict(self) -> dict:
         """Export the weights in the reference implementation's checkpoint layout."""
         return official.export_official_state(self)
+
+
+# ---------------------------------------------------------------------- save_pretrained files
+_RESAVE = "save the model again with save_pretrained, or restore the directory from a copy"
+
+
+def _read_pretrained_config(path: str, base: nn.Module) -> LCIRCConfig:
+    """The LCIRCConfig in a save_pretrained config file, checked against `base`."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no {CONFIG_NAME} at {path}; the directory was not written by "
+                              f"save_pretrained or is incomplete: {_RESAVE}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is corrupt: "
+                              f"{_RESAVE}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("lcirc_config"), dict):
+        raise CheckpointError(f"{path} has no 'lcirc_config' object; it is not an LCIRC "
+                              f"config file: {_RESAVE}")
+    try:
+        config = LCIRCConfig.from_dict(info["lcirc_config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    for field in ("hidden_size", "num_hidden_layers", "vocab_size"):
+        saved, given = getattr(config, field), getattr(base.config, field)
+        if saved != given:
+            raise CheckpointError(f"{path} was saved for a base model with {field}={saved}, but "
+                                  f"the given base has {given}; load it with the base model it "
+                                  f"was trained on ({info.get('base_model', 'unknown')!r})")
+    return config
+
+
+def _read_pretrained_weights(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a save_pretrained weights file (CPU)."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no {WEIGHTS_NAME} at {path}; the directory is incomplete: "
+                              f"{_RESAVE}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path} cannot be read as safetensors ({e}); the file is "
+                              f"truncated or corrupt: {_RESAVE}") from None
+    if meta.get("format") != "lcirc_fast.model":
+        raise CheckpointError(f"{path} is not an lcirc_fast model file (metadata format="
+                              f"{meta.get('format')!r}): {_RESAVE}")
+    return state
+
+
+def _check_pretrained_state(path: str, state: dict[str, torch.Tensor], model) -> None:
+    """Names, shapes and finiteness of the saved tensors against `model`."""
+    own = model.lcirc_state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not match its config: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}; {_RESAVE}")
+    for name, t in state.items():
+        if t.shape != own[name].shape:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, the "
+                                  f"config needs {tuple(own[name].shape)}; {_RESAVE}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or Inf (training "
+                                  f"diverged, or the file is corrupt); use an earlier checkpoint")
