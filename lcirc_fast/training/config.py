@@ -629,6 +629,8 @@ def _read_yaml(path: Path) -> dict:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config, apply `overrides` ("key=value", value read as YAML) and check it all."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory; pass a YAML file (see train/configs/)")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
     data = _read_yaml(path)

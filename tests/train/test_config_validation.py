@@ -210,6 +210,10 @@ def test_yaml_files_that_are_not_configs(tmp_path):
     bad.write_text("")
     with pytest.raises(ConfigError, match="empty"):
         load_config(bad)
+    with pytest.raises(ConfigError, match="is a directory; pass a YAML file"):
+        load_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.yaml not found"):
+        load_config(tmp_path / "missing.yaml")
 
 
 def test_bptt_policy_and_build_data_name_the_key(tiny_cfg):
