@@ -311,3 +311,25 @@ def test_from_pretrained_refuses_foreign_safetensors(saved):
     path = directory / "lcirc_model.safetensors"
     _rewrite_weights(path, lambda t: None, meta={"format": "pt"})
     _pretrained_error(directory, model.base, str(path), "not an lcirc_fast model file")
+
+
+# ---------------------------------------------------------------------- reference checkpoints
+
+def test_official_checkpoint_unreadable(model, tmp_path):
+    good = tmp_path / "ref.pt"
+    torch.save(model.official_state_dict(), good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=rf"{truncated} cannot be read as a PyTorch "
+                                              rf"checkpoint .*truncated, corrupt"):
+        model.load_official_checkpoint(truncated)
+    code = tmp_path / "code.pt"
+    torch.save({"f": len}, code)
+    with pytest.raises(CheckpointError, match=rf"{code} cannot be read"):
+        model.load_official_checkpoint(code)
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(2), tensor)
+    with pytest.raises(CheckpointError, match=rf"{tensor} is not a reference LCIRC checkpoint: "
+                                              rf"it holds a Tensor"):
+        model.load_official_checkpoint(tensor)
+    model.load_official_checkpoint(good)

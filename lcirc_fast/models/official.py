@@ -11,6 +11,8 @@ import re
 
 import torch
 
+from ..errors import CheckpointError
+
 # reference compressor key (per layer i) -> ours
 _COMPRESSOR_LAYER = {
     "0.norm_x.weight": "attn.norm_x.weight", "0.norm_x.bias": "attn.norm_x.bias",
@@ -77,14 +79,32 @@ def _load_into(module: torch.nn.Module, mapped: dict, where: str) -> None:
             t.copy_(mapped[k].to(t.dtype))
 
 
+def _where(path) -> str:
+    return "the given checkpoint dict" if isinstance(path, dict) else os.fspath(path)
+
+
+def _read_checkpoint(path) -> dict:
+    """torch.load with weights_only=True (tensors and containers only, no code)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}; pass the reference implementation's "
+                                f".pt file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for unreadable files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({first}); the file "
+                              f"is truncated, corrupt, or holds objects other than tensors") from None
+
+
 def load_official_checkpoint(model, path: str | os.PathLike) -> None:
     """Load a reference `.pt` checkpoint (or an already-loaded dict) into `model`, in place."""
     if isinstance(path, dict):
         ckpt = path
     else:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = _read_checkpoint(path)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{_where(path)} is not a reference LCIRC checkpoint: it holds a "
+                              f"{type(ckpt).__name__}, not a dict of state dicts")
     for key in ("compressor_state_dict", "Xattn_layers_state_dict", "latent_state_dict"):
         if key not in ckpt:
             raise KeyError(f"not a reference LCIRC checkpoint: no {key!r} (keys: {sorted(ckpt)})")
