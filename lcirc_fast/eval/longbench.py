@@ -16,9 +16,10 @@ PROMPT = ("Answer the question based on the given passage. Only give me the answ
 
 def longbench_eval(model, tokenizer, rows: Sequence[dict], window: int, modes: Sequence[str],
                    max_new_tokens: int = 32, segment_len: int = 2048, prompt: str = PROMPT,
-                   predictions: list | None = None) -> dict:
+                   predictions: list | None = None, max_full_tokens: int = 8192) -> dict:
     """Scores per mode: mean token F1 x 100 and exact match x 100 over every row; failures are
-    counted and scored as 0 in the `*_counting_failures` columns."""
+    counted and scored as 0 in the `*_counting_failures` columns. Mode "full" refuses (as a
+    failure) a prompt longer than `max_full_tokens`."""
     out, failures = [], []
     for mode in modes:
         f1b, emb = ScoreBoard(f"{mode}/f1"), ScoreBoard(f"{mode}/em")
@@ -27,7 +28,8 @@ def longbench_eval(model, tokenizer, rows: Sequence[dict], window: int, modes: S
             text = prompt.format(context=r["context"], input=r["input"])
             ids = torch.tensor(tokenizer(text).input_ids, dtype=torch.long)
             q = torch.tensor(tokenizer(query_text(text), add_special_tokens=False).input_ids, dtype=torch.long)
-            pred = first_line(generate_answer(model, tokenizer, ids, window, max_new_tokens, mode, q, segment_len))
+            pred = first_line(generate_answer(model, tokenizer, ids, window, max_new_tokens, mode, q, segment_len,
+                                             max_full_tokens))
             em = best_over(exact_match, pred, r["answers"])
             emb.scores.append(em)
             if predictions is not None:

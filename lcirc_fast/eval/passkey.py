@@ -16,11 +16,12 @@ from .metrics import contains_answer, digit_accuracy
 def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], window: int,
                  lengths: Sequence[int], depths: Sequence[float], modes: Sequence[str],
                  samples: int = 5, seed: int = 0, segment_len: int = 2048, max_new_tokens: int = 12,
-                 progress=None) -> dict:
+                 progress=None, max_full_tokens: int = 8192) -> dict:
     """Accuracy (gold key contained in the answer) for every (mode, length, depth) cell, and
     digit accuracy (the key's digits matched in place; chance 0.1), failures counting as 0.
 
-    Every mode sees the same samples. Returns {"rows": [...], "failures": [...]}; each row keeps
+    Every mode sees the same samples; mode "full" refuses (as a failure) a prompt longer than
+    `max_full_tokens`. Returns {"rows": [...], "failures": [...]}; each row keeps
     its answers under "predictions".
     """
     qa = SyntheticQA(tokenizer, docs, tasks=("passkey",))
@@ -36,7 +37,7 @@ def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], win
 
                 def score(s):
                     pred = generate_answer(model, tokenizer, s.prompt_ids, window, max_new_tokens, mode,
-                                           s.query_ids, segment_len)
+                                           s.query_ids, segment_len, max_full_tokens)
                     preds[id(s)] = pred
                     if progress is not None:
                         progress()
