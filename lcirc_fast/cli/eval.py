@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+from ..errors import CheckpointError, ConfigError, DataError, RunError
+
+MAX_LISTED = 5  # problems named in a failed run's message; the rest are counted
+
 
 def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
+    try:
+        return [int(x) for x in s.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {s!r}") from None
 
 
 def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x]
+    try:
+        return [float(x) for x in s.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {s!r}") from None
 
 
 def _strs(s: str) -> list[str]:
@@ -76,6 +87,53 @@ def resolve_modes(task: str, requested: list[str] | None, has_lcirc: bool, query
     return modes
 
 
+def _positive(name: str, value, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value}")
+
+
+def _positive_list(name: str, values: list) -> None:
+    if not values:
+        raise ConfigError(f"{name} needs at least one value")
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise ConfigError(f"{name} values must be >= 1, got {bad}")
+
+
+def check_args(args) -> None:
+    """Refuse out-of-range numbers, missing paths and task/data mismatches before any loading."""
+    for name in ("segment_len", "max_new_tokens", "max_full_tokens", "docs", "samples"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    _positive("--window", args.window, 2)
+    if args.threads is not None:
+        _positive("--threads", args.threads)
+    _positive("--memory-cap", args.memory_cap, -1)
+    _positive_list("--multipliers", args.multipliers)
+    if args.lengths is not None:
+        _positive_list("--lengths", args.lengths)
+    if not args.depths:
+        raise ConfigError("--depths needs at least one value")
+    bad = [d for d in args.depths if not 0.0 <= d <= 1.0]
+    if bad:
+        raise ConfigError(f"--depths must lie in [0, 1], got {bad}")
+    if args.task != "ppl":
+        new = min(args.max_new_tokens, 16) if args.task == "passkey" else args.max_new_tokens
+        if args.window - new < 2:
+            raise ConfigError(f"--window {args.window} leaves no room for a prompt with --max-new-tokens "
+                              f"{new}; use a window of at least {new + 2}")
+    if args.task == "ppl" and args.modes and "full" in args.modes \
+            and min(args.multipliers) * args.window > args.max_full_tokens:
+        raise ConfigError(f"mode full reads every token, and the shortest length {min(args.multipliers)} x "
+                          f"--window {args.window} exceeds --max-full-tokens {args.max_full_tokens}")
+    if args.base not in ("smollm2", "tiny_random") and not Path(args.base).is_dir():
+        raise ConfigError(f"--base {args.base}: not smollm2, tiny_random or a Hugging Face Llama directory")
+    if args.lcirc is not None and not Path(args.lcirc).is_dir():
+        raise CheckpointError(f"--lcirc {args.lcirc}: no such directory; give the best/ or final/ "
+                              "directory that training saved")
+    if args.task == "longbench" and args.data.startswith("kjv-"):
+        raise ConfigError("longbench needs --data <LongBench .jsonl, .json or .parquet file>")
+
+
 def _load(args):
     import torch
 
@@ -111,47 +169,69 @@ def _kjv_split(name: str):
     return kjv_splits()[split]
 
 
+def _read_data(args):
+    """LongBench rows (longbench) or (name, text) documents (ppl, passkey), checked."""
+    if args.task == "longbench":
+        from ..data.loaders import load_longbench
+
+        return load_longbench(args.data)
+    if args.data.startswith("kjv-"):
+        return _kjv_split(args.data)
+    from ..data.loaders import load_text_documents
+
+    return [(f"doc{i}", t) for i, t in enumerate(load_text_documents(args.data, args.field))]
+
+
+def _ppl_docs(args, ids):
+    """The documents perplexity scores; DataError when none is long enough."""
+    from ..data import chunk_documents
+
+    if args.repeat_passage:
+        from ..data import repeated_passage_docs
+
+        docs = repeated_passage_docs(chunk_documents(ids, args.window, min_tokens=args.window), args.window)
+        need = f"the {args.window} tokens of one --window"
+    else:
+        longest = max(args.multipliers) * args.window
+        need_tokens = args.multipliers[0] * args.window
+        docs = chunk_documents(ids, longest, min_tokens=need_tokens)
+        need = f"the {need_tokens} tokens that --multipliers {args.multipliers[0]} x --window {args.window} needs"
+    if not docs:
+        longest_doc = max((d.numel() for d in ids), default=0)
+        raise DataError(f"--data {args.data}: no document has {need} (the longest has {longest_doc} tokens); "
+                        "use longer documents or a smaller --window")
+    return docs[:args.docs]
+
+
 def run(args) -> int:
     import torch
 
     from ..data import tokenize_documents
     from ..eval import format_table, plot_lines, write_json
 
+    check_args(args)
+    data = _read_data(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, tok = _load(args)
+    if tok is None:
+        raise ConfigError(f"{args.task} needs a base model with a tokenizer; --base {args.base} has none")
     has_lcirc = args.lcirc is not None
     modes = resolve_modes(args.task, args.modes, has_lcirc, has_lcirc and model.config.query_dependent)
     t0 = time.time()
     meta = {"task": args.task, "base": args.base, "lcirc": args.lcirc, "window": args.window,
             "segment_len": args.segment_len, "modes": modes, "memory_cap": model.config.memory_cap}
     if args.task in ("ppl", "passkey"):
-        if tok is None:
-            raise ValueError(f"{args.task} needs a base model with a tokenizer")
-        if args.data.startswith("kjv-"):
-            named = _kjv_split(args.data)
-        else:
-            from ..data.loaders import load_text_documents
-
-            texts = load_text_documents(args.data, args.field)
-            named = [(f"doc{i}", t) for i, t in enumerate(texts)]
-        ids = tokenize_documents([t for _, t in named], tok, None if not args.data.startswith("kjv-") else _tok_cache())
+        ids = tokenize_documents([t for _, t in data], tok, None if not args.data.startswith("kjv-") else _tok_cache())
     if args.task == "ppl":
-        from ..data import chunk_documents
         from ..eval import perplexity_by_length
 
+        docs = _ppl_docs(args, ids)
         if args.repeat_passage:
-            from ..data import repeated_passage_docs
-
             args.multipliers = [2]
-            docs = repeated_passage_docs(chunk_documents(ids, args.window, min_tokens=args.window),
-                                         args.window)[:args.docs]
             meta["repeat_passage"] = True
-        else:
-            longest = max(args.multipliers) * args.window
-            docs = chunk_documents(ids, longest, min_tokens=args.multipliers[0] * args.window)[:args.docs]
         res = perplexity_by_length(model, docs, args.window, args.multipliers, modes,
                                    segment_len=args.segment_len, max_full_tokens=args.max_full_tokens)
         table = format_table(res["rows"], ["length", "mode", "ppl", "tokens", "docs", "failures", "skipped_short"])
@@ -165,9 +245,10 @@ def run(args) -> int:
         from ..eval import passkey_eval
 
         lengths = args.lengths or [args.window, 2 * args.window, 4 * args.window]
-        docs = list(zip([n for n, _ in named], ids))
+        docs = list(zip([n for n, _ in data], ids))
         res = passkey_eval(model, tok, docs, args.window, lengths, args.depths, modes, args.samples,
-                           args.seed, args.segment_len, min(args.max_new_tokens, 16))
+                           args.seed, args.segment_len, min(args.max_new_tokens, 16),
+                           max_full_tokens=args.max_full_tokens)
         table = format_table(res["rows"], ["mode", "length", "depth", "accuracy", "digit_accuracy", "n",
                                            "failed"])
         series = {}
@@ -179,24 +260,76 @@ def run(args) -> int:
         plot_lines(out / "passkey_by_length.png", series, "context tokens", "accuracy (mean over depths)",
                    f"pass-key retrieval (window {args.window})")
     else:
-        from ..data.loaders import load_longbench
         from ..eval import longbench_eval
 
-        rows = load_longbench(args.data)
         preds: list = []
-        res = longbench_eval(model, tok, rows, args.window, modes, args.max_new_tokens, args.segment_len,
-                             predictions=preds)
+        res = longbench_eval(model, tok, data, args.window, modes, args.max_new_tokens, args.segment_len,
+                             predictions=preds, max_full_tokens=args.max_full_tokens)
         (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
         table = format_table(res["rows"], ["mode", "n", "failed", "f1", "em", "f1_counting_failures"])
     meta["wall_s"] = time.time() - t0
     res["meta"] = meta
+    problems = result_problems(args.task, res, modes)
+    res["problems"] = problems
     write_json(out / f"{args.task}.json", res)
     n_fail = len(res["failures"])
-    text = f"{table}\n\nfailures: {n_fail}" + ("".join(f"\n  {f}" for f in res["failures"][:10]))
+    text = f"{table}\n\nfailures: {n_fail}" + "".join(f"\n  {_failure_line(f)}" for f in res["failures"][:10])
+    if problems:
+        text += "\n\nrun failed:" + "".join(f"\n  {p}" for p in problems)
     (out / f"{args.task}.md").write_text(text + "\n")
     print(text)
+    if problems:
+        more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        first = (f"; {n_fail} failed samples in all, the first: {res['failures'][0]['error']}"
+                 if res["failures"] else "")
+        raise RunError(f"{args.task} failed: {'; '.join(problems[:MAX_LISTED])}{more}{first}; results in {out}")
     print(f"wall: {meta['wall_s']:.1f} s; results in {out}", file=sys.stderr)
     return 0
+
+
+def _failure_line(failure: dict) -> str:
+    """A failure record without its traceback (kept in the JSON)."""
+    return ", ".join(f"{k}={v}" for k, v in failure.items() if k != "trace")
+
+
+_METRICS = {"ppl": ("ppl",), "passkey": ("accuracy", "digit_accuracy"), "longbench": ("f1", "em")}
+
+
+def _samples(task: str, row: dict) -> tuple[int, int]:
+    """(samples tried, samples failed) of one result row."""
+    if task == "ppl":
+        return row["docs"] + row["failures"], row["failures"]
+    return row["n"], row["failed"]
+
+
+def _cell(task: str, row: dict) -> str:
+    if task == "ppl":
+        return (f"mode {row['mode']} at length {row['length']} ({row['docs']} documents scored, "
+                f"{row['failures']} failed, {row['skipped_short']} too short)")
+    if task == "passkey":
+        return f"mode {row['mode']} at length {row['length']}, depth {row['depth']}"
+    return f"mode {row['mode']}"
+
+
+def result_problems(task: str, res: dict, modes: list[str]) -> list[str]:
+    """Why a finished run counts as failed: a mode whose every sample failed or that produced no
+    result, and every NaN metric elsewhere; [] for a usable run."""
+    problems, dead = [], set()
+    for mode in modes:
+        rows = [r for r in res["rows"] if r["mode"] == mode]
+        tried = sum(_samples(task, r)[0] for r in rows)
+        failed = sum(_samples(task, r)[1] for r in rows)
+        if not rows or tried == 0:
+            problems.append(f"mode {mode} scored no sample")
+            dead.add(mode)
+        elif failed == tried:
+            problems.append(f"every sample of mode {mode} failed ({failed} of {tried})")
+            dead.add(mode)
+    for r in res["rows"]:
+        nan = [k for k in _METRICS[task] if isinstance(r.get(k), float) and math.isnan(r[k])]
+        if nan and r["mode"] not in dead:
+            problems.append(f"{'/'.join(nan)} is NaN for {_cell(task, r)}")
+    return problems
 
 
 def _tok_cache():
