@@ -318,8 +318,9 @@ class Trainer:
             except CheckpointError as e:
                 reasons.append(str(e))
                 self._warn(f"skipping checkpoint {p}: {e}")
-        raise CheckpointError(f"no usable checkpoint in {self.ckpt_dir}: {'; '.join(reasons)}; "
-                              "start fresh with --resume none or a new output_dir")
+        why = "; ".join(reasons)
+        advice = "" if "start fresh" in why else "; start fresh with --resume none or a new output_dir"
+        raise CheckpointError(f"no usable checkpoint in {self.ckpt_dir}: {why}{advice}")
 
     def _load_checkpoint(self, path: Path) -> None:
         name = f"trainer_rank{self.rank}"

@@ -65,6 +65,12 @@ def test_deepspeed_two_processes_torchrun_zero2(tiny_cfg, tmp_path):
     assert result["opt_step"] == 2 and result["final_val"]["val_tokens"] > 0
     ck = out / "checkpoints" / "step0000002"
     assert len(list(ck.glob("zero_pp_rank_*_optim_states.pt"))) == 2  # one optimizer shard per rank
+    assert (ck / "trainer_rank1.safetensors").is_file()  # each rank's RNG and memory state
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+          str(_port()), "-m", "lcirc_fast", "train", "--config", str(cfg), "--quiet", "--threads", "1",
+          "--set", "train.max_steps=3", "--set", "train.eval_every=0"], tmp_path)
+    steps = [json.loads(ln).get("step") for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [None, 1, 2, None, 3]  # resumed at step 2 on both ranks: validations 0, 2
 
 
 def test_ds_config_checks_refuse_zero3_and_cpu_bf16(tiny_cfg):
