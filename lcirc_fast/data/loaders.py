@@ -165,7 +165,8 @@ def load_text_documents(path, field: str = "text") -> list[str]:
         return [str(t) for t in _column(load_local(files), "text")]
     rows = _numbered_rows(files)
     if not any(field in r for _, _, r in rows):
-        raise MissingColumnError(f"column {field!r} not in the data (columns: {sorted(rows[0][2])})")
+        raise MissingColumnError(f"{', '.join(files)}: column {field!r} not in the data "
+                                 f"(columns: {sorted(rows[0][2])})")
     problems = [(f, where, _text_problem(r, field)) for f, where, r in rows if _text_problem(r, field)]
     refuse_rows(problems, len(rows), "documents")
     return [r[field] for _, _, r in rows]

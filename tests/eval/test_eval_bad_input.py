@@ -271,3 +271,26 @@ def test_result_problems_by_task():
                                                                  "em is NaN for mode base"]
     assert result_problems("longbench", {"rows": [{"mode": "base", "n": 3, "failed": 1, "f1": 20.0, "em": 0.0}],
                                          "failures": []}, ["base"]) == []
+
+
+def test_cli_missing_text_field_names_the_file(tmp_path, capsys):
+    p = _jsonl(tmp_path / "docs.jsonl", [{"body": "a"}])
+    rc, _, err = _eval(capsys, "ppl", "--base", "tiny_random", "--data", str(p), "--field", "text",
+                       "--out", str(tmp_path / "out"))
+    assert (rc, err) == (2, [f"lcirc eval: {p}: column 'text' not in the data (columns: ['body'])"])
+
+
+def test_passkey_full_mode_respects_max_full_tokens():
+    import torch
+
+    from lcirc_fast.assets import llama_sp_tokenizer
+    from lcirc_fast.eval import passkey_eval
+    from lcirc_testutils import tiny_lcirc, tiny_llama
+
+    base = tiny_llama(vocab=32000, hidden=16, layers=1, heads=2, kv_heads=1, ffn=32)
+    model = tiny_lcirc(base, num_latents=2, compressor_layers=1, max_segment_len=64, segment_len=32).eval()
+    docs = [("d", torch.randint(100, 30000, (300,)))]
+    res = passkey_eval(model, llama_sp_tokenizer(), docs, window=64, lengths=[100], depths=[0.5],
+                       modes=["full"], samples=2, max_new_tokens=2, max_full_tokens=50)
+    assert res["rows"][0]["failed"] == 2
+    assert all("exceeds max_full_tokens=50" in f["error"] for f in res["failures"])
