@@ -14,6 +14,7 @@ import json
 import math
 import os
 import socket
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,10 @@ def _unpack_marked(marker: str, tree: dict, tensors: dict, where: str):
     if marker == "__tensor__":
         return tensors[value]
     if marker == "__ndarray__":
-        return tensors[value].numpy().astype(np.dtype(tree["dtype"]), copy=True)
+        dtype = np.dtype(tree["dtype"])
+        if dtype.kind not in "biuf":
+            raise ValueError(f"dtype {dtype} is not numeric")
+        return tensors[value].numpy().astype(dtype, copy=True)
     if marker == "__tuple__":
         return tuple(unpack(v, tensors, f"{where}[{i}]") for i, v in enumerate(value))
     if marker == "__float__":
@@ -164,7 +168,9 @@ def write_manifest(directory: Path, step: int) -> None:
 
 
 def _old_format(directory: Path) -> bool:
-    return any(directory.glob("*.pt"))
+    """Written before this format: a pickled state.pt, or DeepSpeed files without trainer states."""
+    return (directory / "state.pt").is_file() or (
+        any(directory.glob("*.pt")) and not any(directory.glob("trainer_rank*.json")))
 
 
 def verify_checkpoint(directory: Path) -> int:
@@ -236,9 +242,10 @@ class RunLock:
 
     def __init__(self, directory: Path):
         self.path = Path(directory) / ".lock"
-        self._fd = None
+        self._close = None
 
     def acquire(self) -> None:
+        """Take the lock now, or raise RunError naming the directory and the process holding it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -253,17 +260,12 @@ class RunLock:
                            f"({holder}); wait for it to finish or stop it, or use another output_dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self._fd = fd
+        self._close = weakref.finalize(self, os.close, fd)  # closing the file releases the lock
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._close is not None and self._close.alive
 
     def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def __del__(self):
-        self.release()
+        if self._close is not None:
+            self._close()

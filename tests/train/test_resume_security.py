@@ -18,7 +18,7 @@ import yaml
 
 from lcirc_fast.errors import CheckpointError
 from lcirc_fast.training import Trainer, config_from_dict, run_training
-from lcirc_fast.training.checkpoint import MANIFEST, pack, unpack, write_manifest
+from lcirc_fast.training.checkpoint import MANIFEST, pack, unpack, verify_checkpoint, write_manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resume_probe import plant  # noqa: E402
@@ -49,6 +49,8 @@ def test_pack_round_trips_rng_states_and_optimizer_structures():
         pack({"f": lambda: 0}, {})
     with pytest.raises(CheckpointError, match="malformed __float__"):
         unpack({"__float__": "1e9"}, {})
+    with pytest.raises(CheckpointError, match="dtype object is not numeric"):
+        unpack({"__ndarray__": "0", "dtype": "O"}, {"0": torch.zeros(2)})
 
 
 def _train_to_step2(tiny_cfg, tmp_path) -> tuple[dict, Path]:
@@ -94,6 +96,17 @@ def test_old_pickle_checkpoint_is_refused_without_unpickling(tiny_cfg, tmp_path)
         with pytest.raises(CheckpointError, match="old pickle format.*start fresh") as e:
             Trainer(cfg, resume=resume, quiet=True)
         assert str(ckpt) in str(e.value) and not marker.exists()
+    ds_old = tmp_path / "ds_old"  # DeepSpeed files of the old format: client state pickled inside
+    ds_old.mkdir()
+    plant_file = ds_old / "mp_rank_00_model_states.pt"
+    plant_file.write_bytes(b"")
+    plant(plant_file, marker)
+    with pytest.raises(CheckpointError, match="ds_old is in the old pickle format"):
+        verify_checkpoint(ds_old)
+    (ds_old / "trainer_rank0.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="ds_old is incomplete: it has no manifest.json"):
+        verify_checkpoint(ds_old)
+    assert not marker.exists()
 
 
 def _port() -> int:
