@@ -162,7 +162,7 @@ def load_text_documents(path, field: str = "text") -> list[str]:
     Raises DataError naming the rows whose `field` is missing, null or not a string."""
     files = _files(path)
     if _format_of(files) == "text":
-        return [str(t) for t in _column(load_local(files), "text")]
+        return [str(t) for t in _column(load_local(files), field)]
     rows = _numbered_rows(files)
     if not any(field in r for _, _, r in rows):
         raise MissingColumnError(f"{', '.join(files)}: column {field!r} not in the data "
