@@ -223,6 +223,10 @@ class CompressedMemory:
                 raise MemoryFileError(
                     f"refusing to write {path}: the memory's {name!r} holds NaN or Inf (the "
                     f"model diverged or overflowed its dtype); nothing was written")
+        if self.fingerprint is None:
+            raise MemoryFileError(f"cannot write {path}: the model that made this memory no "
+                                  f"longer exists, so the file could not name it; save the "
+                                  f"memory while its model is alive")
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                 "num_segments": str(self.num_segments), "uniform": json.dumps(self.uniform),
                 "cap": json.dumps(self.cap), "num_slots": str(len(self.slots))}

@@ -388,3 +388,18 @@ def test_load_checks_stacked_lengths(model, tmp_path):
 
     bad = _rewrite(tmp_path / "s.safetensors", tmp_path / "bad.safetensors", tensor_edit=too_long)
     _load_error(bad, model, "'lengths' is [99, 8], expected values in [1, 8]")
+
+
+def test_save_refuses_a_memory_without_a_model(tmp_path):
+    model = tiny_lcirc()
+    with torch.no_grad():
+        mem = model.compress(torch.randint(0, 256, (1, 20)))
+    del model
+    import gc
+
+    gc.collect()
+    assert mem.fingerprint is None
+    with pytest.raises(MemoryFileError, match=r"cannot write .*orphan.safetensors: the model that "
+                                              r"made this memory no longer exists"):
+        mem.save(tmp_path / "orphan.safetensors")
+    assert list(tmp_path.iterdir()) == []
