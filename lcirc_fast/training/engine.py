@@ -168,6 +168,24 @@ def _patch_broadcast_zero_dim():
     _Engine._broadcast_model = _broadcast_model
 
 
+def _patch_clip_zero_dim():
+    """DeepSpeed's fp32 ZeRO-0 clipping multiplies each gradient in place by a [1]-shaped
+    coefficient, which fails on the 0-dim gates; without model parallelism, clip with torch's
+    clip_grad_norm_ instead (the same norm and coefficient, as the plain engine)."""
+    from deepspeed.runtime.engine import DeepSpeedEngine as _Engine
+
+    if getattr(_Engine.clip_fp32_gradients, "_lcirc_patched", False):
+        return
+    orig = _Engine.clip_fp32_gradients
+
+    def clip_fp32_gradients(self):
+        if self.mpu is not None:
+            return orig(self)
+        return torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.gradient_clipping())
+    clip_fp32_gradients._lcirc_patched = True
+    _Engine.clip_fp32_gradients = clip_fp32_gradients
+
+
 def load_ds_config(path: str | None, cfg, on_gpu: bool) -> dict:
     if path is None:
         stage = 0
@@ -217,6 +235,7 @@ class DeepSpeedEngine:
         import deepspeed
 
         _patch_broadcast_zero_dim()
+        _patch_clip_zero_dim()
 
         on_gpu = torch.cuda.is_available()
         ds = load_ds_config(cfg.distributed.deepspeed_config, cfg, on_gpu)

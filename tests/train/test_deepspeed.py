@@ -37,12 +37,13 @@ def _write(tiny_cfg, tmp_path, name, **kw):
     return path
 
 
-def test_deepspeed_one_process_matches_plain(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("zero", ["zero1_cpu.json", "zero0_cpu.json"])  # zero0: clipping of 0-dim gates
+def test_deepspeed_one_process_matches_plain(tiny_cfg, tmp_path, zero):
     common = {"train": {"max_steps": 3, "eval_every": 0, "save_every": 3}}
     plain = _write(tiny_cfg, tmp_path, "plain", **common)
     _run([sys.executable, "-m", "lcirc_fast", "train", "--config", str(plain), "--quiet"], tmp_path)
     ds = _write(tiny_cfg, tmp_path, "ds", distributed={"engine": "deepspeed",
-                "deepspeed_config": str(ROOT / "train/ds_configs/zero1_cpu.json")}, **common)
+                "deepspeed_config": str(ROOT / f"train/ds_configs/{zero}")}, **common)
     _run([sys.executable, "-m", "lcirc_fast", "train", "--config", str(ds), "--quiet", "--threads", "1"],
          tmp_path, {"MASTER_PORT": str(_port())})
     lp, ld = _losses(tmp_path / "plain"), _losses(tmp_path / "ds")
