@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -203,6 +204,17 @@ def _ppl_docs(args, ids):
     return docs[:args.docs]
 
 
+def _check_out_dir(out: Path) -> Path:
+    """`out` unchanged if results can be written there; ConfigError naming the problem otherwise."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; results go into a directory: pass a new or "
+                          "existing directory")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: cannot write under {parent}; pass a writable directory")
+    return out
+
+
 def run(args) -> int:
     import torch
 
@@ -210,10 +222,10 @@ def run(args) -> int:
     from ..eval import format_table, plot_lines, write_json
 
     check_args(args)
+    out = _check_out_dir(Path(args.out))
     data = _read_data(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, tok = _load(args)
     if tok is None:

@@ -146,7 +146,7 @@ def load_hub(name: str, split: str, **kwargs):
     try:
         return datasets.load_dataset(name, split=split, **kwargs)
     except Exception as e:  # network / offline errors come in many types
-        raise RuntimeError(f"could not load {name!r} split {split!r} from the hub ({e}); download it "
+        raise DataError(f"could not load {name!r} split {split!r} from the hub ({e}); download it "
                            "and pass local files instead") from e
 
 

@@ -294,3 +294,32 @@ def test_passkey_full_mode_respects_max_full_tokens():
                        modes=["full"], samples=2, max_new_tokens=2, max_full_tokens=50)
     assert res["rows"][0]["failed"] == 2
     assert all("exceeds max_full_tokens=50" in f["error"] for f in res["failures"])
+
+
+def test_cli_out_is_checked_before_reading_and_left_alone_on_failure(tmp_path, capsys):
+    as_file = tmp_path / "results.txt"
+    as_file.write_text("keep me")
+    rc, _, err = _eval(capsys, "ppl", "--base", "tiny_random", "--out", str(as_file))
+    assert rc == 2 and err == [f"lcirc eval: --out {as_file} is a file; results go into a directory: "
+                               "pass a new or existing directory"]
+    assert as_file.read_text() == "keep me"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    fresh = tmp_path / "fresh" / "run"
+    rc, _, err = _eval(capsys, "longbench", "--base", "tiny_random", "--data", str(empty), "--out", str(fresh))
+    assert rc == 2 and "has no rows" in err[0]
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_hub_failure_is_a_data_error(monkeypatch):
+    import datasets
+
+    from lcirc_fast.data.loaders import load_hub
+    from lcirc_fast.errors import DataError
+
+    def offline(*a, **k):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"could not load 'some/set' split 'train' from the hub \(no network\)"):
+        load_hub("some/set", "train")
