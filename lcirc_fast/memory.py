@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import MemoryFileError
+from .errors import DataError, MemoryFileError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .models.lcirc_llama import LCIRCForCausalLM
@@ -167,10 +167,10 @@ class CompressedMemory:
         The result can be read by the model but not appended to.
         """
         if not memories:
-            raise ValueError("stack needs at least one memory")
+            raise DataError("stack needs at least one memory")
         owners = {m.owner_uid for m in memories}
         if (len(owners) != 1 or None in owners) and len({m.fingerprint for m in memories}) != 1:
-            raise ValueError("cannot stack memories made by different models")
+            raise DataError("cannot stack memories made by different models")
         d = memories[0].hidden.shape[-1]
         longest = max(len(m) for m in memories)
         rows, lengths = [], []
@@ -184,7 +184,7 @@ class CompressedMemory:
         ctx = torch.cat([m.context_tokens for m in memories])
         qd = [m.query_ids is not None for m in memories]
         if any(qd) and not all(qd):
-            raise ValueError("cannot stack query-dependent and plain memories")
+            raise DataError("cannot stack query-dependent and plain memories")
         qids = qmask = None
         if all(qd):
             tq = max(m.query_ids.shape[1] for m in memories)

@@ -333,3 +333,50 @@ def test_official_checkpoint_unreadable(model, tmp_path):
                                               rf"it holds a Tensor"):
         model.load_official_checkpoint(tensor)
     model.load_official_checkpoint(good)
+
+
+# ---------------------------------------------------------------------- error classes
+
+def test_misuse_raises_lcirc_errors(model):
+    """Every refusal of the API is an LCIRCError (one line on the command line)."""
+    from lcirc_fast import CompressedMemory, bptt
+    from lcirc_fast.errors import LCIRCError
+
+    ids = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        mem = model.compress(ids)
+        stacked = model.compress([torch.arange(8), torch.arange(20)])
+    qd = tiny_lcirc(query_dependent=True)
+    cases = {
+        "either segment_len or boundaries": lambda: model.compress(ids, segment_len=8,
+                                                                   boundaries=[0, 20]),
+        "longer than the position table": lambda: model.compress(ids, segment_len=33),
+        "query_ids given to a model built with query_dependent=False":
+            lambda: model.compress(ids, query_ids=ids[:, :3]),
+        "pass query_ids": lambda: qd.compress(ids),
+        "context_ids is an empty list": lambda: model.compress([]),
+        "memory has batch size 2 but the input has batch size 3":
+            lambda: model(torch.randint(0, 256, (3, 4)), memory=mem),
+        "cannot append to a stacked memory": lambda: stacked.append(model, ids[:, :8]),
+        "segment_ids has batch size 1 but the memory has 2":
+            lambda: mem.append(model, ids[:1, :8]),
+        "Selective(n) draws among a known number of steps":
+            lambda: mem.append(model, ids[:, :8], bptt=bptt.Selective(2)),
+        "stack needs at least one memory": lambda: CompressedMemory.stack([]),
+        "cannot stack memories made by different models": lambda: CompressedMemory.stack(
+            [mem, qd.compress(ids, query_ids=ids[:, :3])]),
+    }
+    for words, call in cases.items():
+        with pytest.raises(LCIRCError) as err:
+            call()
+        assert words in str(err.value), (words, str(err.value))
+
+
+def test_official_mismatch_is_a_checkpoint_error(model):
+    wide = tiny_lcirc(max_segment_len=64)
+    with pytest.raises(CheckpointError, match="set LCIRCConfig.max_segment_len=64"):
+        model.load_official_checkpoint(wide.official_state_dict())
+    qd = tiny_lcirc(query_dependent=True)
+    with pytest.raises(CheckpointError, match="checkpoint is QD-LCIRC .has a mixer. but the "
+                                              "model is plain LCIRC"):
+        model.load_official_checkpoint(qd.official_state_dict())

@@ -362,7 +362,8 @@ def test_load_names_bad_tensors(model, tmp_path, edit, words):
 def test_load_checks_the_query_tensors(tmp_path):
     model = tiny_lcirc(query_dependent=True)
     with torch.no_grad():
-        mem = model.compress(torch.randint(0, 256, (1, 20)), query_ids=torch.randint(0, 256, (1, 3)))
+        mem = model.compress(torch.randint(0, 256, (1, 20)),
+                             query_ids=torch.randint(0, 256, (1, 3)))
     mem.save(tmp_path / "qd.safetensors")
 
     def out_of_vocab(t):

@@ -192,15 +192,15 @@ class LCIRCForCausalLM(nn.Module):
         if not isinstance(memory, CompressedMemory):
             raise TypeError(f"memory must be a CompressedMemory, got {type(memory).__name__}")
         if not self.owns(memory):
-            raise ValueError("memory was made by a different model (config or compressor "
-                             "weights differ); compress the context with this model")
+            raise DataError("memory was made by a different model (config or compressor "
+                            "weights differ); compress the context with this model")
         if memory.batch_size not in (1, batch):
-            raise ValueError(f"memory has batch size {memory.batch_size} but the input has "
-                             f"batch size {batch}")
+            raise DataError(f"memory has batch size {memory.batch_size} but the input has "
+                            f"batch size {batch}")
         if memory.device != self.device:
-            raise ValueError(f"memory is on {memory.device} but the model is on {self.device}")
+            raise DataError(f"memory is on {memory.device} but the model is on {self.device}")
         if memory.dtype != self.dtype:
-            raise ValueError(f"memory has dtype {memory.dtype} but the model has {self.dtype}")
+            raise DataError(f"memory has dtype {memory.dtype} but the model has {self.dtype}")
 
     # ------------------------------------------------------------------ fingerprint
     def owns(self, memory: CompressedMemory) -> bool:
@@ -241,7 +241,7 @@ class LCIRCForCausalLM(nn.Module):
     def _segment_plan(self, n: int, segment_len, boundaries) -> list[int]:
         cfg = self.config
         if boundaries is not None and segment_len is not None:
-            raise ValueError("pass either segment_len or boundaries, not both")
+            raise ConfigError("pass either segment_len or boundaries, not both")
         if boundaries is not None:
             return check_boundaries(boundaries, n, cfg.max_segment_len)
         if segment_len is not None:
@@ -249,8 +249,9 @@ class LCIRCForCausalLM(nn.Module):
                 raise ConfigError(f"segment_len must be a positive int (or None for the default "
                                   f"segmenting), got {segment_len!r}")
             if segment_len > cfg.max_segment_len:
-                raise ValueError(f"segment_len={segment_len} is longer than the position table "
-                                 f"({cfg.max_segment_len} rows; raise LCIRCConfig.max_segment_len)")
+                raise ConfigError(f"segment_len={segment_len} is longer than the position table "
+                                  f"({cfg.max_segment_len} rows; raise "
+                                  f"LCIRCConfig.max_segment_len)")
             return fixed_boundaries(n, segment_len)
         base = min(cfg.segment_len, (cfg.max_segment_len + 1) // 2)
         return balanced_boundaries(n, base)
@@ -259,13 +260,13 @@ class LCIRCForCausalLM(nn.Module):
         """QD: the mixer's keys/values of the query embeddings (projected once per document)."""
         if self.mixer is None:
             if query_ids is not None:
-                raise ValueError("query_ids given to a model built with query_dependent=False")
+                raise DataError("query_ids given to a model built with query_dependent=False")
             return None
         if query_ids is None:
-            raise ValueError("this is a QD-LCIRC model (query_dependent=True): pass query_ids")
+            raise DataError("this is a QD-LCIRC model (query_dependent=True): pass query_ids")
         q = self._check_ids(query_ids, "query_ids")
         if q.shape[0] not in (1, batch):
-            raise ValueError(f"query_ids has batch size {q.shape[0]} but the context has {batch}")
+            raise DataError(f"query_ids has batch size {q.shape[0]} but the context has {batch}")
         if q.shape[0] != batch:
             q = q.expand(batch, -1)
         if query_mask is None:
@@ -275,13 +276,13 @@ class LCIRCForCausalLM(nn.Module):
                 raise DataError(f"query_mask must be a torch.Tensor, got "
                                 f"{type(query_mask).__name__}")
             if query_mask.shape[-1] != q.shape[1]:
-                raise ValueError(f"query_mask shape {tuple(query_mask.shape)} does not match "
-                                 f"query_ids {tuple(q.shape)}")
+                raise DataError(f"query_mask shape {tuple(query_mask.shape)} does not match "
+                                f"query_ids {tuple(q.shape)}")
             query_mask = query_mask.to(self.device).bool().expand_as(q)
             if not bool(query_mask.any(-1).all()):
-                raise ValueError("query_mask masks out every query token of some item")
+                raise DataError("query_mask masks out every query token of some item")
             if not bool((query_mask.long().cummin(-1).values == query_mask.long()).all()):
-                raise ValueError("query_mask must be right-padded (ones, then zeros)")
+                raise DataError("query_mask must be right-padded (ones, then zeros)")
         emb = self.base.get_input_embeddings()(q)
         k, v = self.mixer.project_memory(emb)
         return q, query_mask, (k, v, query_mask.sum(-1))
@@ -353,9 +354,9 @@ class LCIRCForCausalLM(nn.Module):
         """How many segments of `length` tokens one hoisted K/V product may cover."""
         most, budget = self.kv_hoist_max_segments, self.kv_hoist_budget_bytes
         if isinstance(most, bool) or not isinstance(most, int) or most < 1:
-            raise ValueError(f"kv_hoist_max_segments must be an int >= 1, got {most!r}")
+            raise ConfigError(f"kv_hoist_max_segments must be an int >= 1, got {most!r}")
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-            raise ValueError(f"kv_hoist_budget_bytes must be an int >= 0, got {budget!r}")
+            raise ConfigError(f"kv_hoist_budget_bytes must be an int >= 0, got {budget!r}")
         c = self.compressor
         width = len(c.layers) * 2 * c.heads * c.head_dim + 2 * c.dim   # K/V + embeds + LN out
         per_segment = batch * length * width * self.dtype.itemsize
@@ -415,9 +416,9 @@ class LCIRCForCausalLM(nn.Module):
         """
         if isinstance(context_ids, (list, tuple)):
             if not context_ids:
-                raise ValueError("context_ids is an empty list")
+                raise DataError("context_ids is an empty list")
             if query_ids is not None and len(query_ids) != len(context_ids):
-                raise ValueError("pass one query per context")
+                raise DataError("pass one query per context")
             for i, c in enumerate(context_ids):
                 if not isinstance(c, torch.Tensor):
                     raise DataError(f"context_ids[{i}] must be a torch.Tensor of token ids (a "
@@ -467,24 +468,24 @@ class LCIRCForCausalLM(nn.Module):
 
     def _append(self, memory: CompressedMemory, segment_ids, bptt) -> None:
         if not memory.uniform:
-            raise ValueError("cannot append to a stacked memory of different lengths; append to "
-                             "each document's memory before stacking")
+            raise DataError("cannot append to a stacked memory of different lengths; append to "
+                            "each document's memory before stacking")
         if not self.owns(memory):
-            raise ValueError("memory was made by a different model (config or compressor "
-                             "weights differ)")
+            raise DataError("memory was made by a different model (config or compressor "
+                            "weights differ)")
         ids = self._check_ids(segment_ids, "segment_ids")
         b = memory.batch_size
         if ids.shape[0] != b:
-            raise ValueError(f"segment_ids has batch size {ids.shape[0]} but the memory has {b}")
+            raise DataError(f"segment_ids has batch size {ids.shape[0]} but the memory has {b}")
         if ids.shape[1] > self.config.max_segment_len:
-            raise ValueError(f"segment of {ids.shape[1]} tokens is longer than the position table "
-                             f"({self.config.max_segment_len} rows)")
+            raise DataError(f"segment of {ids.shape[1]} tokens is longer than the position table "
+                            f"({self.config.max_segment_len} rows)")
         policy = bptt_mod.as_policy(bptt)
         qinfo = None
         if memory.query_ids is not None:
             qinfo = self._query_kv(memory.query_ids, memory.query_mask, b)
         elif self.mixer is not None:
-            raise ValueError("this QD-LCIRC memory has no query; compress with query_ids first")
+            raise DataError("this QD-LCIRC memory has no query; compress with query_ids first")
         qkv = None if qinfo is None else qinfo[2]
         backend = self.resolved_backend()
         folds = _FoldedKV(self.compressor)
@@ -512,8 +513,8 @@ class LCIRCForCausalLM(nn.Module):
             memory._records = (window + [new])[-(policy.k - 1):] if policy.k > 1 else []
         elif isinstance(policy, bptt_mod.Selective):
             if policy.steps is None:
-                raise ValueError("Selective(n) draws among a known number of steps; when "
-                                 "streaming pass Selective(steps=[...]) with global step indices")
+                raise ConfigError("Selective(n) draws among a known number of steps; when "
+                                  "streaming pass Selective(steps=[...]) with global step indices")
             mode = bptt_mod.CUT if step in policy.steps else bptt_mod.NONE
         else:
             mode = bptt_mod.CHAIN

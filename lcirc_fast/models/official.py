@@ -64,16 +64,16 @@ def _load_into(module: torch.nn.Module, mapped: dict, where: str) -> None:
     missing = sorted(set(own) - set(mapped))
     extra = sorted(set(mapped) - set(own))
     if missing or extra:
-        raise ValueError(f"{where}: checkpoint does not match this model: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")
+        raise CheckpointError(f"{where}: checkpoint does not match this model: missing "
+                              f"{missing[:5]}, unexpected {extra[:5]}")
     for k, v in mapped.items():
         if tuple(v.shape) != tuple(own[k].shape):
             hint = ""
             if k == "pos_emb":
                 hint = (f" (set LCIRCConfig.max_segment_len={v.shape[0]} to match the reference "
                         f"position table)")
-            raise ValueError(f"{where}: {k} has shape {tuple(v.shape)} in the checkpoint but "
-                             f"{tuple(own[k].shape)} in this model{hint}")
+            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)} in the checkpoint but "
+                                  f"{tuple(own[k].shape)} in this model{hint}")
     with torch.no_grad():
         for k, t in own.items():
             t.copy_(mapped[k].to(t.dtype))
@@ -93,7 +93,8 @@ def _read_checkpoint(path) -> dict:
     except Exception as e:  # noqa: BLE001 - torch raises several types for unreadable files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({first}); the file "
-                              f"is truncated, corrupt, or holds objects other than tensors") from None
+                              f"is truncated, corrupt, or holds objects other than "
+                              f"tensors") from None
 
 
 def load_official_checkpoint(model, path: str | os.PathLike) -> None:
@@ -117,24 +118,24 @@ def load_official_checkpoint(model, path: str | os.PathLike) -> None:
         blocks.setdefault(int(m.group(1)), {})[m.group(2)] = v
     layers = model.config.gca_layers
     if sorted(blocks) != list(range(len(layers))):
-        raise ValueError(f"checkpoint has GCA blocks {sorted(blocks)} but this model has "
-                         f"{len(layers)} (before decoder layers {layers})")
+        raise CheckpointError(f"checkpoint has GCA blocks {sorted(blocks)} but this model has "
+                              f"{len(layers)} (before decoder layers {layers})")
     for j, layer in enumerate(layers):
         _load_into(model.gca[str(layer)], _map_block(blocks[j], f"Xattn block {j}"),
                    f"GCA block {j} (layer {layer})")
     latent = ckpt["latent_state_dict"].get("latent")
     if latent is None or tuple(latent.shape) != tuple(model.latents.shape):
-        raise ValueError(f"latent_state_dict['latent'] has shape "
-                         f"{None if latent is None else tuple(latent.shape)}, expected "
-                         f"{tuple(model.latents.shape)}")
+        raise CheckpointError(f"latent_state_dict['latent'] has shape "
+                              f"{None if latent is None else tuple(latent.shape)}, expected "
+                              f"{tuple(model.latents.shape)}")
     with torch.no_grad():
         model.latents.copy_(latent.to(model.latents.dtype))
     has_mixer = "mixer_state_dict" in ckpt
     if has_mixer != (model.mixer is not None):
-        raise ValueError("checkpoint is " + ("QD-LCIRC (has a mixer)" if has_mixer else
-                                            "plain LCIRC (no mixer)") +
-                         " but the model is " + ("QD-LCIRC" if model.mixer is not None
-                                                 else "plain LCIRC"))
+        raise CheckpointError("checkpoint is " + ("QD-LCIRC (has a mixer)" if has_mixer else
+                                                 "plain LCIRC (no mixer)") +
+                              " but the model is " + ("QD-LCIRC" if model.mixer is not None
+                                                      else "plain LCIRC"))
     if has_mixer:
         _load_into(model.mixer, _map_block(ckpt["mixer_state_dict"], "mixer_state_dict"),
                    "mixer")
