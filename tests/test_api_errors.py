@@ -282,13 +282,20 @@ def test_from_pretrained_truncated_or_corrupt_weights(saved):
 
 
 def _rewrite_weights(path, edit, meta=None):
+    """Rewrite a weights file through `edit(tensors)`, re-signed (or with `meta` as given)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from lcirc_fast.memory import content_checksum
+
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = f.metadata() if meta is None else meta
-    edit(tensors)
+        if meta is None:
+            meta = f.metadata()
+            edit(tensors)
+            meta["checksum"] = content_checksum(meta, tensors)
+        else:
+            edit(tensors)
     save_file(tensors, str(path), metadata=meta)
 
 
@@ -380,3 +387,34 @@ def test_official_mismatch_is_a_checkpoint_error(model):
     with pytest.raises(CheckpointError, match="checkpoint is QD-LCIRC .has a mixer. but the "
                                               "model is plain LCIRC"):
         model.load_official_checkpoint(qd.official_state_dict())
+
+
+def test_from_pretrained_detects_a_flipped_weight_byte(saved):
+    model, directory = saved
+    path = directory / "lcirc_model.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[8 + int.from_bytes(raw[:8], "little") + 3] ^= 0x10
+    path.write_bytes(bytes(raw))
+    _pretrained_error(directory, model.base, str(path), "fails its checksum",
+                      "save the model again")
+
+
+@pytest.mark.parametrize("meta,words", [
+    ({"format": "lcirc_fast.model", "version": "2"}, "lacks its checksum"),
+    ({"format": "lcirc_fast.model", "version": "7", "checksum": "0"},
+     "model format version '7'; this lcirc_fast reads versions 1 and 2"),
+])
+def test_from_pretrained_checks_the_weights_version(saved, meta, words):
+    model, directory = saved
+    path = directory / "lcirc_model.safetensors"
+    _rewrite_weights(path, lambda t: None, meta=meta)
+    _pretrained_error(directory, model.base, str(path), words)
+
+
+def test_from_pretrained_reads_version_1_with_a_warning(saved):
+    model, directory = saved
+    path = directory / "lcirc_model.safetensors"
+    _rewrite_weights(path, lambda t: None, meta={"format": "lcirc_fast.model", "version": "1"})
+    with pytest.warns(UserWarning, match=r"has no checksum \(model format version 1\)"):
+        loaded = LCIRCForCausalLM.from_pretrained(directory, base=tiny_llama())
+    assert loaded.fingerprint() == model.fingerprint()

@@ -12,6 +12,7 @@ import inspect
 import json
 import os
 import uuid
+import warnings
 from typing import Sequence
 
 import torch
@@ -22,13 +23,15 @@ from .. import bptt as bptt_mod
 from ..backend import resolve_backend
 from ..config import LCIRCConfig
 from ..errors import CheckpointError, ConfigError, DataError
-from ..memory import CompressedMemory, _Record
+from ..memory import CompressedMemory, _Record, content_checksum
 from ..modules import GatedCrossAttentionBlock, PerceiverCompressor
 from ..segmenting import balanced_boundaries, check_boundaries, fixed_boundaries
 from . import cuda_graph, generation, official
 
 WEIGHTS_NAME = "lcirc_model.safetensors"
 CONFIG_NAME = "lcirc_config.json"
+MODEL_FORMAT = "lcirc_fast.model"
+MODEL_FORMAT_VERSION = "2"      # 2: sha256 checksum of the weights in the metadata
 
 
 class _StopForward(Exception):
@@ -629,9 +632,12 @@ class LCIRCForCausalLM(nn.Module):
 
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.lcirc_state_dict().items()}
+        state = {k: v.detach().to("cpu", copy=True).contiguous()
+                 for k, v in self.lcirc_state_dict().items()}
+        meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION}
+        meta["checksum"] = content_checksum(meta, state)
         tmp = os.path.join(directory, WEIGHTS_NAME + ".tmp")
-        save_file(state, tmp, metadata={"format": "lcirc_fast.model", "version": "1"})
+        save_file(state, tmp, metadata=meta)
         os.replace(tmp, os.path.join(directory, WEIGHTS_NAME))
         info = {"lcirc_config": self.config.to_dict(),
                 "base_model": getattr(self.base.config, "_name_or_path", "") or
@@ -639,8 +645,10 @@ class LCIRCForCausalLM(nn.Module):
                 "base_hidden_size": self.config.hidden_size,
                 "base_num_hidden_layers": self.config.num_hidden_layers,
                 "base_vocab_size": self.config.vocab_size}
-        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
+        tmp = os.path.join(directory, CONFIG_NAME + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2, sort_keys=True)
+        os.replace(tmp, os.path.join(directory, CONFIG_NAME))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, base: nn.Module
@@ -716,10 +724,29 @@ def _read_pretrained_weights(path: str) -> dict[str, torch.Tensor]:
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{path} cannot be read as safetensors ({e}); the file is "
                               f"truncated or corrupt: {_RESAVE}") from None
-    if meta.get("format") != "lcirc_fast.model":
+    if meta.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path} is not an lcirc_fast model file (metadata format="
                               f"{meta.get('format')!r}): {_RESAVE}")
+    _check_weights_version(path, meta, state)
     return state
+
+
+def _check_weights_version(path: str, meta: dict[str, str], state: dict) -> None:
+    """Version 2 files must match their checksum; version 1 files (no checksum) are read with
+    a warning."""
+    version = meta.get("version")
+    if version == "1":
+        warnings.warn(f"{path} has no checksum (model format version 1), so corruption cannot "
+                      f"be detected; save the model again to add one", stacklevel=4)
+        return
+    if version != MODEL_FORMAT_VERSION:
+        raise CheckpointError(f"{path} has model format version {version!r}; this lcirc_fast "
+                              f"reads versions 1 and {MODEL_FORMAT_VERSION}")
+    if "checksum" not in meta:
+        raise CheckpointError(f"{path} lacks its checksum; the file is incomplete: {_RESAVE}")
+    if content_checksum(meta, state) != meta["checksum"]:
+        raise CheckpointError(f"{path} fails its checksum: its content changed after it was "
+                              f"written (a corrupt copy or an edit); {_RESAVE}")
 
 
 def _check_pretrained_state(path: str, state: dict[str, torch.Tensor], model) -> None:
