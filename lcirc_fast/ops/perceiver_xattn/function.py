@@ -7,6 +7,7 @@ accumulated with fp32 atomics inside the dK/dV pass.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_HEAD_DIM = 256
 SPLIT_MAX_QUERIES = 256  # split-KV (forward) and split dQ (backward) only for up to this many queries
 _MAX_SPLITS = 64
+_GRID_X_MAX = 2 ** 31 - 1
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class _Seq:
     cu_q: torch.Tensor | None
     cu_k: torch.Tensor | None
     klen: torch.Tensor | None
+    tf32: bool = True
 
 
 def not_supported_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list[str]:
@@ -60,11 +63,21 @@ def _strides(t: torch.Tensor, packed: bool) -> tuple[int, int, int]:
     return (0, t.stride(0), t.stride(1)) if packed else (t.stride(0), t.stride(1), t.stride(2))
 
 
-def _dtype_flags(dtype: torch.dtype):
+def _dtype_flags(dtype: torch.dtype, tf32: bool):
     upcast = interpreting() or dtype in (torch.float32, torch.float64)
     acc = tl.float64 if dtype == torch.float64 else tl.float32
-    prec = "ieee" if (upcast or dtype == torch.float32) else "tf32"
+    if dtype == torch.float32:
+        prec = "tf32" if tf32 else "ieee"
+    else:
+        prec = "ieee" if upcast else "tf32"  # fp64 dots; 16-bit dots ignore the precision
     return upcast, acc, prec
+
+
+def resolve_tf32(allow_tf32: bool | None) -> bool:
+    """``allow_tf32`` or, when None, True unless ``TRITON_F32_DEFAULT=ieee``."""
+    if allow_tf32 is not None:
+        return bool(allow_tf32)
+    return os.environ.get("TRITON_F32_DEFAULT", "tf32").strip().lower() != "ieee"
 
 
 def _num_splits(seq: _Seq, device: torch.device, requested: int | None) -> tuple[int, int]:
@@ -86,10 +99,19 @@ def _num_splits(seq: _Seq, device: torch.device, requested: int | None) -> tuple
 
 
 def _common(seq: _Seq, dtype: torch.dtype):
-    upcast, acc, prec = _dtype_flags(dtype)
+    upcast, acc, prec = _dtype_flags(dtype, seq.tf32)
     return dict(Q_BUCKET=next_pow2(seq.maxq), K_BUCKET=next_pow2(seq.maxk),
                 VARLEN_Q=seq.cu_q is not None, UPCAST=upcast, ACC=acc, PREC=prec,
                 BLOCK_D=max(16, next_pow2(seq.dim)))
+
+
+def _grid(seq: _Seq, length: int, block: int, nsplit: int = 1) -> tuple[int, int, int]:
+    """Launch grid: blocks of every batch*head folded into axis 0 (see ``kernels._fold``)."""
+    x = triton.cdiv(length, block) * seq.batch * seq.heads
+    if x > _GRID_X_MAX:
+        raise ValueError(f"{seq.batch} x {seq.heads} (batch x heads) x {triton.cdiv(length, block)} blocks "
+                         f"exceeds the grid limit {_GRID_X_MAX}")
+    return (x, 1, nsplit)
 
 
 def _dummy(device) -> torch.Tensor:
@@ -112,7 +134,7 @@ def attention_forward(q, k, v, seq: _Seq, scale: float, store_lse: bool,
         lsep = torch.empty((nsplit, seq.batch, seq.heads, seq.maxq), dtype=acc_dtype, device=dev)
     else:
         op = lsep = dummy
-    grid = lambda meta: (triton.cdiv(seq.maxq, meta["BLOCK_M"]), seq.batch * seq.heads, nsplit)  # noqa: E731
+    grid = lambda meta: _grid(seq, seq.maxq, meta["BLOCK_M"], nsplit)  # noqa: E731
     count_launch("attn_fwd")
     K._fwd_kernel[grid](
         q, k, v, o, lse if lse is not None else dummy, op, lsep,
@@ -125,7 +147,7 @@ def attention_forward(q, k, v, seq: _Seq, scale: float, store_lse: bool,
     if nsplit > 1:
         count_launch("attn_fwd_combine")
         bm = 32
-        K._fwd_combine_kernel[(triton.cdiv(seq.maxq, bm), seq.batch * seq.heads)](
+        K._fwd_combine_kernel[_grid(seq, seq.maxq, bm)](
             op, lsep, o, lse if lse is not None else dummy, seq.cu_q if packed_q else dummy,
             *_strides(o, packed_q), seq.batch, seq.heads, seq.maxq, seq.dim,
             NSPLIT=nsplit, VARLEN_Q=packed_q, STORE_LSE=store_lse, ACC=common["ACC"],
@@ -154,7 +176,7 @@ def attention_backward(do, q, k, v, o, lse, seq: _Seq, scale: float, need_dq: bo
     delta = torch.empty((seq.batch, seq.heads, seq.maxq), dtype=acc_dtype, device=dev)
     bm = 32
     count_launch("attn_bwd_preprocess")
-    K._bwd_preprocess_kernel[(triton.cdiv(seq.maxq, bm), seq.batch * seq.heads)](
+    K._bwd_preprocess_kernel[_grid(seq, seq.maxq, bm)](
         o, do, delta, seqargs[0], *_strides(o, packed_q), seq.heads, seq.maxq, seq.dim,
         VARLEN_Q=packed_q, ACC=common["ACC"], BLOCK_M=bm, BLOCK_D=common["BLOCK_D"])
 
@@ -168,7 +190,7 @@ def attention_backward(do, q, k, v, o, lse, seq: _Seq, scale: float, need_dq: bo
         dv = torch.empty(v.shape, dtype=v.dtype, device=dev)
         dq_acc = (torch.zeros((seq.batch, seq.heads, seq.maxq, seq.dim), dtype=torch.float32, device=dev)
                   if atomic_dq else torch.zeros(1, dtype=torch.float32, device=dev))
-        grid = lambda meta: (triton.cdiv(seq.maxk, meta["BLOCK_N"]), seq.batch * seq.heads)  # noqa: E731
+        grid = lambda meta: _grid(seq, seq.maxk, meta["BLOCK_N"])  # noqa: E731
         count_launch("attn_bwd_dkdv")
         K._bwd_dkdv_kernel[grid](
             q, k, v, do, lse, delta, dk, dv, dq_acc, *seqargs, *in_strides,
@@ -180,7 +202,7 @@ def attention_backward(do, q, k, v, o, lse, seq: _Seq, scale: float, need_dq: bo
     if need_dq and not atomic_dq:
         dqp = (torch.empty((nsplit, seq.batch, seq.heads, seq.maxq, seq.dim), dtype=acc_dtype, device=dev)
                if nsplit > 1 else dummy)
-        grid = lambda meta: (triton.cdiv(seq.maxq, meta["BLOCK_M"]), seq.batch * seq.heads, nsplit)  # noqa: E731
+        grid = lambda meta: _grid(seq, seq.maxq, meta["BLOCK_M"], nsplit)  # noqa: E731
         count_launch("attn_bwd_dq")
         K._bwd_dq_kernel[grid](
             q, k, v, do, lse, delta, dq, dqp, *seqargs, *in_strides, *_strides(dq, packed_q),
@@ -194,7 +216,7 @@ def attention_backward(do, q, k, v, o, lse, seq: _Seq, scale: float, need_dq: bo
 def _reduce_dq(partials, dq, seq: _Seq, packed_q: bool, common: dict, dummy) -> None:
     bm = 32
     count_launch("attn_dq_reduce")
-    K._dq_reduce_kernel[(triton.cdiv(seq.maxq, bm), seq.batch * seq.heads)](
+    K._dq_reduce_kernel[_grid(seq, seq.maxq, bm)](
         partials, dq, seq.cu_q if packed_q else dummy, *_strides(dq, packed_q),
         seq.batch, seq.heads, seq.maxq, seq.dim,
         NSPLIT=partials.shape[0], VARLEN_Q=packed_q, ACC=common["ACC"],
@@ -251,7 +273,8 @@ def _check_index(name: str, t: torch.Tensor, n: int, device) -> torch.Tensor:
 
 def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     kv_lengths: torch.Tensor | None = None, softmax_scale: float | None = None,
-                    deterministic: bool = False, num_splits: int | None = None) -> torch.Tensor:
+                    deterministic: bool = False, num_splits: int | None = None,
+                    allow_tf32: bool | None = None) -> torch.Tensor:
     """Non-causal cross-attention with optional key padding.
 
     Args:
@@ -261,6 +284,9 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         softmax_scale: defaults to 1/sqrt(D).
         deterministic: atomic-free backward (the forward is always deterministic).
         num_splits: force the number of KV splits of the forward (None: automatic).
+        allow_tf32: fp32 inputs only: tensor-core TF32 products (True) or IEEE fp32 on the FMA
+            units (False, slower, smaller tiles). None: TF32 unless ``TRITON_F32_DEFAULT=ieee``.
+            The CPU interpreter computes both exactly.
     Returns:
         o: [B, Lq, H, D] in q's dtype.
     """
@@ -274,7 +300,7 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     _check_inputs(q, k, v)
     if kv_lengths is not None:
         kv_lengths = _check_index("kv_lengths", kv_lengths, B, q.device)
-    seq = _Seq(B, H, D, Lq, k.shape[1], None, None, kv_lengths)
+    seq = _Seq(B, H, D, Lq, k.shape[1], None, None, kv_lengths, resolve_tf32(allow_tf32))
     if Lq == 0 or k.shape[1] == 0 or B == 0:
         raise ValueError(f"empty attention inputs: q {tuple(q.shape)}, k {tuple(k.shape)}")
     return _run(_prep(q), _prep(k), _prep(v), seq, softmax_scale, deterministic, num_splits)
@@ -284,13 +310,15 @@ def cross_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            cu_seqlens_k: torch.Tensor, max_seqlen_k: int | None = None,
                            cu_seqlens_q: torch.Tensor | None = None, max_seqlen_q: int | None = None,
                            softmax_scale: float | None = None, deterministic: bool = False,
-                           num_splits: int | None = None) -> torch.Tensor:
+                           num_splits: int | None = None,
+                           allow_tf32: bool | None = None) -> torch.Tensor:
     """Cross-attention over packed keys (and optionally packed queries).
 
     Args:
         q: [B, Lq, H, D] dense, or packed [Tq, H, D] with ``cu_seqlens_q`` (int [B+1]).
         k, v: packed [Tk, H, D]; sequence b owns rows cu_seqlens_k[b]:cu_seqlens_k[b+1].
         max_seqlen_k / max_seqlen_q: Python ints (computed with a host sync when None).
+        allow_tf32: as in `cross_attention`.
     Returns:
         o shaped like q, in q's dtype.
     """
@@ -314,5 +342,5 @@ def cross_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     maxk = int(max_seqlen_k) if max_seqlen_k is not None else int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max())
     if B < 1 or maxq < 1 or maxk < 1:
         raise ValueError("varlen attention needs at least one sequence with a query and a key")
-    seq = _Seq(B, H, D, maxq, maxk, cu_seqlens_q, cu_seqlens_k, None)
+    seq = _Seq(B, H, D, maxq, maxk, cu_seqlens_q, cu_seqlens_k, None, resolve_tf32(allow_tf32))
     return _run(_prep(q), _prep(k), _prep(v), seq, softmax_scale, deterministic, num_splits)

@@ -24,19 +24,102 @@ import triton.language as tl
 from ..utils.runtime import autotune_configs
 
 
-def _cfgs(pairs):
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
+def _cfgs(entries):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in entries]
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) the GPU autotuner may pick, by kernel, dot mode and
+# head-dim bucket (BLOCK_D <= 64, 128, 256). Chosen with the compile check
+# (`python -m lcirc_fast.ops.utils.aot`, docs/perf/aot-sm90.md): on sm_80 and sm_90 none spills,
+# none reaches 255 registers and none uses more than 95% of the shared memory limit.
+# Modes: "16bit" (fp16/bf16 tensor-core dots), "tf32" (fp32 on tensor cores), "ieee" (fp32 or
+# fp64 on the FMA units: small tiles, since the operands live in registers).
+GPU_CONFIGS = {
+    "fwd": {
+        ("16bit", 64): [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (32, 64, 4, 3),
+                        (16, 64, 4, 3), (16, 128, 4, 3)],
+        ("16bit", 128): [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 8, 2), (32, 64, 4, 3), (16, 64, 4, 3)],
+        ("16bit", 256): [(64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
+        ("tf32", 64): [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2)],
+        ("tf32", 128): [(64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
+        ("tf32", 256): [(32, 32, 4, 1), (16, 32, 4, 1)],
+        ("ieee", 64): [(32, 32, 4, 1), (16, 32, 4, 1)],
+        ("ieee", 128): [(16, 32, 4, 1), (16, 16, 4, 1)],
+        ("ieee", 256): [(16, 16, 4, 1)],
+    },
+    "dkdv": {
+        ("16bit", 64): [(32, 64, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2)],
+        ("16bit", 128): [(32, 64, 8, 2), (64, 64, 8, 1), (16, 64, 8, 2), (32, 32, 4, 2)],
+        ("16bit", 256): [(16, 32, 4, 1), (16, 32, 8, 1)],
+        ("tf32", 64): [(32, 64, 8, 2), (16, 64, 8, 2), (32, 32, 4, 2)],
+        ("tf32", 128): [(32, 32, 4, 2), (16, 32, 4, 1)],
+        ("tf32", 256): [(16, 16, 4, 1)],
+        ("ieee", 64): [(16, 32, 4, 1), (16, 16, 4, 1)],
+        ("ieee", 128): [(16, 16, 4, 1)],
+        ("ieee", 256): [(16, 16, 4, 1)],
+    },
+    "dq": {
+        ("16bit", 64): [(32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 8, 2),
+                        (16, 64, 4, 2)],
+        ("16bit", 128): [(32, 64, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2)],
+        ("16bit", 256): [(32, 32, 4, 1), (16, 32, 4, 1)],
+        ("tf32", 64): [(32, 64, 4, 2), (64, 64, 4, 2), (16, 64, 4, 2)],
+        ("tf32", 128): [(32, 32, 4, 2), (16, 32, 4, 2)],
+        ("tf32", 256): [(16, 16, 4, 1)],
+        ("ieee", 64): [(16, 32, 4, 1), (16, 16, 4, 1)],
+        ("ieee", 128): [(16, 16, 4, 1)],
+        ("ieee", 256): [(16, 16, 4, 1)],
+    },
+}
+
+
+def dot_mode(upcast: bool, prec: str) -> str:
+    """Config-table mode of a launch: "16bit", "tf32" or "ieee"."""
+    if not upcast:
+        return "16bit"
+    return "tf32" if prec == "tf32" else "ieee"
+
+
+def gpu_configs(kind: str, mode: str, block_d: int) -> list[tuple[int, int, int, int]]:
+    """The configs the GPU autotuner may pick for ``kind`` ("fwd", "dkdv", "dq")."""
+    bucket = 64 if block_d <= 64 else 128 if block_d <= 128 else 256
+    return GPU_CONFIGS[kind][(mode, bucket)]
+
+
+def _all_configs(*kinds):
+    seen = []
+    for kind in kinds:
+        for entries in GPU_CONFIGS[kind].values():
+            seen += [e for e in entries if e not in seen]
+    return _cfgs(seen)
+
+
+def _pruner(kind: str):
+    def prune(configs, named_args, **kwargs):
+        if len(configs) == 1:  # the interpreter's single config
+            return configs
+        mode = dot_mode(kwargs["UPCAST"], kwargs["PREC"])
+        keep = set(gpu_configs(kind, mode, kwargs["BLOCK_D"]))
+        return [c for c in configs
+                if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in keep]
+    return {"early_config_prune": prune}
 
 
 _INTERP_CFG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=1)
-_FWD_CONFIGS = autotune_configs(_cfgs([
-    (64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2),
-    (32, 64, 4, 3), (16, 64, 4, 3), (16, 128, 4, 3),
-]), _INTERP_CFG)
-_BWD_CONFIGS = autotune_configs(_cfgs([
-    (32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2),
-]), _INTERP_CFG)
-_KEY = ["Q_BUCKET", "K_BUCKET", "BLOCK_D"]
+_FWD_CONFIGS = autotune_configs(_all_configs("fwd"), _INTERP_CFG)
+_BWD_CONFIGS = autotune_configs(_all_configs("dkdv", "dq"), _INTERP_CFG)
+_KEY = ["Q_BUCKET", "K_BUCKET", "BLOCK_D", "PREC"]
+
+
+@triton.jit
+def _fold(pid, max_len, BLOCK: tl.constexpr):
+    """(block index, batch*head index) of a program on the folded grid axis 0.
+
+    Axis 0 enumerates cdiv(max_len, BLOCK) blocks for each batch*head in turn, so B*H is not
+    bounded by the 65,535 limit of grid axes 1 and 2.
+    """
+    nb = tl.cdiv(max_len, BLOCK)
+    return pid % nb, pid // nb
 
 
 @triton.jit
@@ -54,7 +137,7 @@ def _bounds(b, cu_ptr, len_ptr, max_len, VARLEN: tl.constexpr, HAS_LEN: tl.const
     return start, n
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_KEY + ["NSPLIT"])
+@triton.autotune(configs=_FWD_CONFIGS, key=_KEY + ["NSPLIT"], prune_configs_by=_pruner("fwd"))
 @triton.jit(do_not_specialize=["MAXQ", "MAXK", "chunk"])
 def _fwd_kernel(Q, K, V, O, LSE, OP, LSEP, CU_Q, CU_K, KLEN,
                 sqb, sqm, sqh, skb, skn, skh, svb, svn, svh, sob, som, soh,
@@ -64,8 +147,7 @@ def _fwd_kernel(Q, K, V, O, LSE, OP, LSEP, CU_Q, CU_K, KLEN,
                 HAS_KLEN: tl.constexpr, STORE_LSE: tl.constexpr, UPCAST: tl.constexpr,
                 ACC: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _fold(tl.program_id(0), MAXQ, BLOCK_M)
     split = tl.program_id(2)
     b = bh // H
     h = bh % H
@@ -134,8 +216,7 @@ def _fwd_combine_kernel(OP, LSEP, O, LSE, CU_Q, sob, som, soh, B, H, MAXQ, D,
                         NSPLIT: tl.constexpr, VARLEN_Q: tl.constexpr, STORE_LSE: tl.constexpr,
                         ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """O = sum_c 2^(lse_c - lse) O_c with lse = log2 sum_c 2^lse_c, in split order."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _fold(tl.program_id(0), MAXQ, BLOCK_M)
     b = bh // H
     h = bh % H
     q_start, q_len = _bounds(b, CU_Q, CU_Q, MAXQ, VARLEN_Q, False)
@@ -177,8 +258,7 @@ def _bwd_preprocess_kernel(O, DO, DELTA, CU_Q, sob, som, soh, H, MAXQ, D,
                            VARLEN_Q: tl.constexpr, ACC: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """DELTA[b, h, i] = sum_d O[b, i, h, d] * dO[b, i, h, d] (dO shares O's strides)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _fold(tl.program_id(0), MAXQ, BLOCK_M)
     b = bh // H
     h = bh % H
     q_start, q_len = _bounds(b, CU_Q, CU_Q, MAXQ, VARLEN_Q, False)
@@ -194,7 +274,8 @@ def _bwd_preprocess_kernel(O, DO, DELTA, CU_Q, sob, som, soh, H, MAXQ, D,
         tl.store(DELTA + (b.to(tl.int64) * H + h) * MAXQ + offs_m, tl.sum(o * do, 1), mask=m_mask)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["ATOMIC_DQ"], reset_to_zero=["DQ_ACC"])
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["ATOMIC_DQ"], reset_to_zero=["DQ_ACC"],
+                 prune_configs_by=_pruner("dkdv"))
 @triton.jit(do_not_specialize=["MAXQ", "MAXK"])
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, CU_Q, CU_K, KLEN,
                      sqb, sqm, sqh, skb, skn, skh, svb, svn, svh, sob, som, soh,
@@ -210,8 +291,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, CU_Q, CU_K, KLEN,
     DO shares O's strides (sob, som, soh). With ATOMIC_DQ, dQ += scale * dS K is added into the
     fp32 buffer DQ_ACC laid out [B, H, MAXQ, D].
     """
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_n, bh = _fold(tl.program_id(0), MAXK, BLOCK_N)
     b = bh // H
     h = bh % H
     q_start, q_len = _bounds(b, CU_Q, CU_Q, MAXQ, VARLEN_Q, False)
@@ -273,7 +353,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, CU_Q, CU_K, KLEN,
                  dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["NSPLIT"])
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["NSPLIT"], prune_configs_by=_pruner("dq"))
 @triton.jit(do_not_specialize=["MAXQ", "MAXK", "chunk"])
 def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, DQP, CU_Q, CU_K, KLEN,
                    sqb, sqm, sqh, skb, skn, skh, svb, svn, svh, sob, som, soh,
@@ -289,8 +369,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, DQP, CU_Q, CU_K, KLEN,
     With NSPLIT == 1 it writes dQ (q's layout and dtype); otherwise an fp32 partial into DQP,
     laid out [NSPLIT, B, H, MAXQ, D], for ``_dq_reduce_kernel``.
     """
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _fold(tl.program_id(0), MAXQ, BLOCK_M)
     split = tl.program_id(2)
     b = bh // H
     h = bh % H
@@ -352,8 +431,7 @@ def _dq_reduce_kernel(DQP, DQ, CU_Q, sdqb, sdqm, sdqh, B, H, MAXQ, D,
                       NSPLIT: tl.constexpr, VARLEN_Q: tl.constexpr, ACC: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """DQ = sum over splits of DQP[c] ([NSPLIT, B, H, MAXQ, D]), summed in split order."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _fold(tl.program_id(0), MAXQ, BLOCK_M)
     b = bh // H
     h = bh % H
     q_start, q_len = _bounds(b, CU_Q, CU_Q, MAXQ, VARLEN_Q, False)
