@@ -18,10 +18,10 @@ import torch.utils.checkpoint
 from ..data import stage1_stream
 from ..data.qa import prepare_training
 from ..data.stage1 import draw_boundaries
+from ..errors import CheckpointError
 from ..eval.perplexity import window_nll
 from ..memory import CompressedMemory, _Record
 from ..segmenting import balanced_boundaries
-from ..errors import CheckpointError
 from .builders import (DataBundle, bptt_policy, build_base, build_data, build_model,
                        center_positions)
 from .checkpoint import (RunLock, load_state, save_state, truncate_log, verify_checkpoint,
@@ -285,8 +285,8 @@ class Trainer:
         if self.rank == 0:
             try:
                 code = self._newest_usable() if resume == "auto" else max(1, verify_checkpoint(Path(resume)))
-            except CheckpointError:
-                self.engine.broadcast_int(-1)
+            except Exception:
+                self.engine.broadcast_int(-1)  # the other ranks stop too
                 raise
         code = self.engine.broadcast_int(code)
         if code < 0:
@@ -333,9 +333,9 @@ class Trainer:
                 raise ValueError(f"it was written by {st['world']} processes, this run has {self.world}")
             self.engine.load(path)
             self._set_client_state(st)
+        except CheckpointError:
+            raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-            if isinstance(e, CheckpointError):
-                raise
             raise CheckpointError(f"checkpoint {path}: cannot restore the trainer state ({e!r})") from None
 
     def save_best(self, metrics: dict) -> None:
