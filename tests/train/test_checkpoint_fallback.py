@@ -4,7 +4,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
+from lcirc_fast.cli import main
 from lcirc_fast.errors import CheckpointError
 from lcirc_fast.training import Trainer, config_from_dict, run_training
 from lcirc_fast.training.checkpoint import truncate_log
@@ -74,6 +76,12 @@ def test_no_usable_checkpoint_and_an_explicit_corrupt_one_are_clear_errors(finis
     with pytest.raises(CheckpointError, match="corrupt: trainer_rank0.safetensors has") as e:
         Trainer(cfg, resume=str(ck / "step0000004"), quiet=True)  # explicit: no fallback
     assert str(ck / "step0000004") in str(e.value)
+    (out.parent / "c.yaml").write_text(yaml.safe_dump(d))
+    capfd.readouterr()
+    assert main(["train", "--config", str(out.parent / "c.yaml"), "--resume", str(ck / "step0000004")]) == 2
+    err = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("lcirc train:")]
+    assert len(err) == 1 and "the manifest says" in err[0]
+    assert err[0].startswith(f"lcirc train: checkpoint {ck / 'step0000004'} is corrupt: trainer_rank0.safetensors has ")
     (ck / "step0000002" / "engine.json").unlink()
     with pytest.raises(CheckpointError, match="no usable checkpoint in") as e:
         Trainer(cfg, resume="auto", quiet=True)
