@@ -158,8 +158,12 @@ def test_masks_and_segment_len_are_checked(model):
         model(ids, attention_mask=[[1] * 6])
     with pytest.raises(DataError, match=r"labels shape \(1, 5\) does not match input_ids \(1, 6\)"):
         model(ids, labels=ids[:, :5])
-    with pytest.raises(DataError, match="attention_mask must hold 0 .padding. and 1 .token."):
-        model.generate(ids, attention_mask=torch.full((1, 6), 2), max_new_tokens=1)
+    for bad in (torch.full((1, 6), 2), torch.full((1, 6), 0.5)):
+        with pytest.raises(DataError, match="attention_mask must hold 0 .padding. and 1 .token."):
+            model.generate(ids, attention_mask=bad, max_new_tokens=1)
+    bool_mask = torch.ones(1, 6, dtype=torch.bool)
+    assert torch.equal(model.generate(ids, attention_mask=bool_mask, max_new_tokens=2),
+                       model.generate(ids, max_new_tokens=2))
     for bad in (0, True, 4.0, "8"):
         with pytest.raises(ConfigError, match=rf"segment_len must be a positive int .*got {bad!r}"):
             model.compress(torch.randint(0, 256, (1, 20)), segment_len=bad)

@@ -114,9 +114,10 @@ def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
     b = ids.shape[0]
     if attention_mask is None:
         attention_mask = torch.ones_like(ids)
-    attention_mask = model._check_like(attention_mask, ids, "attention_mask").long()
+    attention_mask = model._check_like(attention_mask, ids, "attention_mask")
     if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
         raise DataError("attention_mask must hold 0 (padding) and 1 (token)")
+    attention_mask = attention_mask.long()
     if bool((attention_mask.sum(-1) == 0).any()):
         raise DataError("attention_mask masks out every token of some prompt")
     pad = pads[0] if pads else (eos[0] if eos else 0)
