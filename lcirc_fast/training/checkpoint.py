@@ -8,6 +8,7 @@ checks the manifest before anything is loaded; :func:`safe_torch_load` reads ``.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -132,10 +133,27 @@ def safe_torch_load(path, map_location=None, allowed: tuple = ()):
         raise CheckpointError(f"checkpoint file {path} is missing") from None
     except Exception as e:  # noqa: BLE001 - any failure means the file is refused
         raise CheckpointError(f"refusing checkpoint file {path}: it does not load as plain tensors "
-                              f"and allowed types (weights_only=True): {_reason(e)}") from None
+                              f"and allowed types (weights_only=True): {torch_load_reason(e)}") from None
 
 
-def _reason(err: Exception) -> str:
+@contextlib.contextmanager
+def weights_only_loads(allowed: tuple = ()):
+    """Within the block, every torch.load (even one asking for weights_only=False, as DeepSpeed's
+    loaders do) unpickles only tensors, containers and the `allowed` classes."""
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def torch_load_reason(err: Exception) -> str:
     """The line of a torch.load error that says what was wrong (not its general advice)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     specific = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation"))]

@@ -8,12 +8,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
-from .checkpoint import load_state, safe_torch_load, save_state
+from .checkpoint import load_state, safe_torch_load, save_state, torch_load_reason, weights_only_loads
 from .config import PARAM_GROUPS
 
 
@@ -279,9 +280,16 @@ class DeepSpeedEngine:
                                     save_latest=False)
 
     def load(self, directory: Path) -> None:
-        """DeepSpeed's loader, with every file it reads going through :func:`safe_torch_load`."""
-        loaded, _ = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
-                                                load_optimizer_states=True, load_lr_scheduler_states=True)
+        """DeepSpeed's loader, with every file it reads going through :func:`safe_torch_load`
+        (and any other torch.load it may call forced to weights_only)."""
+        try:
+            with weights_only_loads(deepspeed_allowed_types()):
+                loaded, _ = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
+                                                        load_optimizer_states=True,
+                                                        load_lr_scheduler_states=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"refusing DeepSpeed checkpoint {directory}: a file in it does not "
+                                  f"load as plain tensors and allowed types ({torch_load_reason(e)})") from None
         if loaded is None:
             raise CheckpointError(f"DeepSpeed found no model states in checkpoint {directory}")
 

@@ -18,7 +18,8 @@ import yaml
 
 from lcirc_fast.errors import CheckpointError
 from lcirc_fast.training import Trainer, config_from_dict, run_training
-from lcirc_fast.training.checkpoint import MANIFEST, pack, unpack, verify_checkpoint, write_manifest
+from lcirc_fast.training.checkpoint import (MANIFEST, pack, safe_torch_load, unpack, verify_checkpoint,
+                                           weights_only_loads, write_manifest)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resume_probe import plant  # noqa: E402
@@ -51,6 +52,20 @@ def test_pack_round_trips_rng_states_and_optimizer_structures():
         unpack({"__float__": "1e9"}, {})
     with pytest.raises(CheckpointError, match="dtype object is not numeric"):
         unpack({"__ndarray__": "0", "dtype": "O"}, {"0": torch.zeros(2)})
+
+
+def test_every_torch_load_inside_weights_only_loads_refuses_code(tmp_path):
+    evil, marker = tmp_path / "evil.pt", tmp_path / "marker"
+    evil.write_bytes(b"")
+    plant(evil, marker)
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    with weights_only_loads():
+        with pytest.raises(pickle.UnpicklingError, match="posix.system"):
+            torch.load(evil, weights_only=False)  # as DeepSpeed's loaders ask
+    assert not marker.exists() and os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") == before
+    with pytest.raises(CheckpointError, match=r"evil\.pt: it does not load as plain tensors.*posix\.system"):
+        safe_torch_load(evil)
+    assert not marker.exists()
 
 
 def _train_to_step2(tiny_cfg, tmp_path) -> tuple[dict, Path]:
