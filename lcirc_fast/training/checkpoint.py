@@ -110,8 +110,8 @@ def load_state(directory: Path, name: str):
         doc = json.loads(jpath.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {jpath} is missing") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint file {jpath} is not valid JSON ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"checkpoint file {jpath} is not valid JSON ({e!r})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "state" not in doc:
         raise CheckpointError(f"checkpoint file {jpath} is not an {FORMAT} state file")
     try:
@@ -120,7 +120,10 @@ def load_state(directory: Path, name: str):
         raise CheckpointError(f"checkpoint file {tpath} is missing") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint file {tpath} is not a readable safetensors file ({e})") from None
-    return unpack(doc["state"], tensors, str(jpath))
+    try:
+        return unpack(doc["state"], tensors, str(jpath))
+    except RecursionError:
+        raise CheckpointError(f"checkpoint file {jpath} is nested too deeply to be a state") from None
 
 
 # ---------------------------------------------------------------- .pt files (DeepSpeed)
@@ -140,17 +143,17 @@ def safe_torch_load(path, map_location=None, allowed: tuple = ()):
 def weights_only_loads(allowed: tuple = ()):
     """Within the block, every torch.load (even one asking for weights_only=False, as DeepSpeed's
     loaders do) unpickles only tensors, containers and the `allowed` classes."""
-    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
-    before = os.environ.get(key)
-    os.environ[key] = "1"
+    keys = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    before = {k: os.environ.pop(k, None) for k in keys}
+    os.environ[keys[0]] = "1"
     try:
         with torch.serialization.safe_globals(list(allowed)):
             yield
     finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
+        for k, v in before.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
 
 
 def torch_load_reason(err: Exception) -> str:

@@ -18,8 +18,8 @@ import yaml
 
 from lcirc_fast.errors import CheckpointError
 from lcirc_fast.training import Trainer, config_from_dict, run_training
-from lcirc_fast.training.checkpoint import (MANIFEST, pack, safe_torch_load, unpack, verify_checkpoint,
-                                           weights_only_loads, write_manifest)
+from lcirc_fast.training.checkpoint import (FORMAT, MANIFEST, load_state, pack, safe_torch_load, save_state,
+                                           unpack, verify_checkpoint, weights_only_loads, write_manifest)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resume_probe import plant  # noqa: E402
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = {"max_steps": 4, "eval_every": 0, "save_every": 2}
 
 
-def test_pack_round_trips_rng_states_and_optimizer_structures():
+def test_pack_round_trips_rng_states_and_optimizer_structures(tmp_path):
     random.seed(5)
     np.random.seed(5)
     obj = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
@@ -48,6 +48,12 @@ def test_pack_round_trips_rng_states_and_optimizer_structures():
     assert back["floats"][:2] == [math.inf, -math.inf] and back["__odd"] == 1
     with pytest.raises(TypeError, match=r"state\.f: a function cannot be stored"):
         pack({"f": lambda: 0}, {})
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    save_state(deep, "s", {"a": 1})
+    (deep / "s.json").write_text('{"format": "%s", "state": %s1%s}' % (FORMAT, "[" * 50000, "]" * 50000))
+    with pytest.raises(CheckpointError, match="s.json is not valid JSON"):
+        load_state(deep, "s")
     with pytest.raises(CheckpointError, match="malformed __float__"):
         unpack({"__float__": "1e9"}, {})
     with pytest.raises(CheckpointError, match="dtype object is not numeric"):
@@ -59,6 +65,13 @@ def test_every_torch_load_inside_weights_only_loads_refuses_code(tmp_path):
     evil.write_bytes(b"")
     plant(evil, marker)
     before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # a user's setting does not open it up
+    try:
+        with weights_only_loads():
+            with pytest.raises(pickle.UnpicklingError, match="posix.system"):
+                torch.load(evil, weights_only=False)
+    finally:
+        assert os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == "1"
     with weights_only_loads():
         with pytest.raises(pickle.UnpicklingError, match="posix.system"):
             torch.load(evil, weights_only=False)  # as DeepSpeed's loaders ask
