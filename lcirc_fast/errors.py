@@ -1,8 +1,8 @@
 """Exceptions that carry a message for the user.
 
-Every class derives from :class:`LCIRCError` and from the built-in exception that describes the
-failure (``ValueError`` for bad values, ``FileNotFoundError`` for missing files), so callers may
-catch either. The ``lcirc`` command line prints an ``LCIRCError`` as one line and exits non-zero.
+Every class derives from :class:`LCIRCError` and from a built-in exception (``ValueError`` for
+bad values and bad files, ``RuntimeError`` for runs that cannot go on), so callers may catch
+either. The ``lcirc`` command line prints an ``LCIRCError`` as one line and exits non-zero.
 """
 from __future__ import annotations
 

@@ -664,7 +664,7 @@ class LCIRCForCausalLM(nn.Module):
                                   f"written by save_pretrained (training's best/ or final/)")
         config = _read_pretrained_config(os.path.join(directory, CONFIG_NAME), base)
         weights_path = os.path.join(directory, WEIGHTS_NAME)
-        state = _read_pretrained_weights(weights_path)
+        state = read_pretrained_weights(weights_path)
         model = cls(base, config)
         _check_pretrained_state(weights_path, state, model)
         model.load_state_dict({k: v.to(model.device) for k, v in state.items()}, strict=False)
@@ -710,7 +710,7 @@ def _read_pretrained_config(path: str, base: nn.Module) -> LCIRCConfig:
     return config
 
 
-def _read_pretrained_weights(path: str) -> dict[str, torch.Tensor]:
+def read_pretrained_weights(path: str) -> dict[str, torch.Tensor]:
     """The tensors of a save_pretrained weights file (CPU)."""
     from safetensors import safe_open
 

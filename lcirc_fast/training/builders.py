@@ -114,16 +114,14 @@ def center_positions(model, docs, max_chunks: int = 64) -> torch.Tensor:
 
 def _load_partial(directory, base, lcfg):
     """Stage 2 from stage 1: load every matching LCIRC weight; a new mixer stays fresh."""
-    from safetensors.torch import load_file
-
     from ..models import LCIRCForCausalLM
-    from ..models.lcirc_llama import WEIGHTS_NAME
+    from ..models.lcirc_llama import WEIGHTS_NAME, read_pretrained_weights
 
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"init_from: no {WEIGHTS_NAME} in {directory}")
     model = LCIRCForCausalLM.from_base(base, lcfg)
-    state = load_file(str(path))
+    state = read_pretrained_weights(str(path))
     own = model.state_dict()
     bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if bad:

@@ -91,3 +91,12 @@ def test_init_from_loads_stage1_weights_and_refuses_a_config_with_more_weights(t
                                     lcirc={"gca_layers": [0, 1]}))
     with pytest.raises(ValueError, match=r"gca\.0\."):
         Trainer(bad, resume="none", quiet=True)
+    # a stage-1 weights file changed after it was written is refused, not loaded
+    from lcirc_fast.errors import CheckpointError
+
+    weights = final / "lcirc_model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-3] ^= 0x40
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="fails its checksum"):
+        Trainer(ok, resume="none", quiet=True)
