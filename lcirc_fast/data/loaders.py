@@ -111,7 +111,9 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
 def _numbered_rows(path) -> list[tuple[str, str, dict]]:
     """(file, "line N" / "row N", row) for every row of local files; JSON Lines read line by line."""
     files = _files(path)
-    _format_of(files)
+    if _format_of(files) == "text":
+        raise DataError(f"{', '.join(files)}: plain text has no fields; rows with fields need "
+                        ".jsonl, .json or .parquet files")
     out = []
     for f in files:
         if Path(f).suffix.lower() == ".jsonl":
@@ -133,10 +135,15 @@ def load_local(path, split: str = "train"):
     files = _files(path)
     fmt = _format_of(files)
     kwargs = {"sample_by": "document"} if fmt == "text" else {}
+    bars_were_off = datasets.is_progress_bar_enabled() is False
+    datasets.disable_progress_bars()       # a local read is quick; its bar would only be noise
     try:
         return datasets.load_dataset(fmt, data_files={split: files}, split=split, **kwargs)
     except (DatasetGenerationError, ArrowException) as e:
         raise DataError(f"cannot read {', '.join(files)} as {fmt}: {_root_message(e)}") from e
+    finally:
+        if not bars_were_off:
+            datasets.enable_progress_bars()
 
 
 def load_hub(name: str, split: str, **kwargs):

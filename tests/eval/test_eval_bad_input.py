@@ -323,3 +323,18 @@ def test_hub_failure_is_a_data_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match=r"could not load 'some/set' split 'train' from the hub \(no network\)"):
         load_hub("some/set", "train")
+
+
+def test_cli_longbench_plain_text_and_no_progress_noise(tmp_path, capsys):
+    txt = tmp_path / "rows.txt"
+    txt.write_text("hello\n")
+    rc, _, err = _eval(capsys, "longbench", "--base", "tiny_random", "--data", str(txt), "--out", str(tmp_path / "o"))
+    assert rc == 2 and err == [f"lcirc eval: {txt}: plain text has no fields; rows with fields need "
+                               ".jsonl, .json or .parquet files"]
+    rc, _, err = _eval(capsys, "ppl", "--base", "tiny_random", "--data", str(tmp_path / "nope.txt"),
+                       "--out", str(tmp_path / "o"))
+    assert rc == 2 and len(err) == 1
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe\x00bin")
+    rc, _, err = _eval(capsys, "ppl", "--base", "tiny_random", "--data", str(binary), "--out", str(tmp_path / "o"))
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"lcirc eval: cannot read {binary} as text")
