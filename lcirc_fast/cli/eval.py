@@ -1,5 +1,7 @@
-"""`lcirc eval {ppl,passkey,longbench}`: evaluate the truncated base model, LCIRC, QD-LCIRC and
-full attention; results as a Markdown table, JSON and (ppl, passkey) a PNG plot."""
+"""`lcirc eval {ppl,passkey,longbench,infinitebench,leval}`: evaluate the truncated base model,
+LCIRC, QD-LCIRC and full attention; results as Markdown tables, JSON and (ppl, passkey) a PNG plot.
+The benchmarks read their released files (`<task>.jsonl`) with each task's own prompt, answer
+limit and metric; predictions go to predictions.jsonl."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +15,8 @@ from pathlib import Path
 from ..errors import CheckpointError, ConfigError, DataError, RunError
 
 MAX_LISTED = 5  # problems named in a failed run's message; the rest are counted
+BENCHMARKS = ("longbench", "infinitebench", "leval")
+DEFAULT_MAX_NEW_TOKENS = 32  # ppl/passkey and LongBench files of no named task
 
 
 def _ints(s: str) -> list[int]:
@@ -34,16 +38,21 @@ def _strs(s: str) -> list[str]:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="perplexity by length, pass-key retrieval, LongBench-format QA",
-                              description=__doc__)
-    p.add_argument("task", choices=["ppl", "passkey", "longbench"])
+    p = subparsers.add_parser("eval", help="perplexity by length, pass-key retrieval, LongBench, InfiniteBench, "
+                              "L-Eval", description=__doc__)
+    p.add_argument("task", choices=["ppl", "passkey", *BENCHMARKS])
     p.add_argument("--base", default="smollm2", help="smollm2 | tiny_random | Hugging Face Llama directory")
     p.add_argument("--lcirc", default=None, help="LCIRC directory from save_pretrained (training's best/ or final/)")
     p.add_argument("--window", type=int, default=4096, help="LLM window in tokens")
     p.add_argument("--segment-len", type=int, default=2048, help="~segment length for compression")
     p.add_argument("--modes", type=_strs, default=None,
                    help="comma list of base,lcirc,qd,full (ppl also: lcirc_swapped, a control)")
-    p.add_argument("--data", default="kjv-test", help="kjv-test | kjv-validation | jsonl/parquet/txt file(s)")
+    p.add_argument("--data", default="kjv-test",
+                   help="kjv-test | kjv-validation | jsonl/parquet/txt file(s); benchmarks: a directory of "
+                        "<task>.jsonl files or a comma list of them")
+    p.add_argument("--tasks", type=_strs, default=None,
+                   help="benchmark tasks to run (file stems, e.g. narrativeqa,hotpotqa_e; InfiniteBench also "
+                        "En.QA, ...); default: every task file found in --data")
     p.add_argument("--field", default="text", help="text column of --data files (ppl)")
     p.add_argument("--docs", type=int, default=16, help="documents (ppl)")
     p.add_argument("--multipliers", type=_ints, default=[1, 2, 4, 8, 16, 32], help="context lengths / window (ppl)")
@@ -54,7 +63,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=_ints, default=None, help="context tokens (passkey); default 1,2,4x window")
     p.add_argument("--depths", type=_floats, default=[0.1, 0.5, 0.9], help="needle depths (passkey)")
     p.add_argument("--samples", type=int, default=5, help="samples per cell (passkey)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer tokens (default: each benchmark task's own limit; 32 otherwise)")
     p.add_argument("--memory-cap", type=int, default=-1,
                    help="memory vectors kept at inference (-1: the trained model's setting, 0: no cap)")
     p.add_argument("--threads", type=int, default=None)
@@ -104,7 +114,8 @@ def _positive_list(name: str, values: list) -> None:
 def check_args(args) -> None:
     """Refuse out-of-range numbers, missing paths and task/data mismatches before any loading."""
     for name in ("segment_len", "max_new_tokens", "max_full_tokens", "docs", "samples"):
-        _positive("--" + name.replace("_", "-"), getattr(args, name))
+        if getattr(args, name) is not None:
+            _positive("--" + name.replace("_", "-"), getattr(args, name))
     _positive("--window", args.window, 2)
     if args.threads is not None:
         _positive("--threads", args.threads)
@@ -117,8 +128,9 @@ def check_args(args) -> None:
     bad = [d for d in args.depths if not 0.0 <= d <= 1.0]
     if bad:
         raise ConfigError(f"--depths must lie in [0, 1], got {bad}")
-    if args.task != "ppl":
-        new = min(args.max_new_tokens, 16) if args.task == "passkey" else args.max_new_tokens
+    if args.task != "ppl" and (args.max_new_tokens is not None or args.task == "passkey"):
+        new = _max_new(args)
+        new = min(new, 16) if args.task == "passkey" else new
         if args.window - new < 2:
             raise ConfigError(f"--window {args.window} leaves no room for a prompt with --max-new-tokens "
                               f"{new}; use a window of at least {new + 2}")
@@ -133,6 +145,15 @@ def check_args(args) -> None:
                               "directory that training saved")
     if args.task == "longbench" and args.data.startswith("kjv-"):
         raise ConfigError("longbench needs --data <LongBench .jsonl, .json or .parquet file>")
+    if args.task in BENCHMARKS and args.task != "longbench" and args.data.startswith("kjv-"):
+        raise ConfigError(f"{args.task} needs --data <directory of its released <task>.jsonl files, or "
+                          "a comma list of them>")
+    if args.tasks is not None and args.task not in BENCHMARKS:
+        raise ConfigError(f"--tasks is for longbench, infinitebench and leval, not {args.task}")
+
+
+def _max_new(args) -> int:
+    return DEFAULT_MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
 
 
 def _load(args):
@@ -170,8 +191,35 @@ def _kjv_split(name: str):
     return kjv_splits()[split]
 
 
+def _generic_longbench(args) -> bool:
+    """True for the generic-prompt run: longbench --data naming files of no LongBench task."""
+    from ..eval.benchmark_files import known_tasks
+
+    if args.task != "longbench" or args.tasks or Path(args.data).is_dir():
+        return False
+    return all(Path(f).stem not in known_tasks("longbench") for f in args.data.split(",") if f)
+
+
+def _read_benchmark(args) -> dict:
+    """task -> Samples of the benchmark's task files, checked, with rows excluded per task;
+    ConfigError when a task's answer limit leaves no room in --window."""
+    from ..eval.benchmark_files import find_task_files, load_task
+
+    samples, excluded = {}, {}
+    for task, path in find_task_files(args.task, args.data, args.tasks).items():
+        samples[task], excluded[task] = load_task(args.task, task, path)
+        new = args.max_new_tokens or max(s.max_new_tokens for s in samples[task])
+        if args.window - new < 2:
+            raise ConfigError(f"--window {args.window} leaves no room for a prompt with the {new} answer tokens "
+                              f"of {task}; use a window of at least {new + 2} or a smaller --max-new-tokens")
+    return {"samples": samples, "excluded": excluded}
+
+
 def _read_data(args):
-    """LongBench rows (longbench) or (name, text) documents (ppl, passkey), checked."""
+    """Benchmark samples, LongBench rows (generic longbench) or (name, text) documents (ppl,
+    passkey), checked."""
+    if args.task in BENCHMARKS and not _generic_longbench(args):
+        return _read_benchmark(args)
     if args.task == "longbench":
         from ..data.loaders import load_longbench
 
@@ -232,6 +280,8 @@ def run(args) -> int:
         raise ConfigError(f"{args.task} needs a base model with a tokenizer; --base {args.base} has none")
     has_lcirc = args.lcirc is not None
     modes = resolve_modes(args.task, args.modes, has_lcirc, has_lcirc and model.config.query_dependent)
+    if isinstance(data, dict):
+        return _run_benchmark(args, out, model, tok, data, modes)
     t0 = time.time()
     meta = {"task": args.task, "base": args.base, "lcirc": args.lcirc, "window": args.window,
             "segment_len": args.segment_len, "modes": modes, "memory_cap": model.config.memory_cap}
@@ -259,7 +309,7 @@ def run(args) -> int:
         lengths = args.lengths or [args.window, 2 * args.window, 4 * args.window]
         docs = list(zip([n for n, _ in data], ids))
         res = passkey_eval(model, tok, docs, args.window, lengths, args.depths, modes, args.samples,
-                           args.seed, args.segment_len, min(args.max_new_tokens, 16),
+                           args.seed, args.segment_len, min(_max_new(args), 16),
                            max_full_tokens=args.max_full_tokens)
         table = format_table(res["rows"], ["mode", "length", "depth", "accuracy", "digit_accuracy", "n",
                                            "failed"])
@@ -275,11 +325,40 @@ def run(args) -> int:
         from ..eval import longbench_eval
 
         preds: list = []
-        res = longbench_eval(model, tok, data, args.window, modes, args.max_new_tokens, args.segment_len,
+        res = longbench_eval(model, tok, data, args.window, modes, _max_new(args), args.segment_len,
                              predictions=preds, max_full_tokens=args.max_full_tokens)
         (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
         table = format_table(res["rows"], ["mode", "n", "failed", "f1", "em", "f1_counting_failures"])
     meta["wall_s"] = time.time() - t0
+    return _finish(args, out, res, meta, table, modes)
+
+
+def _run_benchmark(args, out: Path, model, tok, data: dict, modes: list[str]) -> int:
+    from ..eval import format_table
+    from ..eval.benchmark_run import run_benchmark
+
+    t0 = time.time()
+    meta = {"task": args.task, "base": args.base, "lcirc": args.lcirc, "window": args.window,
+            "segment_len": args.segment_len, "modes": modes, "memory_cap": model.config.memory_cap,
+            "tasks": list(data["samples"]), "max_new_tokens": args.max_new_tokens or "per task",
+            "excluded_rows": data["excluded"]}
+    preds: list = []
+    res = run_benchmark(model, tok, args.task, data["samples"], args.window, modes, args.segment_len,
+                        args.max_full_tokens, args.max_new_tokens, predictions=preds)
+    (out / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
+    cols = ["task", "mode", "n", "failed", "score", "score_counting_failures"]
+    buckets = [b for b in ("0-4k", "4-8k", "8k+") if any(b in r for r in res["rows"])]
+    table = (format_table(res["rows"], cols + buckets) + "\n\naverage over tasks:\n"
+             + format_table(res["average"], ["mode", "tasks", "tasks_scored", "n", "failed", "score",
+                                             "score_counting_failures"]))
+    meta["wall_s"] = time.time() - t0
+    return _finish(args, out, res, meta, table, modes)
+
+
+def _finish(args, out: Path, res: dict, meta: dict, table: str, modes: list[str]) -> int:
+    """Write the JSON and Markdown results, print them, and raise RunError for an unusable run."""
+    from ..eval import write_json
+
     res["meta"] = meta
     problems = result_problems(args.task, res, modes)
     res["problems"] = problems
@@ -304,7 +383,8 @@ def _failure_line(failure: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in failure.items() if k != "trace")
 
 
-_METRICS = {"ppl": ("ppl",), "passkey": ("accuracy", "digit_accuracy"), "longbench": ("f1", "em")}
+_METRICS = {"ppl": ("ppl",), "passkey": ("accuracy", "digit_accuracy"), "longbench": ("f1", "em", "score"),
+            "infinitebench": ("score",), "leval": ("score",)}
 
 
 def _samples(task: str, row: dict) -> tuple[int, int]:
@@ -320,6 +400,8 @@ def _cell(task: str, row: dict) -> str:
                 f"{row['failures']} failed, {row['skipped_short']} too short)")
     if task == "passkey":
         return f"mode {row['mode']} at length {row['length']}, depth {row['depth']}"
+    if "task" in row:
+        return f"task {row['task']}, mode {row['mode']}"
     return f"mode {row['mode']}"
 
 
