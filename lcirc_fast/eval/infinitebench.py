@@ -103,10 +103,10 @@ def _math_find(pred: str, label) -> float:
     label = _first(label)
     if isinstance(label, bool) or not isinstance(label, (int, float)):
         raise ValueError(f"math_find answer must be a number, got {label!r}")
-    m = re.search(r"\d+\.\d+|\d+", pred)
+    m = re.search(r"\d+\.\d+|\d+", pred)   # the first number; "8.5" never equals an integer label
     if m is None:
         return 0.0
-    return float(int(m.group(0)) == label) if isinstance(label, int) else float(float(m.group(0)) == label)
+    return float(float(m.group(0)) == label)
 
 
 def _rouge_lsum(pred: str, golds) -> float:
