@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_CACHE_NAME = "smollm2-135m"
+SMOLLM2_NAME = "smollm2-135m"           # the bundled base model's canonical name (CLI, configs)
+SMOLLM2_ALIASES = ("smollm2",)          # other names accepted for it
+SMOLLM2_CACHE_NAME = SMOLLM2_NAME
 KJV_CACHE_NAME = "kjv_books.json"
 LLAMA_SP_CACHE_NAME = "llama-sp-v1-fast"
 

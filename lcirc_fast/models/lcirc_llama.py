@@ -1,14 +1,15 @@
-"""LCIRC / QD-LCIRC around a frozen Hugging Face Llama.
+"""LCIRC / QD-LCIRC around a frozen Hugging Face causal LM of a supported family.
 
 The base model is not copied or re-implemented: each GCA block runs in a forward pre-hook of the
 decoder layer it precedes, reading the memory keys/values that `forward` / `generate` publish
 for the duration of the call. With every gate at 0 the logits equal the base model's exactly.
+Everything family-specific (layer path, embedding scale, layer-call layout) comes from the base
+model's `BaseAdapter` (`lcirc_fast.models.base_adapter`).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import os
 import uuid
@@ -27,6 +28,7 @@ from ..memory import CompressedMemory, _Record, content_checksum
 from ..modules import GatedCrossAttentionBlock, PerceiverCompressor
 from ..segmenting import balanced_boundaries, check_boundaries, fixed_boundaries
 from . import cuda_graph, generation, official
+from .base_adapter import BaseAdapter, resolve_adapter
 
 WEIGHTS_NAME = "lcirc_model.safetensors"
 CONFIG_NAME = "lcirc_config.json"
@@ -36,15 +38,6 @@ MODEL_FORMAT_VERSION = "2"      # 2: sha256 checksum of the weights in the metad
 
 class _StopForward(Exception):
     """Raised by a forward hook to end a base-model pass early."""
-
-
-def _decoder_layers(base) -> nn.ModuleList:
-    inner = getattr(base, "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or not hasattr(base, "lm_head"):
-        raise TypeError(f"LCIRCForCausalLM wraps a Llama-style causal LM (model.layers, lm_head); "
-                        f"got {type(base).__name__}")
-    return layers
 
 
 class _FoldedKV:
@@ -93,7 +86,8 @@ class LCIRCForCausalLM(nn.Module):
 
     def __init__(self, base: nn.Module, config: LCIRCConfig):
         super().__init__()
-        layers = _decoder_layers(base)
+        self.adapter: BaseAdapter = resolve_adapter(base)
+        layers = self.adapter.decoder_layers(base)
         cfg = config.resolve(base.config)
         self.config = cfg
         self.base = base
@@ -115,8 +109,7 @@ class LCIRCForCausalLM(nn.Module):
         self._injection: dict | None = None
         self._fingerprint_cache: tuple | None = None
         self.uid = uuid.uuid4().hex            # identifies memories made by this object
-        self._cache_kwarg = ("cache" if "cache" in inspect.signature(base.model.forward).parameters
-                             else "past_key_values")
+        self._cache_kwarg = self.adapter.cache_kwarg
         self._hooks = [layers[i].register_forward_pre_hook(self._make_hook(str(i)),
                                                            with_kwargs=True)
                        for i in cfg.gca_layers]
@@ -125,7 +118,8 @@ class LCIRCForCausalLM(nn.Module):
     @classmethod
     def from_base(cls, base_model: nn.Module, config: LCIRCConfig | None = None
                   ) -> "LCIRCForCausalLM":
-        """Wrap `base_model` (a LlamaForCausalLM); its weights are frozen, not copied."""
+        """Wrap `base_model`, a causal LM of a family in `BASE_ADAPTERS` (ConfigError otherwise);
+        its weights are frozen, not copied."""
         return cls(base_model, config or LCIRCConfig())
 
     def remove_hooks(self) -> None:
@@ -217,7 +211,7 @@ class LCIRCForCausalLM(nn.Module):
         if self.mixer is not None:
             params += [("mixer." + n, p) for n, p in self.mixer.named_parameters()]
         params.append(("embed", self.base.get_input_embeddings().weight))
-        layers = _decoder_layers(self.base)
+        layers = self.adapter.decoder_layers(self.base)
         for i in range(self.config.compressor_input_layers):   # contextual input depends on them
             params += [(f"base.layers.{i}." + n, p) for n, p in layers[i].named_parameters()]
         return params
@@ -286,8 +280,7 @@ class LCIRCForCausalLM(nn.Module):
                 raise DataError("query_mask masks out every query token of some item")
             if not bool((query_mask.long().cummin(-1).values == query_mask.long()).all()):
                 raise DataError("query_mask must be right-padded (ones, then zeros)")
-        emb = self.base.get_input_embeddings()(q)
-        k, v = self.mixer.project_memory(emb)
+        k, v = self.mixer.project_memory(self.embed_tokens(q))
         return q, query_mask, (k, v, query_mask.sum(-1))
 
     def _step(self, state, segment_ids, mode, is_h0, query_kv, backend, folds, kvs=None):
@@ -312,25 +305,33 @@ class LCIRCForCausalLM(nn.Module):
             return self.compressor.step(state, kvs, backend=backend)
 
     def _embed_rms(self, weight: torch.Tensor) -> float:
-        """Mean row RMS of the embedding table (the contextual input's scale), cached."""
+        """Mean row RMS of the embedded table, i.e. of the table times the family's input scale
+        (the contextual input's scale), cached."""
         key = (id(weight), weight._version)
         if self._embed_rms_cache is None or self._embed_rms_cache[0] != key:
             rms = float(weight.detach().float().pow(2).mean(-1).sqrt().mean())
+            rms *= abs(self.adapter.input_scale(self.base.config))
             self._embed_rms_cache = (key, rms)
         return self._embed_rms_cache[1]
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids -> exactly what the base model feeds its first decoder layer (the family's
+        embedding scale included)."""
+        return self.adapter.embed(self.base, ids)
 
     def segment_inputs(self, ids: torch.Tensor) -> torch.Tensor:
         """What the Perceiver reads for segments of token ids int64 [..., L] -> [..., L, d].
 
-        `config.compressor_input_layers` = 0: the frozen token embeddings (the paper). k > 0:
-        the frozen LLM's hidden states after its first k decoder layers, each segment run alone
-        (positions from 0, no memory, no gradient), RMS-normalised per token and scaled to the
-        embedding table's mean row RMS; computed in the base model's dtype.
+        `config.compressor_input_layers` = 0: the frozen token embeddings as the base model's
+        first layer receives them (`embed_tokens`; the paper). k > 0: the frozen LLM's hidden
+        states after its first k decoder layers, each segment run alone (positions from 0, no
+        memory, no gradient), RMS-normalised per token and scaled to the mean row RMS of the
+        embedded table (the table times the family's input scale); in the base model's dtype.
         """
         emb = self.base.get_input_embeddings()
         k = self.config.compressor_input_layers
         if k == 0:
-            return emb(ids)
+            return self.embed_tokens(ids)
         flat = ids.reshape(-1, ids.shape[-1])
         seen: dict = {}
 
@@ -338,12 +339,12 @@ class LCIRCForCausalLM(nn.Module):
             seen["h"] = out[0] if isinstance(out, tuple) else out
             raise _StopForward
 
-        handle = _decoder_layers(self.base)[k - 1].register_forward_hook(grab)
+        handle = self.adapter.decoder_layers(self.base)[k - 1].register_forward_hook(grab)
         injection, self._injection = self._injection, None   # no GCA inside this pass
         try:
             with torch.no_grad():
                 try:
-                    self.base.model(input_ids=flat, use_cache=False)
+                    self.adapter.decoder_stack(self.base)(input_ids=flat, use_cache=False)
                 except _StopForward:
                     pass
         finally:
@@ -563,14 +564,13 @@ class LCIRCForCausalLM(nn.Module):
         return {name: (kv[:, :, j, 0], kv[:, :, j, 1]) for j, (name, _) in enumerate(blocks)}
 
     def _make_hook(self, name: str):
+        adapter = self.adapter
+
         def hook(module, args, kwargs):
             inj = self._injection
             if inj is None:
                 return None
-            if args:
-                x, rest = args[0], args[1:]
-            else:
-                x, rest = kwargs.pop("hidden_states"), ()
+            x = adapter.hidden_states(args, kwargs)
             k, v = inj["kv"][name]
             b = x.shape[0]
             if k.shape[0] != b:
@@ -579,10 +579,7 @@ class LCIRCForCausalLM(nn.Module):
             if lengths is not None and lengths.shape[0] != b:
                 lengths = lengths.expand(b)
             x = self.gca[name](x, k, v, kv_lengths=lengths, backend=inj["backend"])
-            if args:
-                return (x, *rest), kwargs
-            kwargs["hidden_states"] = x
-            return args, kwargs
+            return adapter.with_hidden_states(args, kwargs, x)
         return hook
 
     @contextlib.contextmanager
