@@ -100,7 +100,7 @@ def find_task_files(bench: str, data: str, tasks: list[str] | None) -> dict[str,
             raise DataError(f"--data: files not found: {missing}")
         unnamed = [f for f in files if Path(f).stem not in known]
         if unnamed:
-            raise DataError(f"--data {','.join(unnamed)}: a {bench} file is named after its task "
+            raise DataError(f"--data {','.join(unnamed)}: {bench} files are named after their tasks "
                             f"(<task>.jsonl); known tasks: {', '.join(known)}")
         found = {Path(f).stem: f for f in files}
     if tasks:
