@@ -43,6 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("task", choices=["ppl", "passkey", *BENCHMARKS])
     p.add_argument("--base", default="smollm2", help="smollm2 | tiny_random | Hugging Face Llama directory")
     p.add_argument("--lcirc", default=None, help="LCIRC directory from save_pretrained (training's best/ or final/)")
+    p.add_argument("--official-checkpoint", default=None,
+                   help="the reference implementation's .pt checkpoint, instead of --lcirc")
     p.add_argument("--window", type=int, default=4096, help="LLM window in tokens")
     p.add_argument("--segment-len", type=int, default=2048, help="~segment length for compression")
     p.add_argument("--modes", type=_strs, default=None,
@@ -140,6 +142,12 @@ def check_args(args) -> None:
                           f"--window {args.window} exceeds --max-full-tokens {args.max_full_tokens}")
     if args.base not in ("smollm2", "tiny_random") and not Path(args.base).is_dir():
         raise ConfigError(f"--base {args.base}: not smollm2, tiny_random or a Hugging Face Llama directory")
+    if args.official_checkpoint is not None:
+        if args.lcirc is not None:
+            raise ConfigError("--lcirc and --official-checkpoint both give the trained model; pass one")
+        if not Path(args.official_checkpoint).is_file():
+            raise CheckpointError(f"--official-checkpoint {args.official_checkpoint}: no such file; give the "
+                                  "reference implementation's .pt checkpoint")
     if args.lcirc is not None and not Path(args.lcirc).is_dir():
         raise CheckpointError(f"--lcirc {args.lcirc}: no such directory; give the best/ or final/ "
                               "directory that training saved")
@@ -180,6 +188,16 @@ def _load(args):
         model = LCIRCForCausalLM.from_base(base, LCIRCConfig(num_latents=1, compressor_layers=1))
     model.eval()
     return model, tok
+
+
+def _official(args, loaded):
+    """The model of --official-checkpoint around the base model that `_load` built."""
+    from .convert import official_model
+
+    model = official_model(loaded.base, args.official_checkpoint)
+    if args.memory_cap >= 0:
+        model.config.memory_cap = args.memory_cap or None
+    return model.eval()
 
 
 def _kjv_split(name: str):
@@ -276,14 +294,17 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     model, tok = _load(args)
+    if args.official_checkpoint is not None:
+        model = _official(args, model)
     if tok is None:
         raise ConfigError(f"{args.task} needs a base model with a tokenizer; --base {args.base} has none")
-    has_lcirc = args.lcirc is not None
+    has_lcirc = args.lcirc is not None or args.official_checkpoint is not None
     modes = resolve_modes(args.task, args.modes, has_lcirc, has_lcirc and model.config.query_dependent)
     if isinstance(data, dict):
         return _run_benchmark(args, out, model, tok, data, modes)
     t0 = time.time()
-    meta = {"task": args.task, "base": args.base, "lcirc": args.lcirc, "window": args.window,
+    meta = {"task": args.task, "base": args.base, "lcirc": args.lcirc or args.official_checkpoint,
+            "window": args.window,
             "segment_len": args.segment_len, "modes": modes, "memory_cap": model.config.memory_cap}
     if args.task in ("ppl", "passkey"):
         ids = tokenize_documents([t for _, t in data], tok, None if not args.data.startswith("kjv-") else _tok_cache())
@@ -338,7 +359,8 @@ def _run_benchmark(args, out: Path, model, tok, data: dict, modes: list[str]) ->
     from ..eval.benchmark_run import run_benchmark
 
     t0 = time.time()
-    meta = {"task": args.task, "base": args.base, "lcirc": args.lcirc, "window": args.window,
+    meta = {"task": args.task, "base": args.base, "lcirc": args.lcirc or args.official_checkpoint,
+            "window": args.window,
             "segment_len": args.segment_len, "modes": modes, "memory_cap": model.config.memory_cap,
             "tasks": list(data["samples"]), "max_new_tokens": args.max_new_tokens or "per task",
             "excluded_rows": data["excluded"]}

@@ -12,7 +12,8 @@ from typing import Callable, Iterable, Sequence
 
 from .metrics import normalize_answer
 
-_ZH_PUNCT = ("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛"
+_ZH_PUNCT = ("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀"
+             "｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛"
              "〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏.")
 _ALL_PUNCT = set(string.punctuation + _ZH_PUNCT)
 

@@ -1,0 +1,94 @@
+"""`lcirc convert`: a reference implementation `.pt` checkpoint to a save_pretrained directory
+(`to-pretrained`) and back (`to-official`). The LCIRC sizes are read from the checkpoint's
+tensors; heads and GCA placement follow the base model's defaults."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from ..errors import CheckpointError, ConfigError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("convert", help="reference .pt checkpoint <-> save_pretrained directory",
+                              description=__doc__)
+    p.add_argument("direction", choices=["to-pretrained", "to-official"])
+    p.add_argument("--base", required=True, help="smollm2 | Hugging Face model directory the LCIRC was trained on")
+    p.add_argument("--src", required=True, help="to-pretrained: the reference .pt file; to-official: the "
+                                                "save_pretrained directory")
+    p.add_argument("--out", required=True, help="to-pretrained: a new directory; to-official: a .pt file")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    return p
+
+
+def config_from_official(ckpt: dict):
+    """An LCIRCConfig with the sizes a reference checkpoint's tensors show: latents K,
+    Perceiver layers, position-table rows, MLP widths, and whether it has a QD mixer."""
+    from ..config import LCIRCConfig
+
+    try:
+        latent = ckpt["latent_state_dict"]["latent"]
+        comp = ckpt["compressor_state_dict"]
+        layers = {int(m.group(1)) for k in comp if (m := re.match(r"layers\.(\d+)\.", k))}
+        cfg = LCIRCConfig(num_latents=int(latent.shape[0]), compressor_layers=len(layers),
+                          max_segment_len=int(comp["pos_emb"].shape[0]),
+                          compressor_ffn=int(comp["layers.0.1.1.weight"].shape[0]),
+                          gca_ffn=int(ckpt["Xattn_layers_state_dict"]["0.ff.1.weight"].shape[0]),
+                          query_dependent="mixer_state_dict" in ckpt)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise CheckpointError(f"not a reference LCIRC checkpoint: {type(e).__name__} {e} while reading "
+                              "its sizes (expected compressor_state_dict with pos_emb and layers.N..., "
+                              "Xattn_layers_state_dict, latent_state_dict['latent'])") from None
+    return cfg
+
+
+def official_model(base, path: str | os.PathLike):
+    """LCIRCForCausalLM around `base` holding the weights of a reference `.pt` checkpoint."""
+    from ..models import LCIRCForCausalLM
+    from ..models.official import _read_checkpoint
+
+    ckpt = _read_checkpoint(path)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a reference LCIRC checkpoint: it holds a "
+                              f"{type(ckpt).__name__}, not a dict of state dicts")
+    model = LCIRCForCausalLM.from_base(base, config_from_official(ckpt))
+    model.load_official_checkpoint(ckpt)
+    return model
+
+
+def _check(args) -> None:
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigError(f"--out {out} exists; pass a new path or --force to replace it")
+    src = Path(args.src)
+    if args.direction == "to-pretrained" and not src.is_file():
+        raise CheckpointError(f"--src {src}: no such file; pass the reference implementation's .pt checkpoint")
+    if args.direction == "to-official" and not src.is_dir():
+        raise CheckpointError(f"--src {src}: no such directory; pass a save_pretrained directory")
+    if args.direction == "to-official" and out.exists() and out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; to-official writes one .pt file")
+
+
+def run(args) -> int:
+    import torch
+
+    from ..models import LCIRCForCausalLM, load_base
+
+    _check(args)
+    base, _ = load_base(args.base, tokenizer=False)
+    if args.direction == "to-pretrained":
+        model = official_model(base, args.src)
+        model.save_pretrained(args.out)
+    else:
+        model = LCIRCForCausalLM.from_pretrained(args.src, base=base)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{args.out}.tmp"
+        torch.save(model.official_state_dict(), tmp)
+        os.replace(tmp, args.out)
+    kind = "QD-LCIRC" if model.config.query_dependent else "LCIRC"
+    print(f"{kind} (K={model.config.num_latents}, {model.config.compressor_layers} Perceiver layers, "
+          f"GCA before layers {model.config.gca_layers}) written to {args.out}", file=sys.stderr)
+    return 0
