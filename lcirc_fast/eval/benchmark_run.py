@@ -54,6 +54,16 @@ def _encode(tokenizer, text: str, special: bool) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=special).input_ids, dtype=torch.long)
 
 
+def encode_sample(tokenizer, s: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt ids, query ids) as the paper's evaluation builds them: the prompt up to the
+    question field (with BOS) and the question (without BOS) tokenised separately and joined;
+    the query is the question's ids, so the LLM's tail and the mixer read the same tokens."""
+    query = _encode(tokenizer, s.query, False)
+    if not s.query or not s.prompt.endswith(s.query):
+        return _encode(tokenizer, s.prompt, True), query
+    return torch.cat([_encode(tokenizer, s.prompt[:len(s.prompt) - len(s.query)], True), query]), query
+
+
 def run_benchmark(model, tokenizer, bench: str, samples: dict[str, list[Sample]], window: int,
                   modes: Sequence[str], segment_len: int = 2048, max_full_tokens: int = 8192,
                   max_new_tokens: int | None = None, predictions: list | None = None) -> dict:
@@ -67,8 +77,8 @@ def run_benchmark(model, tokenizer, bench: str, samples: dict[str, list[Sample]]
 
             def one(s: Sample):
                 new = max_new_tokens or s.max_new_tokens
-                raw = generate_answer(model, tokenizer, _encode(tokenizer, s.prompt, True), window, new, mode,
-                                      _encode(tokenizer, s.query, False), segment_len, max_full_tokens)
+                ids, query = encode_sample(tokenizer, s)
+                raw = generate_answer(model, tokenizer, ids, window, new, mode, query, segment_len, max_full_tokens)
                 pred = postprocess(bench, task, raw)
                 value = score_sample(bench, s, pred)
                 done.append((s, pred, value))

@@ -167,7 +167,9 @@ def test_each_sample_gets_its_prompt_query_and_answer_limit(monkeypatch):
     res = benchmark_run.run_benchmark(None, tok, "leval", {"quality": samples}, 4096, ["qd"], segment_len=512)
     assert excluded == 0 and len(calls) == 2
     for s, (ids, query, new, mode, window, seg) in zip(samples, calls):
-        assert ids == tok(s.prompt).input_ids and query == tok(s.query, add_special_tokens=False).input_ids
+        head = s.prompt[:len(s.prompt) - len(s.query)]
+        assert query == tok(s.query, add_special_tokens=False).input_ids and len(query) > 3
+        assert ids == tok(head).input_ids + query and ids[0] == 1
         assert s.query.startswith("Question: Question ") and (new, mode, window, seg) == (80, "qd", 4096, 512)
     assert [r["score"] for r in res["rows"]] == [100 * (1 + 0) / 2]
     benchmark_run.run_benchmark(None, tok, "leval", {"quality": samples}, 4096, ["base"], max_new_tokens=7)
@@ -183,3 +185,16 @@ def test_postprocessing_per_benchmark():
     assert postprocess("leval", "quality", text) == "first"
     assert postprocess("leval", "gsm100", text) == text
     assert postprocess("infinitebench", "longbook_qa_eng", text) == text
+
+
+def test_prompt_and_query_are_tokenised_apart_with_a_real_tokenizer():
+    from lcirc_fast.assets import llama_sp_tokenizer
+    from lcirc_fast.eval import longbench
+    from lcirc_fast.eval.benchmark_run import encode_sample
+
+    tok = llama_sp_tokenizer()
+    s = longbench.make_sample("hotpotqa", {"input": "Who?", "context": "Text.", "answers": ["x"], "_id": "a"})
+    ids, query = encode_sample(tok, s)
+    assert query.tolist() == tok(s.query, add_special_tokens=False).input_ids
+    assert ids[-len(query):].tolist() == query.tolist() and ids[0].item() == tok.bos_token_id
+    assert tok.decode(ids, skip_special_tokens=True).replace(" ", "") == s.prompt.replace(" ", "")
