@@ -48,14 +48,13 @@ def check_lengths(lengths: Sequence[int]) -> list[int]:
 
 
 def build_model(preset: Preset, device: str, dtype: torch.dtype, seed: int = 0):
-    """Random-weight base LlamaForCausalLM (SDPA) wrapped in LCIRCForCausalLM; gates set to 0.5."""
-    from transformers import LlamaForCausalLM
-
+    """Random-weight base of the preset's family (SDPA) wrapped in LCIRCForCausalLM; gates set
+    to 0.5."""
     from .. import LCIRCForCausalLM
+    from ..models.base_loader import random_base
 
     torch.manual_seed(seed)
-    base = LlamaForCausalLM._from_config(preset.hf_config(), attn_implementation="sdpa",
-                                         dtype=dtype).to(device).eval()
+    base = random_base(preset.hf_config(), dtype).to(device).eval()
     model = LCIRCForCausalLM.from_base(base, preset.lcirc_config()).to(device).eval()
     with torch.no_grad():
         for blk in model.gca.values():

@@ -12,12 +12,10 @@ import time
 
 from ..errors import CheckpointError, ConfigError, DataError
 
-BUNDLED_BASE = "smollm2-135m"
+BUNDLED_BASE = "smollm2-135m"          # lcirc_fast.assets.SMOLLM2_NAME; alias 'smollm2'
 MEMORY_SUFFIX = ".safetensors"
 DEFAULT_NUM_LATENTS = 64
 DEFAULT_MAX_SEGMENT_LEN = 4096
-BASE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -28,7 +26,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="memory file to write (.safetensors)")
     p.add_argument("--base", default=BUNDLED_BASE,
                    help=f"frozen base model: '{BUNDLED_BASE}' (bundled, offline) or a local "
-                        "Hugging Face model directory")
+                        "Hugging Face model directory of a supported family")
     p.add_argument("--lcirc", default=None,
                    help="directory written by save_pretrained with trained LCIRC weights "
                         "(default: freshly initialised weights from --seed)")
@@ -109,18 +107,16 @@ def check_out(out: str, source: str) -> None:
 
 
 def check_base(name: str) -> None:
-    """--base must be the bundled model or a Hugging Face model directory."""
-    if name == BUNDLED_BASE:
+    """--base must be the bundled model (or its alias) or a model directory of a supported
+    family with a tokenizer; checked without loading weights."""
+    from ..models.base_loader import canonical_base_name, check_base_dir
+
+    if canonical_base_name(name) == BUNDLED_BASE:
         return
     if not os.path.isdir(name):
         raise ConfigError(f"--base {name!r} is neither the bundled '{BUNDLED_BASE}' nor a "
                           "model directory")
-    if not os.path.isfile(os.path.join(name, "config.json")):
-        raise ConfigError(f"--base {name} has no config.json; give a Hugging Face model "
-                          f"directory or '{BUNDLED_BASE}'")
-    if not any(os.path.isfile(os.path.join(name, w)) for w in BASE_WEIGHTS):
-        raise ConfigError(f"--base {name} has a config.json but no weights (one of "
-                          f"{', '.join(BASE_WEIGHTS)})")
+    check_base_dir(name, label="--base", tokenizer=True)
 
 
 def check_lcirc(path: str | None) -> None:
@@ -171,16 +167,10 @@ def read_text(path: str) -> str:
 
 
 def load_base(name: str):
-    """(model, tokenizer) for 'smollm2-135m' or a local HF directory."""
-    import torch
+    """(model, tokenizer) for the bundled base or a local HF directory (fp32)."""
+    from ..models import load_base as load
 
-    if name == BUNDLED_BASE:
-        from ..assets import load_smollm2
-        return load_smollm2(torch.float32)
-    check_base(name)
-    from transformers import AutoTokenizer, LlamaForCausalLM
-    model = LlamaForCausalLM.from_pretrained(name, local_files_only=True).eval()
-    return model, AutoTokenizer.from_pretrained(name, local_files_only=True)
+    return load(name)
 
 
 def build_model(args):

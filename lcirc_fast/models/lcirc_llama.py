@@ -218,14 +218,17 @@ class LCIRCForCausalLM(nn.Module):
 
     def fingerprint(self) -> str:
         """sha256 of the compressor-relevant config and of every tensor a memory depends on
-        (latents, compressor, mixer, token embeddings, and the first `compressor_input_layers`
-        decoder layers). Cached until a weight changes."""
+        (latents, compressor, mixer, token embeddings and their scale, and the first
+        `compressor_input_layers` decoder layers). Cached until a weight changes."""
         params = self._fingerprint_params()
         key = tuple((id(p), p._version) for _, p in params)
         if self._fingerprint_cache is not None and self._fingerprint_cache[0] == key:
             return self._fingerprint_cache[1]
         h = hashlib.sha256(json.dumps(self.config.compressor_signature(),
                                       sort_keys=True).encode())
+        scale = self.adapter.input_scale(self.base.config)
+        if scale != 1.0:                  # absent at 1, so unscaled families keep their prints
+            h.update(f"embed_scale:{scale!r}".encode())
         for name, p in params:
             t = p.detach().contiguous().cpu()
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())

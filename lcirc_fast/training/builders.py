@@ -20,29 +20,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def build_base(cfg, device: torch.device):
-    """(frozen LlamaForCausalLM in eval mode, tokenizer or None)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """(frozen causal LM in eval mode, tokenizer or None) for `cfg.base` (see `load_base`)."""
+    from ..models import load_base
 
-    dtype = DTYPES[cfg.base.dtype]
-    name = cfg.base.name
-    if name == "smollm2":
-        from ..assets import load_smollm2
-
-        base, tok = load_smollm2(dtype)
-    elif name == "tiny_random":
-        torch.manual_seed(cfg.seed)  # identical base weights on every rank
-        lc = LlamaConfig(**cfg.base.tiny)
-        base = LlamaForCausalLM._from_config(lc, attn_implementation="sdpa", dtype=dtype)
-        tok = None
-    else:
-        from transformers import AutoTokenizer
-
-        if not Path(name).is_dir():
-            raise FileNotFoundError(f"base.name={name!r} is not smollm2, tiny_random or a model directory")
-        base = LlamaForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True)
-        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
-    base.eval()
-    return base.to(device), tok
+    return load_base(cfg.base.name, DTYPES[cfg.base.dtype], device=device, tiny=cfg.base.tiny,
+                     seed=cfg.seed)
 
 
 def build_model(cfg, base):
@@ -101,7 +83,8 @@ def center_positions(model, docs, max_chunks: int = 64) -> torch.Tensor:
     with torch.no_grad():
         if model.config.compressor_input_layers == 0:
             counts = torch.bincount(ids, minlength=emb.shape[0]).to(emb.dtype)
-            mean = (counts @ emb) / counts.sum()
+            scale = model.adapter.input_scale(model.base.config)   # Gemma: sqrt(d)
+            mean = (counts @ emb) / counts.sum() * scale
         else:
             length = min(model.config.segment_len, ids.numel())
             n = min(max_chunks, ids.numel() // length)
