@@ -3,6 +3,7 @@ turning their checked rows into Samples; bad rows are refused naming file, line 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,10 @@ def _longbench_problems(task: str, row: dict) -> list[str]:
         out.append("'all_classes' is not a list of strings")
     if base_task("longbench", task) in ("trec", "lsht") and not classes:
         out.append(f"'all_classes' is missing or empty, and {task} is scored against it")
+    pattern = {"passage_retrieval_en": r"Paragraph (\d+)", "passage_retrieval_zh": r"段落(\d+)"}.get(
+        base_task("longbench", task))
+    if pattern and _is_str_list(row.get("answers")) and not all(re.search(pattern, a) for a in row["answers"]):
+        out.append(f"an answer names no paragraph ({pattern})")
     length = row.get("length")
     if task.endswith("_e") and (isinstance(length, bool) or not isinstance(length, int)):
         out.append("'length' is not an integer (LongBench-E buckets samples by it)")
@@ -37,6 +42,8 @@ def _infinitebench_problems(task: str, row: dict) -> list[str]:
     answer = row.get("answer")
     if answer is None or answer == [] or answer == "":
         out.append("'answer' is missing or empty")
+    if task == "math_find" and isinstance(row.get("input"), str) and not re.search(r"The .+ of", row["input"]):
+        out.append("'input' names no 'The ... of' target")
     if task in infinitebench.CHOICE_TASKS:
         options = row.get("options")
         if not _is_str_list(options) or len(options) != 4:

@@ -109,6 +109,10 @@ def _jsonl(path, rows):
      "line 1 (id 3): answer ['pink'] is not one of the options ['a', 'b', 'c', 'd']"),
     ("infinitebench", "passkey.jsonl", [{"context": "c", "answer": []}],
      "line 1: no 'input' field, 'answer' is missing or empty"),
+    ("longbench", "passage_retrieval_en.jsonl", [{"input": "q", "context": "c", "answers": ["3"]}],
+     "line 1: an answer names no paragraph (Paragraph (\\d+))"),
+    ("infinitebench", "math_find.jsonl", [{"context": "[1, 2]", "input": "Find it.", "answer": [2]}],
+     "line 1: 'input' names no 'The ... of' target"),
     ("leval", "tpo.jsonl", [{"input": "d", "instructions": ["q1", "q2"], "outputs": ["A"]}],
      "line 1: 2 instructions but 1 outputs"),
 ])

@@ -77,3 +77,21 @@ def test_eval_refuses_bad_official_arguments(tmp_path, capsys, extra, says):
     rc = main(["eval", "leval", "--base", "tiny_random", "--data", str(FIXTURES / "leval"), *extra,
                "--out", str(tmp_path / "o")])
     assert rc == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["to-pretrained", "--src", "no/such.pt"], "--src no/such.pt: no such file"),
+    (["to-official", "--src", "no/such/dir"], "--src no/such/dir: no such directory"),
+])
+def test_convert_refuses_missing_sources_in_one_line(tmp_path, capsys, argv, says):
+    rc = main(["convert", *argv, "--base", "tiny_random", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"lcirc convert: {says}; ")
+
+
+def test_convert_refuses_a_file_that_is_not_a_reference_checkpoint(tmp_path, capsys, tiny_hf_dirs):
+    bad = tmp_path / "bad.pt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    rc = main(["convert", "to-pretrained", "--base", tiny_hf_dirs[0], "--src", str(bad), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "not a reference LCIRC checkpoint: KeyError 'latent_state_dict'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
