@@ -31,6 +31,12 @@ FAMILIES = {
                                 logits_scaling=2.0, attention_multiplier=0.25)),
     "starcoder2": ("starcoder2", {}),
     "smollm3": ("smollm3", dict(no_rope_layer_interval=2)),
+    "gemma3_text": ("gemma3_text", dict(head_dim=16, sliding_window=8)),
+    "olmo3": ("olmo3", {}),
+    "cohere": ("cohere", {}),
+    "glm": ("glm", dict(head_dim=16)),
+    "glm4": ("glm4", dict(head_dim=16)),
+    "helium": ("helium", dict(head_dim=16)),
 }
 EAGER_ONLY = ("gemma2",)          # no SDPA path in transformers for these
 LCIRC = dict(num_latents=4, compressor_layers=1, max_segment_len=16, segment_len=8)

@@ -114,12 +114,18 @@ BASE_ADAPTERS: dict[str, BaseAdapter] = {
     "qwen3": _LLAMA_LIKE,
     "gemma": _GEMMA,               # GemmaTextScaledWordEmbedding multiplies by sqrt(hidden_size)
     "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,         # Gemma 3 text-only causal LM (Gemma3ForCausalLM)
     "phi3": _LLAMA_LIKE,
     "olmo": _LLAMA_LIKE,
     "olmo2": _LLAMA_LIKE,
     "granite": BaseAdapter(embed_scale=_embedding_multiplier),   # GraniteModel.forward scales
     "starcoder2": _LLAMA_LIKE,
     "smollm3": _LLAMA_LIKE,
+    "olmo3": _LLAMA_LIKE,
+    "cohere": _LLAMA_LIKE,
+    "glm": _LLAMA_LIKE,
+    "glm4": _LLAMA_LIKE,
+    "helium": _LLAMA_LIKE,
 }
 
 
