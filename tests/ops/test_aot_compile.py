@@ -44,7 +44,7 @@ def check_rows(rows):
         mode = r["flags"].get("PREC")
         if r["kernel"] in KIND:
             expect = attn_k.gpu_configs(KIND[r["kernel"]], attn_k.dot_mode(r["flags"]["UPCAST"], mode),
-                                        r["flags"]["BLOCK_D"])
+                                        r["flags"]["BLOCK_D"], r["arch"])
             assert tuple(r["config"]) in expect, r
             # 16-bit and tf32 dots run on tensor cores; only the opt-in IEEE path uses FMA units.
             tensor_cores = r["wgmma"] + r["mma"]
@@ -64,7 +64,7 @@ def check_coverage(rows, dtype, D, arch):
     mode = attn_k.dot_mode(dtype != "bf16" and dtype != "fp16", "ieee" if dtype == "fp32-ieee" else "tf32")
     for kernel, kind in KIND.items():
         got = {tuple(r["config"]) for r in sel if r["kernel"] == kernel}
-        assert got == set(attn_k.gpu_configs(kind, mode, D)), (kernel, got)
+        assert got == set(attn_k.gpu_configs(kind, mode, D, arch)), (kernel, got)
 
 
 @pytest.fixture(scope="module")
@@ -191,12 +191,17 @@ def test_fp32_precision_option(monkeypatch):
         assert max_err(cross_attention(q, k, v, allow_tf32=allow), ref) < 1e-5
 
 
-def test_interpreter_keeps_one_config_and_gpu_pruning_follows_the_table():
+@pytest.mark.parametrize("arch", [90, 80])
+def test_interpreter_keeps_one_config_and_gpu_pruning_follows_the_table(monkeypatch, arch):
     assert len(attn_k._fwd_kernel.configs) == 1 and len(attn_k._bwd_dkdv_kernel.configs) == 1
-    prune = attn_k._pruner("dkdv")["early_config_prune"]
+    monkeypatch.setattr(attn_k.runtime, "capability", lambda device: arch)
     everything = attn_k._all_configs("dkdv", "dq")
-    for upcast, prec, block_d in ((False, "tf32", 128), (True, "tf32", 64), (True, "ieee", 128), (True, "ieee", 256)):
-        kept = prune(everything, {}, UPCAST=upcast, PREC=prec, BLOCK_D=block_d)
-        got = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept]
-        assert sorted(got) == sorted(attn_k.gpu_configs("dkdv", attn_k.dot_mode(upcast, prec), block_d))
-        assert got
+    q = torch.zeros(1)
+    for kind in ("dkdv", "dq"):
+        prune = attn_k._pruner(kind)["early_config_prune"]
+        for upcast, prec, block_d in ((False, "tf32", 64), (False, "tf32", 128), (True, "tf32", 64),
+                                      (True, "ieee", 128), (True, "ieee", 256)):
+            kept = prune(everything, {"Q": q}, UPCAST=upcast, PREC=prec, BLOCK_D=block_d)
+            got = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept]
+            assert got and len(got) < len(everything)
+            assert sorted(got) == sorted(attn_k.gpu_configs(kind, attn_k.dot_mode(upcast, prec), block_d, arch))

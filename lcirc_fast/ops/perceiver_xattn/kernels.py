@@ -21,6 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..utils import runtime
 from ..utils.runtime import autotune_configs
 
 
@@ -31,44 +32,67 @@ def _cfgs(entries):
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) the GPU autotuner may pick, by kernel, dot mode and
 # head-dim bucket (BLOCK_D <= 64, 128, 256). Chosen with the compile check
 # (`python -m lcirc_fast.ops.utils.aot`, docs/perf/aot-sm90.md): on sm_80 and sm_90 none spills,
-# none reaches 255 registers and none uses more than 95% of the shared memory limit.
+# none needs more than 240 of the 255 registers and none uses more than 95% of the shared memory.
 # Modes: "16bit" (fp16/bf16 tensor-core dots), "tf32" (fp32 on tensor cores), "ieee" (fp32 or
 # fp64 on the FMA units: small tiles, since the operands live in registers).
 GPU_CONFIGS = {
     "fwd": {
         ("16bit", 64): [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (32, 64, 4, 3),
                         (16, 64, 4, 3), (16, 128, 4, 3)],
-        ("16bit", 128): [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 8, 2), (32, 64, 4, 3), (16, 64, 4, 3)],
+        ("16bit", 128): [(64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2), (32, 64, 4, 3),
+                         (16, 64, 4, 3)],
         ("16bit", 256): [(64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
         ("tf32", 64): [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2)],
-        ("tf32", 128): [(64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
+        ("tf32", 128): [(64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
         ("tf32", 256): [(32, 32, 4, 1), (16, 32, 4, 1)],
         ("ieee", 64): [(32, 32, 4, 1), (16, 32, 4, 1)],
         ("ieee", 128): [(16, 32, 4, 1), (16, 16, 4, 1)],
         ("ieee", 256): [(16, 16, 4, 1)],
     },
     "dkdv": {
-        ("16bit", 64): [(32, 64, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2)],
-        ("16bit", 128): [(32, 64, 8, 2), (64, 64, 8, 1), (16, 64, 8, 2), (32, 32, 4, 2)],
+        ("16bit", 64): [(32, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2)],
+        ("16bit", 128): [(32, 64, 8, 2), (32, 64, 8, 1), (16, 64, 8, 2), (32, 32, 4, 2)],
         ("16bit", 256): [(16, 32, 4, 1), (16, 32, 8, 1)],
-        ("tf32", 64): [(32, 64, 8, 2), (16, 64, 8, 2), (32, 32, 4, 2)],
-        ("tf32", 128): [(32, 32, 4, 2), (16, 32, 4, 1)],
+        ("tf32", 64): [(32, 64, 8, 2), (16, 64, 8, 2), (16, 32, 4, 2)],
+        ("tf32", 128): [(16, 32, 4, 2), (16, 64, 8, 2), (16, 32, 4, 1)],
         ("tf32", 256): [(16, 16, 4, 1)],
         ("ieee", 64): [(16, 32, 4, 1), (16, 16, 4, 1)],
-        ("ieee", 128): [(16, 16, 4, 1)],
+        ("ieee", 128): [(16, 32, 8, 1), (16, 16, 4, 1)],
         ("ieee", 256): [(16, 16, 4, 1)],
     },
     "dq": {
-        ("16bit", 64): [(32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 8, 2),
-                        (16, 64, 4, 2)],
+        ("16bit", 64): [(32, 64, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2)],
         ("16bit", 128): [(32, 64, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2)],
         ("16bit", 256): [(32, 32, 4, 1), (16, 32, 4, 1)],
-        ("tf32", 64): [(32, 64, 4, 2), (64, 64, 4, 2), (16, 64, 4, 2)],
-        ("tf32", 128): [(32, 32, 4, 2), (16, 32, 4, 2)],
+        ("tf32", 64): [(32, 64, 4, 2), (64, 64, 8, 2), (16, 64, 4, 2)],
+        ("tf32", 128): [(32, 32, 4, 2), (32, 64, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2)],
         ("tf32", 256): [(16, 16, 4, 1)],
         ("ieee", 64): [(16, 32, 4, 1), (16, 16, 4, 1)],
-        ("ieee", 128): [(16, 16, 4, 1)],
+        ("ieee", 128): [(16, 32, 8, 1)],
         ("ieee", 256): [(16, 16, 4, 1)],
+    },
+}
+
+
+# Ampere (sm_8x) has no wgmma: mma.sync keeps more of each tile in registers, so some tiles that
+# fit Hopper spill there. These entries replace GPU_CONFIGS on devices below sm_90.
+GPU_CONFIGS_SM80 = {
+    "fwd": {
+        ("16bit", 64): [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 8, 2), (32, 64, 4, 3), (16, 64, 4, 3),
+                        (16, 128, 4, 3)],
+        ("16bit", 128): [(64, 64, 4, 3), (128, 64, 8, 2), (64, 64, 8, 2), (32, 64, 4, 3), (16, 64, 4, 3)],
+    },
+    "dkdv": {
+        ("16bit", 64): [(32, 64, 8, 1), (32, 32, 4, 2), (16, 32, 4, 2)],
+        ("tf32", 64): [(16, 32, 4, 2)],
+        ("tf32", 128): [(16, 64, 8, 2), (16, 32, 4, 1)],
+        ("ieee", 64): [(16, 16, 4, 1)],
+        ("ieee", 128): [(16, 16, 4, 1)],
+    },
+    "dq": {
+        ("16bit", 64): [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2), (64, 32, 8, 2)],
+        ("16bit", 128): [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2), (128, 32, 8, 2)],
+        ("tf32", 64): [(32, 64, 4, 2), (16, 64, 4, 2)],
     },
 }
 
@@ -80,17 +104,20 @@ def dot_mode(upcast: bool, prec: str) -> str:
     return "tf32" if prec == "tf32" else "ieee"
 
 
-def gpu_configs(kind: str, mode: str, block_d: int) -> list[tuple[int, int, int, int]]:
-    """The configs the GPU autotuner may pick for ``kind`` ("fwd", "dkdv", "dq")."""
+def gpu_configs(kind: str, mode: str, block_d: int, arch: int = 90) -> list[tuple[int, int, int, int]]:
+    """The configs the GPU autotuner may pick for ``kind`` ("fwd", "dkdv", "dq") on sm_``arch``."""
     bucket = 64 if block_d <= 64 else 128 if block_d <= 128 else 256
+    if arch < 90 and (mode, bucket) in GPU_CONFIGS_SM80[kind]:
+        return GPU_CONFIGS_SM80[kind][(mode, bucket)]
     return GPU_CONFIGS[kind][(mode, bucket)]
 
 
 def _all_configs(*kinds):
     seen = []
     for kind in kinds:
-        for entries in GPU_CONFIGS[kind].values():
-            seen += [e for e in entries if e not in seen]
+        for table in (GPU_CONFIGS, GPU_CONFIGS_SM80):
+            for entries in table[kind].values():
+                seen += [e for e in entries if e not in seen]
     return _cfgs(seen)
 
 
@@ -99,7 +126,8 @@ def _pruner(kind: str):
         if len(configs) == 1:  # the interpreter's single config
             return configs
         mode = dot_mode(kwargs["UPCAST"], kwargs["PREC"])
-        keep = set(gpu_configs(kind, mode, kwargs["BLOCK_D"]))
+        arch = runtime.capability(named_args["Q"].device)
+        keep = set(gpu_configs(kind, mode, kwargs["BLOCK_D"], arch))
         return [c for c in configs
                 if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in keep]
     return {"early_config_prune": prune}

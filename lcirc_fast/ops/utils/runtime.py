@@ -32,6 +32,19 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
+def capability(device: torch.device) -> int:
+    """Compute capability of ``device`` as one number (90 for sm_90); 0 off-GPU."""
+    if device.type != "cuda":
+        return 0
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors of ``device``; a small constant off-GPU (interpreter)."""
     if device.type != "cuda":
