@@ -147,6 +147,34 @@ def test_training_step_reaches_lcirc_weights(case):
     assert all(p.grad is None for p in base.parameters())
 
 
+def test_adapter_finds_hidden_states_by_position_or_keyword():
+    from lcirc_fast.models import BaseAdapter
+
+    a, x, y = BaseAdapter(), torch.zeros(1), torch.ones(1)
+    assert a.hidden_states((x, "m"), {"k": 1}) is x
+    args, kwargs = a.with_hidden_states((x, "m"), {"k": 1}, y)
+    assert args[0] is y and args[1:] == ("m",) and kwargs == {"k": 1}
+    assert a.hidden_states((), {"hidden_states": x}) is x
+    args, kwargs = a.with_hidden_states((), {"hidden_states": x, "k": 1}, y)
+    assert args == () and kwargs["hidden_states"] is y and kwargs["k"] == 1
+
+
+def test_injection_applies_to_a_layer_called_by_keyword():
+    base = family_base("llama")
+    model = LCIRCForCausalLM.from_base(base, LCIRCConfig(**LCIRC, gca_layers=[0]))
+    open_gates(model)
+    layer = base.model.layers[0]
+    x = torch.randn(1, 6, COMMON["hidden_size"])
+    pe = base.model.rotary_emb(x, position_ids=torch.arange(6)[None])
+    with torch.no_grad():
+        plain = layer(x, position_embeddings=pe)
+        mem = model.compress(ids(1, 20))
+        with model.inject(mem, 1):
+            by_position = layer(x, position_embeddings=pe)
+            by_keyword = layer(hidden_states=x, position_embeddings=pe)
+    assert torch.equal(by_position, by_keyword) and not torch.allclose(by_position, plain)
+
+
 def test_fingerprint_covers_the_embedding_scale():
     base = family_base("granite")
 
