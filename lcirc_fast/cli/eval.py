@@ -41,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="perplexity by length, pass-key retrieval, LongBench, InfiniteBench, "
                               "L-Eval", description=__doc__)
     p.add_argument("task", choices=["ppl", "passkey", *BENCHMARKS])
-    p.add_argument("--base", default="smollm2", help="smollm2 | tiny_random | Hugging Face Llama directory")
+    p.add_argument("--base", default="smollm2", help="smollm2-135m (bundled; alias smollm2) | tiny_random | Hugging Face model directory of a supported family")
     p.add_argument("--lcirc", default=None, help="LCIRC directory from save_pretrained (training's best/ or final/)")
     p.add_argument("--official-checkpoint", default=None,
                    help="the reference implementation's .pt checkpoint, instead of --lcirc")
@@ -140,8 +140,14 @@ def check_args(args) -> None:
             and min(args.multipliers) * args.window > args.max_full_tokens:
         raise ConfigError(f"mode full reads every token, and the shortest length {min(args.multipliers)} x "
                           f"--window {args.window} exceeds --max-full-tokens {args.max_full_tokens}")
-    if args.base not in ("smollm2", "tiny_random") and not Path(args.base).is_dir():
-        raise ConfigError(f"--base {args.base}: not smollm2, tiny_random or a Hugging Face Llama directory")
+    from ..assets import SMOLLM2_NAME
+    from ..models.base_loader import check_base_dir, is_named_base
+
+    if not is_named_base(args.base):
+        if not Path(args.base).is_dir():
+            raise ConfigError(f"--base {args.base}: not {SMOLLM2_NAME}, tiny_random or a Hugging Face "
+                              "model directory")
+        check_base_dir(args.base, label="--base", tokenizer=True)
     if args.official_checkpoint is not None:
         if args.lcirc is not None:
             raise ConfigError("--lcirc and --official-checkpoint both give the trained model; pass one")

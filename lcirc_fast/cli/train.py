@@ -30,7 +30,9 @@ def check_inputs(cfg, args) -> None:
     """Refuse arguments and files the run would fail on only after building the model."""
     import os
 
+    from ..assets import SMOLLM2_NAME
     from ..errors import ConfigError
+    from ..models.base_loader import check_base_dir, is_named_base
     from ..models.lcirc_llama import WEIGHTS_NAME
 
     if args.threads is not None and args.threads < 1:
@@ -38,9 +40,12 @@ def check_inputs(cfg, args) -> None:
     if args.resume not in ("auto", "none") and not Path(args.resume).is_dir():
         raise FileNotFoundError(f"--resume {args.resume}: no such checkpoint directory "
                                 "(use auto, none or a checkpoints/step* directory)")
-    if cfg.base.name not in ("smollm2", "tiny_random") and not Path(cfg.base.name).is_dir():
-        raise FileNotFoundError(f"base.name = {cfg.base.name!r}: not smollm2, tiny_random or a "
-                                "Hugging Face Llama directory")
+    if not is_named_base(cfg.base.name):
+        if not Path(cfg.base.name).is_dir():
+            raise FileNotFoundError(f"base.name = {cfg.base.name!r}: not {SMOLLM2_NAME}, tiny_random "
+                                    "or a Hugging Face model directory")
+        check_base_dir(cfg.base.name, label="base.name",
+                       tokenizer=cfg.data.source != "synthetic_tokens")
     if cfg.base.name == "tiny_random" and cfg.data.source != "synthetic_tokens":
         raise ConfigError(f"data.source = {cfg.data.source!r} needs a tokenizer, and base.name = "
                           "'tiny_random' has none; use data.source: synthetic_tokens or a base model "

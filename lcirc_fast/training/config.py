@@ -39,7 +39,7 @@ TINY_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_laye
 
 @dataclass
 class BaseSection:
-    name: str = "smollm2"            # smollm2 | tiny_random | path to a Hugging Face Llama dir
+    name: str = "smollm2"            # smollm2(-135m) | tiny_random | Hugging Face model dir
     dtype: str = "float32"           # float32 | bfloat16
     tiny: dict = field(default_factory=lambda: dict(TINY_DEFAULTS))  # tiny_random: LlamaConfig
 
@@ -335,7 +335,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "seed": Check("an integer in [0, 2147483647]", lambda v: 0 <= v < 2**31),
     "output_dir": _text("a non-empty path"),
     "init_from": _text("a save_pretrained directory", null="a fresh LCIRC model"),
-    "base.name": _text("smollm2, tiny_random or a Hugging Face Llama directory"),
+    "base.name": _text("smollm2-135m, tiny_random or a Hugging Face model directory"),
     "base.dtype": _choice(DTYPES),
     "base.tiny": Check("a mapping of LlamaConfig arguments (over the tiny defaults)", fix=_fix_tiny),
     "lcirc.num_latents": _at_least(1),

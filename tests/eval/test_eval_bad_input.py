@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from lcirc_fast.cli import main
+from lcirc_fast.cli import build_parser, main
 from lcirc_fast.cli.eval import result_problems
 from lcirc_fast.data.loaders import load_longbench, load_text_documents, read_jsonl
-from lcirc_fast.errors import DataError
+from lcirc_fast.errors import ConfigError, DataError
 
 GOOD = {"input": "Who?", "context": "Some text here.", "answers": ["x"], "_id": "a"}
 
@@ -169,8 +169,8 @@ def test_cli_empty_file_and_bad_json(tmp_path, capsys):
      "--window 40 leaves no room for a prompt with --max-new-tokens 39; use a window of at least 41"),
     (["ppl", "--modes", "base,full", "--window", "64", "--multipliers", "2,4", "--max-full-tokens", "100"],
      "mode full reads every token, and the shortest length 2 x --window 64 exceeds --max-full-tokens 100"),
-    (["ppl", "--base", "no/such/model"], "--base no/such/model: not smollm2, tiny_random or a Hugging Face "
-                                         "Llama directory"),
+    (["ppl", "--base", "no/such/model"], "--base no/such/model: not smollm2-135m, tiny_random or a Hugging Face "
+                                         "model directory"),
     (["ppl", "--lcirc", "no/such/dir"], "--lcirc no/such/dir: no such directory; give the best/ or final/ "
                                         "directory that training saved"),
     (["longbench"], "longbench needs --data <LongBench .jsonl, .json or .parquet file>"),
@@ -338,3 +338,25 @@ def test_cli_longbench_plain_text_and_no_progress_noise(tmp_path, capsys):
     binary.write_bytes(b"\xff\xfe\x00bin")
     rc, _, err = _eval(capsys, "ppl", "--base", "tiny_random", "--data", str(binary), "--out", str(tmp_path / "o"))
     assert rc == 2 and len(err) == 1 and err[0].startswith(f"lcirc eval: cannot read {binary} as text")
+
+
+def test_cli_base_prechecks_take_the_canonical_name_and_check_directories(tmp_path):
+    from types import SimpleNamespace
+
+    from lcirc_fast.cli.eval import check_args
+    from lcirc_fast.cli.train import check_inputs
+
+    no_weights = tmp_path / "model"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text('{"model_type": "qwen2"}')
+    args = build_parser().parse_args(["eval", "ppl", "--base", "smollm2-135m"])
+    check_args(args)
+    args = build_parser().parse_args(["eval", "ppl", "--base", str(no_weights)])
+    with pytest.raises(ConfigError, match="has a config.json but no weights"):
+        check_args(args)
+    cfg = SimpleNamespace(base=SimpleNamespace(name="smollm2-135m"), data=SimpleNamespace(source="kjv"),
+                          init_from=None, distributed=SimpleNamespace(engine="plain", deepspeed_config=None))
+    check_inputs(cfg, SimpleNamespace(threads=None, resume="auto"))
+    cfg.base.name = str(no_weights)
+    with pytest.raises(ConfigError, match="base.name .* has a config.json but no weights"):
+        check_inputs(cfg, SimpleNamespace(threads=None, resume="auto"))

@@ -258,7 +258,7 @@ def no_build(monkeypatch):
     (["--resume", "/nonexistent/ckpt"], {}, "--resume /nonexistent/ckpt: no such checkpoint directory"),
     (["--threads", "0"], {}, "--threads 0: must be >= 1"),
     ([], {"data": {"source": "kjv"}}, "data.source = 'kjv' needs a tokenizer, and base.name = 'tiny_random'"),
-    ([], {"base": {"name": "/nonexistent/llama"}}, "base.name = '/nonexistent/llama': not smollm2, tiny_random"),
+    ([], {"base": {"name": "/nonexistent/llama"}}, "base.name = '/nonexistent/llama': not smollm2-135m, tiny_random"),
     ([], {"distributed": {"engine": "deepspeed", "deepspeed_config": "/nonexistent/ds.json"}},
      "distributed.deepspeed_config = '/nonexistent/ds.json': no such file"),
 ])
