@@ -25,13 +25,13 @@ def _tanh(g):
 @triton.jit
 def _gated_fwd_kernel(X, Y, G, OUT, n, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """OUT = X + tanh(G) * Y over n flat elements."""
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n - start
     t = _tanh(tl.load(G).to(ACC))
-    x = tl.load(X + offs, mask=mask, other=0.0).to(ACC)
-    y = tl.load(Y + offs, mask=mask, other=0.0).to(ACC)
-    tl.store(OUT + offs, (x + t * y).to(OUT.dtype.element_ty), mask=mask)
+    x = tl.load(X + start + offs, mask=mask, other=0.0).to(ACC)
+    y = tl.load(Y + start + offs, mask=mask, other=0.0).to(ACC)
+    tl.store(OUT + start + offs, (x + t * y).to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -39,15 +39,16 @@ def _gated_bwd_kernel(DOUT, Y, G, DY, PART, n, NEED_DY: tl.constexpr, NEED_DG: t
                       ACC: tl.constexpr, BLOCK: tl.constexpr):
     """DY = tanh(G) * DOUT; PART[pid] = sum over the block of DOUT * Y."""
     pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    dout = tl.load(DOUT + offs, mask=mask, other=0.0).to(ACC)
+    start = pid.to(tl.int64) * BLOCK
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n - start
+    dout = tl.load(DOUT + start + offs, mask=mask, other=0.0).to(ACC)
     if NEED_DG:
-        y = tl.load(Y + offs, mask=mask, other=0.0).to(ACC)
+        y = tl.load(Y + start + offs, mask=mask, other=0.0).to(ACC)
         tl.store(PART + pid, tl.sum(dout * y, 0))
     if NEED_DY:
         t = _tanh(tl.load(G).to(ACC))
-        tl.store(DY + offs, (t * dout).to(DY.dtype.element_ty), mask=mask)
+        tl.store(DY + start + offs, (t * dout).to(DY.dtype.element_ty), mask=mask)
 
 
 @triton.jit

@@ -7,6 +7,10 @@ Layout: q [B, Lq, H, D] (or packed [Tq, H, D] with cu_seqlens_q), k/v [B, Lk, H,
 The log-sum-exp is kept in base 2 (``lse2 = m + log2(l)`` of the scores times scale*log2(e)),
 stored in the accumulator dtype ([B, H, maxq]; fp32, or fp64 for gradcheck).
 
+Grids: axis 0 enumerates the query (or key) blocks of every batch*head in turn (``_fold``), so
+any batch x heads launches; axis 2 is the KV split. Autotune configs come from ``GPU_CONFIGS``,
+pruned by dot mode, head dim and architecture.
+
 Kernels:
 * ``_fwd_kernel``: one program per (query block, batch*head, kv split). With one split it writes
   O and LSE; with several it writes a normalised partial O and partial LSE per split, merged by
@@ -83,7 +87,7 @@ GPU_CONFIGS_SM80 = {
         ("16bit", 128): [(64, 64, 4, 3), (128, 64, 8, 2), (64, 64, 8, 2), (32, 64, 4, 3), (16, 64, 4, 3)],
     },
     "dkdv": {
-        ("16bit", 64): [(32, 64, 8, 1), (32, 32, 4, 2), (16, 32, 4, 2)],
+        ("16bit", 64): [(32, 64, 8, 1), (16, 32, 4, 2)],
         ("tf32", 64): [(16, 32, 4, 2)],
         ("tf32", 128): [(16, 64, 8, 2), (16, 32, 4, 1)],
         ("ieee", 64): [(16, 16, 4, 1)],

@@ -442,7 +442,7 @@ def _summary_table(rows: list[dict], before: list[dict]) -> list[str]:
 
 
 def markdown(rows: list[dict], before: list[dict] | None, command: str, commit: str,
-             before_commit: str | None, before_command: str | None) -> str:
+             before_commit: str | None, before_command: str | None, notes: str = "") -> str:
     import triton
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -463,6 +463,8 @@ def markdown(rows: list[dict], before: list[dict] | None, command: str, commit: 
         "`fp32` is the default (tf32 after the fix, IEEE before), `fp32-ieee` the opt-in IEEE path.",
         "",
     ]
+    if notes:
+        lines += [notes.strip(), ""]
     bmap = {_row_id(r): r for r in (before or [])}
     amap = {_row_id(r): r for r in rows}
     if before is not None:
@@ -519,6 +521,7 @@ def main(argv=None) -> int:
     p.add_argument("--before", help="rows (JSON) of a baseline run, shown next to these")
     p.add_argument("--before-commit")
     p.add_argument("--before-command")
+    p.add_argument("--notes", help="markdown file inserted after the report's header")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     from lcirc_fast.ops.utils.runtime import interpreting
@@ -539,7 +542,8 @@ def main(argv=None) -> int:
     if a.out:
         before = json.loads(Path(a.before).read_text()) if a.before else None
         cmd = "python -m lcirc_fast.ops.utils.aot " + " ".join(argv if argv is not None else sys.argv[1:])
-        Path(a.out).write_text(markdown(rows, before, cmd, _commit(), a.before_commit, a.before_command))
+        notes = Path(a.notes).read_text() if a.notes else ""
+        Path(a.out).write_text(markdown(rows, before, cmd, _commit(), a.before_commit, a.before_command, notes))
     bad = grid_problems(rows) + ([] if a.launches_only else problems(rows))
     for b in bad:
         print("PROBLEM:", b, file=sys.stderr)
