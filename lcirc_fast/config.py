@@ -18,8 +18,9 @@ from .errors import ConfigError
 BACKENDS = ("auto", "torch", "triton")
 _REQUIRED_POSITIVE = ("num_latents", "compressor_layers", "max_segment_len")
 _OPTIONAL_POSITIVE = ("compressor_heads", "compressor_head_dim", "compressor_ffn", "segment_len",
-                      "gca_heads", "gca_head_dim", "gca_ffn", "memory_cap", "hidden_size",
-                      "num_hidden_layers", "vocab_size")
+                      "gca_heads", "gca_head_dim", "gca_ffn", "mixer_heads", "mixer_head_dim",
+                      "mixer_ffn", "memory_cap", "hidden_size", "num_hidden_layers", "vocab_size")
+MIXER_SIZES = ("mixer_heads", "mixer_head_dim", "mixer_ffn")
 
 
 def _is_int(value) -> bool:
@@ -63,7 +64,9 @@ class LCIRCConfig:
         segment_len: base length of the default ("~2K") segmenting rule; defaults to
             min(2048, max_segment_len // 2) so every balanced segment fits the position table.
         gca_layers: decoder layers that get a gated cross-attention block in front of them.
-        gca_heads / gca_head_dim / gca_ffn: GCA (and QD mixer) sizes; default to the base model's.
+        gca_heads / gca_head_dim / gca_ffn: GCA block sizes; default to the base model's.
+        mixer_heads / mixer_head_dim / mixer_ffn: QD mixer sizes; default to the compressor's
+            (as in the reference code, where the mixer is built like the Perceiver layers).
         query_dependent: build the QD-LCIRC query mixer.
         memory_cap: keep only the newest `memory_cap` memory vectors (None: keep all).
         norm_eps: LayerNorm epsilon of the compressor and GCA blocks.
@@ -86,6 +89,9 @@ class LCIRCConfig:
     gca_heads: int | None = None
     gca_head_dim: int | None = None
     gca_ffn: int | None = None
+    mixer_heads: int | None = None
+    mixer_head_dim: int | None = None
+    mixer_ffn: int | None = None
     query_dependent: bool = False
     memory_cap: int | None = None
     norm_eps: float = 1e-5
@@ -114,11 +120,17 @@ class LCIRCConfig:
                 raise ConfigError(f"LCIRCConfig.{name}={own} does not match the base model's "
                                   f"{name}={base_value}; leave it None to copy the base model's")
         pick = lambda value, default: default if value is None else value  # noqa: E731
+        c_heads = pick(self.compressor_heads, heads)
+        c_head_dim = pick(self.compressor_head_dim, head_dim)
+        c_ffn = pick(self.compressor_ffn, ffn)
         out = dataclasses.replace(
             self,
-            compressor_heads=pick(self.compressor_heads, heads),
-            compressor_head_dim=pick(self.compressor_head_dim, head_dim),
-            compressor_ffn=pick(self.compressor_ffn, ffn),
+            compressor_heads=c_heads,
+            compressor_head_dim=c_head_dim,
+            compressor_ffn=c_ffn,
+            mixer_heads=pick(self.mixer_heads, c_heads),
+            mixer_head_dim=pick(self.mixer_head_dim, c_head_dim),
+            mixer_ffn=pick(self.mixer_ffn, c_ffn),
             gca_layers=sorted(pick(self.gca_layers, default_gca_layers(n_layers))),
             segment_len=pick(self.segment_len, min(2048, max(1, self.max_segment_len // 2))),
             gca_heads=pick(self.gca_heads, heads),
@@ -136,6 +148,7 @@ class LCIRCConfig:
         return None not in (self.segment_len, self.compressor_heads, self.compressor_head_dim,
                             self.compressor_ffn,
                             self.gca_layers, self.gca_heads, self.gca_head_dim, self.gca_ffn,
+                            self.mixer_heads, self.mixer_head_dim, self.mixer_ffn,
                             self.hidden_size, self.num_hidden_layers, self.vocab_size)
 
     # ------------------------------------------------------------------ validation
@@ -237,4 +250,7 @@ class LCIRCConfig:
         sig = {k: getattr(self, k) for k in keys}
         if self.compressor_input_layers:   # absent at 0, so embedding-input fingerprints are unchanged
             sig["compressor_input_layers"] = self.compressor_input_layers
+        mixer_split = (self.mixer_heads, self.mixer_head_dim)
+        if self.query_dependent and mixer_split != (self.compressor_heads, self.compressor_head_dim):
+            sig["mixer_heads"], sig["mixer_head_dim"] = mixer_split   # absent when they agree
         return sig

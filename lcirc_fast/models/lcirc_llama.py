@@ -9,6 +9,7 @@ model's `BaseAdapter` (`lcirc_fast.models.base_adapter`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from .. import bptt as bptt_mod
 from ..backend import resolve_backend
-from ..config import LCIRCConfig
+from ..config import MIXER_SIZES, LCIRCConfig
 from ..errors import CheckpointError, ConfigError, DataError
 from ..memory import CompressedMemory, _Record, content_checksum
 from ..modules import GatedCrossAttentionBlock, PerceiverCompressor
@@ -104,7 +105,9 @@ class LCIRCForCausalLM(nn.Module):
         block = lambda: GatedCrossAttentionBlock(d, cfg.gca_heads, cfg.gca_head_dim,  # noqa: E731
                                                  cfg.gca_ffn, cfg.norm_eps, dev, dt)
         self.gca = nn.ModuleDict({str(i): block() for i in cfg.gca_layers})
-        self.mixer = block() if cfg.query_dependent else None
+        self.mixer = (GatedCrossAttentionBlock(d, cfg.mixer_heads, cfg.mixer_head_dim, cfg.mixer_ffn,
+                                               cfg.norm_eps, dev, dt)
+                      if cfg.query_dependent else None)
         self.backend = cfg.backend
         self._injection: dict | None = None
         self._fingerprint_cache: tuple | None = None
@@ -697,8 +700,9 @@ def _read_pretrained_config(path: str, base: nn.Module) -> LCIRCConfig:
     if not isinstance(info, dict) or not isinstance(info.get("lcirc_config"), dict):
         raise CheckpointError(f"{path} has no 'lcirc_config' object; it is not an LCIRC "
                               f"config file: {_RESAVE}")
+    fields = dict(info["lcirc_config"])
     try:
-        config = LCIRCConfig.from_dict(info["lcirc_config"])
+        config = LCIRCConfig.from_dict(fields)
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
     for field in ("hidden_size", "num_hidden_layers", "vocab_size"):
@@ -707,6 +711,11 @@ def _read_pretrained_config(path: str, base: nn.Module) -> LCIRCConfig:
             raise CheckpointError(f"{path} was saved for a base model with {field}={saved}, but "
                                   f"the given base has {given}; load it with the base model it "
                                   f"was trained on ({info.get('base_model', 'unknown')!r})")
+    if config.query_dependent and not any(k in fields for k in MIXER_SIZES):
+        # saved before the mixer had sizes of its own: it was built like a GCA block
+        gca = config.resolve(base.config)
+        config = dataclasses.replace(config, mixer_heads=gca.gca_heads,
+                                     mixer_head_dim=gca.gca_head_dim, mixer_ffn=gca.gca_ffn)
     return config
 
 
