@@ -111,8 +111,9 @@ def intercept(arch: int, sms: int):
         self.nargs = None
 
     from lcirc_fast.ops.utils import runtime
-    patches = [(jit.JITFunction, "run", jit_run), (autotuner.Autotuner, "run", autotune_run),
-               (runtime, "capability", lambda device: arch)]
+    patches = [(jit.JITFunction, "run", jit_run), (autotuner.Autotuner, "run", autotune_run)]
+    if hasattr(runtime, "capability"):
+        patches.append((runtime, "capability", lambda device: arch))
     for mod in (attn_fn, gated_fn, ln_fn):
         if hasattr(mod, "check_device"):
             patches.append((mod, "check_device", lambda *t: None))
