@@ -38,7 +38,9 @@ def test_trainable_parameters_and_frozen_base():
     assert "latents" in names and any(n.startswith("compressor.") for n in names)
     assert any(n.startswith("gca.") for n in names) and any(n.startswith("mixer.") for n in names)
     assert model.config.gca_layers == [0, 3]
-    assert model.gca["0"].attn_gate.dtype == torch.float32 and model.gca["0"].attn_gate.dim() == 0
+    for blk in (model.gca["0"], model.mixer):   # [1]-shaped fp32, so ZeRO-3 can partition them
+        for gate in (blk.attn_gate, blk.ff_gate):
+            assert gate.dtype == torch.float32 and tuple(gate.shape) == (1,)
 
 
 def test_loss_backward_reaches_all_trainable_parts(model):
@@ -211,3 +213,59 @@ def test_stack_rejects_mixed_models(model):
     b = other.compress(torch.randint(0, 256, (1, 20)))
     with pytest.raises(ValueError, match="different models"):
         CompressedMemory.stack([a, b])
+
+
+def _with_0dim_gates(model):
+    """The model with its gates swapped for 0-dim parameters (the layout before [1] gates)."""
+    blocks = list(model.gca.values()) + ([model.mixer] if model.mixer is not None else [])
+    for blk in blocks:
+        for name in ("attn_gate", "ff_gate"):
+            setattr(blk, name, torch.nn.Parameter(getattr(blk, name).detach().reshape(())))
+    return model
+
+
+def test_bf16_residual_keeps_dtype_with_1d_gates():
+    """A [1]-shaped fp32 gate would promote a bf16 residual to fp32; the block must not."""
+    model = tiny_lcirc(tiny_llama().to(torch.bfloat16), randomize_gates=True)
+    blk = model.gca["0"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 64, generator=g).to(torch.bfloat16)
+    k, v = blk.project_memory(torch.randn(2, 7, 64, generator=g).to(torch.bfloat16))
+    with torch.no_grad():
+        out = blk(x, k, v)
+        old = _with_0dim_gates(tiny_lcirc(tiny_llama().to(torch.bfloat16), randomize_gates=True))
+        want = old.gca["0"](x, k, v)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, want) and not torch.equal(out, x)
+
+
+def test_0dim_gates_keep_fingerprint():
+    model = tiny_lcirc(query_dependent=True, randomize_gates=True)
+    fp = model.fingerprint()
+    assert _with_0dim_gates(model).fingerprint() == fp
+    with torch.no_grad():
+        model.mixer.attn_gate.add_(1.0)
+    assert model.fingerprint() != fp
+
+
+def test_save_pretrained_with_0dim_gates_still_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lcirc_fast.memory import content_checksum
+
+    base = tiny_llama()
+    model = tiny_lcirc(base, query_dependent=True, randomize_gates=True)
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "lcirc_model.safetensors"
+    state = {k: v.reshape(()) if k.endswith("_gate") else v for k, v in load_file(path).items()}
+    assert sum(v.dim() == 0 for v in state.values()) == 2 * (len(model.gca) + 1)
+    meta = {"format": "lcirc_fast.model", "version": "2"}
+    meta["checksum"] = content_checksum(meta, state)
+    save_file(state, path, metadata=meta)
+    back = LCIRCForCausalLM.from_pretrained(tmp_path / "m", base)
+    assert tuple(back.mixer.ff_gate.shape) == (1,)
+    assert torch.equal(back.mixer.ff_gate, model.mixer.ff_gate)
+    ids, q, x = torch.randint(0, 256, (1, 30)), torch.randint(0, 256, (1, 4)), torch.randint(0, 256, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(back(x, memory=back.compress(ids, query_ids=q)).logits,
+                           model(x, memory=model.compress(ids, query_ids=q)).logits)

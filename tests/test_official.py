@@ -58,7 +58,10 @@ def test_export_import_roundtrip_identical_logits():
     ck = a.official_state_dict()
     assert len(ck["compressor_state_dict"]) == 11 * a.config.compressor_layers + 3  # keys of the layout table
     assert len(ck["Xattn_layers_state_dict"]) == 11 * len(a.config.gca_layers)
-    assert ck["Xattn_layers_state_dict"]["0.attn_gate"].dim() == 0
+    gate = ck["Xattn_layers_state_dict"]["0.attn_gate"]     # the reference's 0-dim fp32 gates
+    assert gate.dim() == 0 and gate.dtype == torch.float32
+    assert tuple(b.gca["0"].attn_gate.shape) == (1,)           # ours have shape [1]
+    assert torch.equal(b.gca["0"].attn_gate.reshape(()), gate) and gate != 0
 
 
 def test_import_errors(tmp_path):

@@ -27,6 +27,7 @@ from ..config import MIXER_SIZES, LCIRCConfig
 from ..errors import CheckpointError, ConfigError, DataError
 from ..memory import CompressedMemory, _Record, content_checksum
 from ..modules import GatedCrossAttentionBlock, PerceiverCompressor
+from ..modules.gca import gates_to_1d, is_gate
 from ..segmenting import balanced_boundaries, check_boundaries, fixed_boundaries
 from . import cuda_graph, generation, official
 from .base_adapter import BaseAdapter, resolve_adapter
@@ -234,6 +235,8 @@ class LCIRCForCausalLM(nn.Module):
             h.update(f"embed_scale:{scale!r}".encode())
         for name, p in params:
             t = p.detach().contiguous().cpu()
+            if is_gate(name):
+                t = t.reshape(())      # hashed as the 0-dim gates of earlier versions
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
             h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b"")
         fp = h.hexdigest()
@@ -667,7 +670,7 @@ class LCIRCForCausalLM(nn.Module):
                                   f"written by save_pretrained (training's best/ or final/)")
         config = _read_pretrained_config(os.path.join(directory, CONFIG_NAME), base)
         weights_path = os.path.join(directory, WEIGHTS_NAME)
-        state = read_pretrained_weights(weights_path)
+        state = gates_to_1d(read_pretrained_weights(weights_path))
         model = cls(base, config)
         _check_pretrained_state(weights_path, state, model)
         model.load_state_dict({k: v.to(model.device) for k, v in state.items()}, strict=False)

@@ -12,6 +12,7 @@ import re
 import torch
 
 from ..errors import CheckpointError
+from ..modules.gca import GATE_NAMES as _GATES
 
 # reference compressor key (per layer i) -> ours
 _COMPRESSOR_LAYER = {
@@ -51,12 +52,22 @@ def _map_compressor(sd: dict) -> dict:
 
 
 def _map_block(sd: dict, where: str) -> dict:
+    """Reference block keys -> ours; the reference's 0-dim gates become our [1]-shaped ones."""
     out = {}
     for k, v in sd.items():
         if k not in _GCA:
             raise KeyError(f"unknown key in {where}: {k!r}")
+        if k in _GATES and isinstance(v, torch.Tensor) and v.dim() == 0:
+            v = v.reshape(1)
         out[_GCA[k]] = v
     return out
+
+
+def _export_block(block) -> dict:
+    """One GCA block in the reference layout (gates as 0-dim fp32 tensors)."""
+    inv_gca = {v: k for k, v in _GCA.items()}
+    return {inv_gca[k]: (v.detach().reshape(()) if k in _GATES else v.detach()).clone()
+            for k, v in block.state_dict().items()}
 
 
 def _load_into(module: torch.nn.Module, mapped: dict, where: str) -> None:
@@ -144,7 +155,6 @@ def load_official_checkpoint(model, path: str | os.PathLike) -> None:
 def export_official_state(model) -> dict:
     """The model's weights in the reference layout (a dict ready for `torch.save`)."""
     inv_layer = {v: k for k, v in _COMPRESSOR_LAYER.items()}
-    inv_gca = {v: k for k, v in _GCA.items()}
     comp = {}
     for k, v in model.compressor.state_dict().items():
         if k in _COMPRESSOR_TOP.values():
@@ -154,11 +164,10 @@ def export_official_state(model) -> dict:
             comp[f"layers.{m.group(1)}.{inv_layer[m.group(2)]}"] = v.detach().clone()
     xattn = {}
     for j, layer in enumerate(model.config.gca_layers):
-        for k, v in model.gca[str(layer)].state_dict().items():
-            xattn[f"{j}.{inv_gca[k]}"] = v.detach().clone()
+        for k, v in _export_block(model.gca[str(layer)]).items():
+            xattn[f"{j}.{k}"] = v
     out = {"compressor_state_dict": comp, "Xattn_layers_state_dict": xattn,
            "latent_state_dict": {"latent": model.latents.detach().clone()}, "epoch": 0}
     if model.mixer is not None:
-        out["mixer_state_dict"] = {inv_gca[k]: v.detach().clone()
-                                   for k, v in model.mixer.state_dict().items()}
+        out["mixer_state_dict"] = _export_block(model.mixer)
     return out

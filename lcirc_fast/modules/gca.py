@@ -2,7 +2,9 @@
 
 x <- x + tanh(a_attn) * W_out MHA(W_q LN(x), K, V),  [K | V] = W_kv M   (M not normalised)
 x <- x + tanh(a_ff)   * W2 silu(W1 LN(x))
-Both gates are fp32 0-dim parameters initialised to 0, so a fresh block is the identity.
+Both gates are fp32 parameters of shape [1] (so DeepSpeed ZeRO-3 can partition them),
+initialised to 0, so a fresh block is the identity. They enter the residual as 0-dim views, which
+do not promote a bf16 activation (the reference code's 0-dim fp32 gates).
 """
 from __future__ import annotations
 
@@ -11,6 +13,21 @@ import torch.nn as nn
 
 from ..ops import cross_attention, gated_residual, layer_norm
 from .feedforward import FeedForward
+
+
+GATE_NAMES = ("attn_gate", "ff_gate")
+
+
+def is_gate(name: str) -> bool:
+    """True for a state-dict key naming a GCA / mixer gate."""
+    return name.rsplit(".", 1)[-1] in GATE_NAMES
+
+
+def gates_to_1d(state: dict) -> dict:
+    """`state` with 0-dim gate tensors (files written before the gates had shape [1]) reshaped
+    to [1]; other entries unchanged."""
+    return {k: v.reshape(1) if is_gate(k) and isinstance(v, torch.Tensor) and v.dim() == 0 else v
+            for k, v in state.items()}
 
 
 class GCAAttention(nn.Module):
@@ -31,8 +48,8 @@ class GatedCrossAttentionBlock(nn.Module):
     def __init__(self, dim: int, heads: int, head_dim: int, ffn: int, eps: float = 1e-5,
                  device=None, dtype=None):
         super().__init__()
-        self.attn_gate = nn.Parameter(torch.zeros((), device=device, dtype=torch.float32))
-        self.ff_gate = nn.Parameter(torch.zeros((), device=device, dtype=torch.float32))
+        self.attn_gate = nn.Parameter(torch.zeros(1, device=device, dtype=torch.float32))
+        self.ff_gate = nn.Parameter(torch.zeros(1, device=device, dtype=torch.float32))
         self.attn = GCAAttention(dim, heads, head_dim, eps, device=device, dtype=dtype)
         self.ff = FeedForward(dim, ffn, eps, device=device, dtype=dtype)
 
@@ -50,6 +67,7 @@ class GatedCrossAttentionBlock(nn.Module):
         h = layer_norm(x, a.norm.weight, a.norm.bias, a.norm.eps, backend=backend)
         q = a.to_q(h).view(b, t, a.heads, a.head_dim)
         o = cross_attention(q, k, v, kv_lengths=kv_lengths, backend=backend)
-        x = gated_residual(x, a.to_out(o.reshape(b, t, a.heads * a.head_dim)), self.attn_gate,
-                           backend=backend)
-        return gated_residual(x, self.ff(x, backend=backend), self.ff_gate, backend=backend)
+        x = gated_residual(x, a.to_out(o.reshape(b, t, a.heads * a.head_dim)),
+                           self.attn_gate.reshape(()), backend=backend)
+        return gated_residual(x, self.ff(x, backend=backend), self.ff_gate.reshape(()),
+                              backend=backend)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..modules.gca import gates_to_1d
 from .checkpoint import load_state, safe_torch_load, save_state, torch_load_reason, weights_only_loads
 from .config import PARAM_GROUPS
 
@@ -121,15 +122,24 @@ class PlainEngine:
         """Restore what :meth:`save` wrote; a mismatch is a CheckpointError naming the directory."""
         st = load_state(directory, "engine")
         try:
-            missing, unexpected = self.model.load_state_dict(st["model"], strict=False)
+            missing, unexpected = self.model.load_state_dict(gates_to_1d(st["model"]), strict=False)
             missing = [k for k in missing if not k.startswith("base.")]
             if missing or unexpected:
                 raise ValueError(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
             self.optimizer.load_state_dict(st["optimizer"])
+            self._gate_moments_to_1d()
             self.scheduler.load_state_dict(st["scheduler"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"checkpoint {directory} does not match this model and optimizer "
                                   f"({e}); resume with the config that wrote it, or start fresh") from None
+
+    def _gate_moments_to_1d(self) -> None:
+        """Adam moments of gates saved when the gates were 0-dim, reshaped to the gates' [1]."""
+        for p, st in self.optimizer.state.items():
+            if p.dim() == 1 and p.numel() == 1:
+                for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                    if isinstance(st.get(k), torch.Tensor) and st[k].dim() == 0:
+                        st[k] = st[k].reshape(1)
 
     def broadcast_int(self, x: int) -> int:
         return x
@@ -144,47 +154,6 @@ class PlainEngine:
 def _patch_deepspeed_shm():
     """Skip DeepSpeed's shm-comm JIT build (60-115 s on CPU); gloo collectives are used instead."""
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-
-
-def _patch_broadcast_zero_dim():
-    """DeepSpeed's initial parameter broadcast views each tensor as bytes, which fails for the
-    0-dim fp32 gates; broadcast those through a 1-element view of the same storage instead."""
-    from deepspeed.runtime.engine import DeepSpeedEngine as _Engine
-
-    if getattr(_Engine._broadcast_model, "_lcirc_patched", False):
-        return
-    orig = _Engine._broadcast_model
-
-    def _broadcast_model(self):
-        zero_dim = [p for p in self.module.parameters() if p.dim() == 0]
-        saved = [p.data for p in zero_dim]
-        for p in zero_dim:
-            p.data = p.data.reshape(1)
-        try:
-            orig(self)
-        finally:
-            for p, d in zip(zero_dim, saved):
-                p.data = d
-    _broadcast_model._lcirc_patched = True
-    _Engine._broadcast_model = _broadcast_model
-
-
-def _patch_clip_zero_dim():
-    """DeepSpeed's fp32 ZeRO-0 clipping multiplies each gradient in place by a [1]-shaped
-    coefficient, which fails on the 0-dim gates; without model parallelism, clip with torch's
-    clip_grad_norm_ instead (the same norm and coefficient, as the plain engine)."""
-    from deepspeed.runtime.engine import DeepSpeedEngine as _Engine
-
-    if getattr(_Engine.clip_fp32_gradients, "_lcirc_patched", False):
-        return
-    orig = _Engine.clip_fp32_gradients
-
-    def clip_fp32_gradients(self):
-        if self.mpu is not None:
-            return orig(self)
-        return torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.gradient_clipping())
-    clip_fp32_gradients._lcirc_patched = True
-    _Engine.clip_fp32_gradients = clip_fp32_gradients
 
 
 def load_ds_config(path: str | None, cfg, on_gpu: bool) -> dict:
@@ -220,9 +189,8 @@ def check_ds_config(ds: dict, model, on_gpu: bool) -> None:
     stage = int(ds.get("zero_optimization", {}).get("stage", 0))
     zero_dim = [n for n, p in model.named_parameters() if p.dim() == 0]
     if stage == 3 and zero_dim:
-        raise NotImplementedError(
-            f"DeepSpeed ZeRO-3 cannot partition 0-dim parameters ({zero_dim[:2]}...: the GCA "
-            "gates); use ZeRO stage 0-2 (train/ds_configs/zero{0,1,2}_*.json)")
+        raise NotImplementedError(f"DeepSpeed ZeRO-3 cannot partition 0-dim parameters "
+                                  f"({zero_dim[:2]}); give them shape [1]")
 
 
 class DeepSpeedEngine:
@@ -235,8 +203,6 @@ class DeepSpeedEngine:
         _patch_deepspeed_shm()
         import deepspeed
 
-        _patch_broadcast_zero_dim()
-        _patch_clip_zero_dim()
 
         on_gpu = torch.cuda.is_available()
         ds = load_ds_config(cfg.distributed.deepspeed_config, cfg, on_gpu)

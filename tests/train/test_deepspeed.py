@@ -37,7 +37,7 @@ def _write(tiny_cfg, tmp_path, name, **kw):
     return path
 
 
-@pytest.mark.parametrize("zero", ["zero1_cpu.json", "zero0_cpu.json"])  # zero0: clipping of 0-dim gates
+@pytest.mark.parametrize("zero", ["zero1_cpu.json", "zero0_cpu.json"])  # zero0: DeepSpeed's clipping
 def test_deepspeed_one_process_matches_plain(tiny_cfg, tmp_path, zero):
     common = {"train": {"max_steps": 3, "eval_every": 0, "save_every": 3}}
     plain = _write(tiny_cfg, tmp_path, "plain", **common)
@@ -74,7 +74,7 @@ def test_deepspeed_two_processes_torchrun_zero2(tiny_cfg, tmp_path):
     assert steps == [None, 1, 2, None, 3]  # resumed at step 2 on both ranks: validations 0, 2
 
 
-def test_ds_config_checks_refuse_zero3_and_cpu_bf16(tiny_cfg):
+def test_ds_config_checks_accept_zero3_refuse_cpu_bf16(tiny_cfg):
     from lcirc_fast.training import config_from_dict
     from lcirc_fast.training.builders import build_base, build_model
     from lcirc_fast.training.engine import check_ds_config, load_ds_config
@@ -85,6 +85,8 @@ def test_ds_config_checks_refuse_zero3_and_cpu_bf16(tiny_cfg):
     base, _ = build_base(cfg, torch.device("cpu"))
     model = build_model(cfg, base)
     z3 = load_ds_config(str(ROOT / "train/ds_configs/zero3_cpu.json"), cfg, on_gpu=False)
+    check_ds_config(z3, model, on_gpu=False)   # the gates have shape [1]: ZeRO-3 is accepted
+    model.gca["0"].attn_gate = torch.nn.Parameter(torch.zeros(()))
     with pytest.raises(NotImplementedError, match="ZeRO-3 cannot partition 0-dim parameters"):
         check_ds_config(z3, model, on_gpu=False)
     gpu = load_ds_config(str(ROOT / "train/ds_configs/zero2_gpu.json"), cfg, on_gpu=False)
