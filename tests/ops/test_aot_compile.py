@@ -60,7 +60,10 @@ def check_rows(rows):
 def check_coverage(rows, dtype, D, arch):
     """Every kernel, and for the autotuned ones every config the GPU pruning keeps, was compiled."""
     sel = [r for r in rows if r["dtype"] == dtype and r["D"] in (D, 0) and r["arch"] == arch]
-    assert {r["kernel"] for r in sel} >= ATTN_KERNELS
+    # Kernels without dots compile once for fp32 and its IEEE option (the variants are identical).
+    same = ("fp32", "fp32-ieee") if dtype.startswith("fp32") else (dtype,)
+    shared = [r for r in rows if r["dtype"] in same and r["D"] in (D, 0) and r["arch"] == arch]
+    assert {r["kernel"] for r in shared} >= ATTN_KERNELS
     mode = attn_k.dot_mode(dtype != "bf16" and dtype != "fp16", "ieee" if dtype == "fp32-ieee" else "tf32")
     for kernel, kind in KIND.items():
         got = {tuple(r["config"]) for r in sel if r["kernel"] == kernel}
@@ -103,9 +106,11 @@ def test_full_matrix(tmp_path):
         for dtype in aot.ATTN_DTYPES:
             for D in aot.HEAD_DIMS:
                 check_coverage(rows, dtype, D, arch)
+        # The fp32 reductions (_gate_grad_kernel, _col_sum_kernel) compile once per arch.
+        assert {r["kernel"] for r in rows if r["arch"] == arch and r["D"] == 0} == ELEM_KERNELS
         for dtype in aot.ELEM_DTYPES:
             got = {r["kernel"] for r in rows if r["arch"] == arch and r["dtype"] == dtype and r["D"] == 0}
-            assert got == ELEM_KERNELS
+            assert got >= {"_gated_fwd_kernel", "_gated_bwd_kernel", "_ln_fwd_kernel", "_ln_bwd_kernel"}
 
 
 def test_grid_is_legal_for_batch_4096_x_32_heads(tmp_path):
