@@ -394,8 +394,8 @@ def _cells(r: dict | None) -> list[str]:
     if not r.get("ok"):
         return ["fail"] + ["—"] * 4
     spill = f"{r['spill_stores']}/{r['spill_loads']}" if (r["spill_stores"] or r["spill_loads"]) else "0"
-    mma = r["wgmma"] or r["mma"]
-    mma_s = f"{mma} {'wgmma' if r['wgmma'] else 'mma'}" if mma else "0"
+    parts = [f"{r[k]} {k}" for k in ("wgmma", "mma") if r[k]]
+    mma_s = " + ".join(parts) if parts else "0"
     return [str(r["regs"]), spill, f"{r['shared']:,}", f"{r['ld_v4']}/{r['ld_v2']}", mma_s]
 
 
@@ -427,8 +427,10 @@ def _agg(rows: list[dict]) -> dict:
 def _summary_table(rows: list[dict], before: list[dict]) -> list[str]:
     """Per kernel, dtype and head dim: configs, worst registers / spill / shared memory."""
     a, b = _agg(rows), _agg(before)
-    if any(k[2] == "fp32" for k in b):
-        b.update({k[:2] + ("fp32-ieee",) + k[3:]: v for k, v in list(b.items()) if k[2] == "fp32"})
+    for k, v in list(b.items()):
+        ieee = k[:2] + ("fp32-ieee",) + k[3:]
+        if k[2] == "fp32" and ieee in a:
+            b.setdefault(ieee, v)
     lines = ["## Summary (worst case over the configs and variants of each kernel)", "",
              "| arch | kernel | dtype | D | variants before → after | spilling | max spill B | max regs | "
              "max smem | max v4 loads | tensor-core instr. |",
