@@ -28,6 +28,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..memory import CompressedMemory, _Record, content_checksum
 from ..modules import GatedCrossAttentionBlock, PerceiverCompressor
 from ..modules.gca import gates_to_1d, is_gate
+from ..modules.zero import whole
 from ..segmenting import balanced_boundaries, check_boundaries, fixed_boundaries
 from . import cuda_graph, generation, official
 from .base_adapter import BaseAdapter, resolve_adapter
@@ -452,7 +453,7 @@ class LCIRCForCausalLM(nn.Module):
         plan = policy.plan(num_steps, list(range(num_steps - kept_steps, num_steps)))
         qinfo = self._query_kv(query_ids, query_mask, b)
         backend = self.resolved_backend()
-        state = self.latents[None].expand(b, -1, -1)
+        state = whole(self.latents)[0][None].expand(b, -1, -1)
         folds = _FoldedKV(self.compressor)
         graph_free = [mode == bptt_mod.NONE or not torch.is_grad_enabled() for mode in plan]
         hoisted: dict = {}
@@ -503,15 +504,15 @@ class LCIRCForCausalLM(nn.Module):
         backend = self.resolved_backend()
         folds = _FoldedKV(self.compressor)
         step = memory.num_segments
-        prev = memory.state if memory.state is not None else self.latents[None].expand(b, -1, -1)
+        h0 = whole(self.latents)[0][None].expand(b, -1, -1)   # on every call: ZeRO-3 ranks gather alike
+        prev = memory.state if memory.state is not None else h0
         if isinstance(policy, bptt_mod.Truncated):
             # Re-run the last k-1 steps from the detached state entering the window, so that a
             # loss after this step sees exactly a k-step chain.
             window = memory._records[-(policy.k - 1):] if policy.k > 1 else []
             if window and torch.is_grad_enabled():
                 first = window[0]
-                state = (first.input_state if first.input_state is not None
-                         else self.latents[None].expand(b, -1, -1))
+                state = first.input_state if first.input_state is not None else h0
                 for j, rec in enumerate(window):
                     state = self._step(state, rec.segment_ids,
                                        bptt_mod.CUT if j == 0 else bptt_mod.CHAIN,
@@ -566,7 +567,7 @@ class LCIRCForCausalLM(nn.Module):
     def project_memory_kv(self, hidden: torch.Tensor) -> dict:
         """hidden [B, M, d] -> {layer: (k, v)}, every GCA layer from one matrix product."""
         blocks = list(self.gca.items())
-        w = torch.cat([b.attn.to_kv.weight for _, b in blocks], 0)
+        w = torch.cat(whole(*(b.attn.to_kv.weight for _, b in blocks)), 0)
         bsz, m, _ = hidden.shape
         heads, hd = self.config.gca_heads, self.config.gca_head_dim
         kv = F.linear(hidden, w).view(bsz, m, len(blocks), 2, heads, hd)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..ops import cross_attention, gated_residual, layer_norm
 from .feedforward import FeedForward
+from .zero import whole
 
 
 GATE_NAMES = ("attn_gate", "ff_gate")
@@ -56,7 +58,8 @@ class GatedCrossAttentionBlock(nn.Module):
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """memory [B, M, d] -> (k, v), each [B, M, heads, head_dim]."""
         b, m, _ = memory.shape
-        kv = self.attn.to_kv(memory).view(b, m, 2, self.attn.heads, self.attn.head_dim)
+        w, = whole(self.attn.to_kv.weight)     # called outside forward
+        kv = F.linear(memory, w).view(b, m, 2, self.attn.heads, self.attn.head_dim)
         return kv[:, :, 0], kv[:, :, 1]
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

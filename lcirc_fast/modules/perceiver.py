@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..ops import cross_attention, layer_norm
 from .feedforward import FeedForward
+from .zero import whole
 
 
 class PerceiverAttention(nn.Module):
@@ -66,10 +67,11 @@ class PerceiverCompressor(nn.Module):
             for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim, eps=eps, device=device, dtype=dtype)
         self.eps = eps
+        self._max_segment_len = max_segment_len   # not pos_emb.shape: a ZeRO-3 shard is empty
 
     @property
     def max_segment_len(self) -> int:
-        return self.pos_emb.shape[0]
+        return self._max_segment_len
 
     def folded_kv_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All layers' K/V projections with their norm_x affine folded in.
@@ -80,8 +82,9 @@ class PerceiverCompressor(nn.Module):
         ws, bs = [], []
         for layer in self.layers:
             a = layer.attn
-            ws.append(a.to_kv.weight * a.norm_x.weight[None, :])
-            bs.append(a.to_kv.weight @ a.norm_x.bias)
+            kv, nw, nb = whole(a.to_kv.weight, a.norm_x.weight, a.norm_x.bias)
+            ws.append(kv * nw[None, :])
+            bs.append(kv @ nb)
         return torch.cat(ws, 0), torch.cat(bs, 0)
 
     def segment_kv(self, embeds: torch.Tensor,
@@ -120,7 +123,8 @@ class PerceiverCompressor(nn.Module):
         if length > self.max_segment_len:
             raise ValueError(f"segment of {length} tokens is longer than the position table "
                              f"({self.max_segment_len} rows; raise LCIRCConfig.max_segment_len)")
-        xhat = layer_norm(embeds, None, None, self.eps, add=self.pos_emb[:length], backend=backend)
+        pos, = whole(self.pos_emb)
+        xhat = layer_norm(embeds, None, None, self.eps, add=pos[:length], backend=backend)
         w, bias = folded if folded is not None else self.folded_kv_weight()
         kv = self._kv_product(xhat, w, bias).view(b, c, length, len(self.layers), 2,
                                                   self.heads, self.head_dim)
@@ -139,7 +143,8 @@ class PerceiverCompressor(nn.Module):
         for layer, (k, v) in zip(self.layers, kvs):
             z = z + layer.attn(z, k, v, backend=backend)
             z = z + layer.ff(z, backend=backend)
-        return layer_norm(z, self.norm.weight, self.norm.bias, self.norm.eps, backend=backend)
+        weight, bias = whole(self.norm.weight, self.norm.bias)
+        return layer_norm(z, weight, bias, self.norm.eps, backend=backend)
 
     def forward(self, state: torch.Tensor, embeds: torch.Tensor,
                 backend: str = "torch") -> torch.Tensor:

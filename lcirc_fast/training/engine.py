@@ -5,6 +5,7 @@ DeepSpeedEngine: DeepSpeed ZeRO 0-3 (gloo on CPU, nccl on GPU) with a client Ada
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -15,6 +16,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..modules.gca import gates_to_1d
+from ..modules.zero import is_partitioned
 from .checkpoint import load_state, safe_torch_load, save_state, torch_load_reason, weights_only_loads
 from .config import PARAM_GROUPS
 
@@ -133,6 +135,10 @@ class PlainEngine:
             raise CheckpointError(f"checkpoint {directory} does not match this model and optimizer "
                                   f"({e}); resume with the config that wrote it, or start fresh") from None
 
+    def whole_weights(self):
+        """Context in which the trainable weights are whole (nothing to do in one process)."""
+        return contextlib.nullcontext()
+
     def _gate_moments_to_1d(self) -> None:
         """Adam moments of gates saved when the gates were 0-dim, reshaped to the gates' [1]."""
         for p, st in self.optimizer.state.items():
@@ -223,8 +229,44 @@ class DeepSpeedEngine:
         self.micro = 0
         self.last_grad_norm = None
         self.zero_stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+        if self.zero_stage == 3:
+            self._keep_trainable_whole()
+
+    def _keep_trainable_whole(self) -> None:
+        """ZeRO-3: the frozen base stays partitioned; the trainable LCIRC weights are kept whole
+        on every rank (DeepSpeed's persistent parameters, re-gathered after each optimizer step),
+        because the compressor, memory projection and gates are read outside module forwards.
+        Their gradients and optimizer states are still partitioned."""
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        persistent = self.engine.optimizer.persistent_parameters
+        known = {id(p) for p in persistent}
+        persistent.extend(p for p in trainable if id(p) not in known)
+        for p in trainable:
+            p.ds_persist = True
+        split = [p for p in trainable if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+        if split:
+            split[0].all_gather(param_list=split)
+
+    def whole_weights(self):
+        """Context in which the trainable weights are whole on every rank. ZeRO-3 keeps them
+        whole already; any that are only shards are gathered (a collective: enter it on every
+        rank). Parameters that were whole stay whole after the context."""
+        split = [p for p in self.model.parameters() if p.requires_grad and is_partitioned(p)]
+        if not split:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(split)
 
     def backward(self, loss):
+        # the trainer calls the model, not the engine, so do what the engine's forward does
+        # first: a ZeRO optimizer starts a new micro-step here (ZeRO-3 accumulates the
+        # gradient partitions across micro-steps only after this)
+        reset = getattr(self.engine.optimizer, "clear_backward_seen_flag", None)
+        if reset is not None:
+            reset()
         self.engine.backward(loss)
 
     def step(self) -> bool:

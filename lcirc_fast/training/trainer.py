@@ -21,6 +21,7 @@ from ..data.stage1 import draw_boundaries
 from ..errors import CheckpointError
 from ..eval.perplexity import window_nll
 from ..memory import CompressedMemory, _Record
+from ..modules.zero import whole
 from ..segmenting import balanced_boundaries
 from .builders import (DataBundle, bptt_policy, build_base, build_data, build_model,
                        center_positions)
@@ -142,7 +143,7 @@ class Trainer:
         """Keep every trainable parameter in the graph when no memory was used."""
         if loss.requires_grad and self.memory is not None:
             return loss
-        return loss + 0.0 * sum(p.sum() for p in self.model.parameters() if p.requires_grad)
+        return loss + 0.0 * sum(whole(p)[0].sum() for p in self.model.parameters() if p.requires_grad)
 
     def _stage1_micro(self, step) -> tuple[torch.Tensor, int]:
         policy = bptt_policy(self.cfg.train.bptt)
@@ -341,14 +342,15 @@ class Trainer:
     def save_best(self, metrics: dict) -> None:
         best = self.out / "best"
         tmp = self.out / ".best.tmp"
-        if self.rank == 0:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            self.model.save_pretrained(tmp)
-            (tmp / "metrics.json").write_text(json.dumps({"opt_step": self.opt_step, **metrics}, indent=2))
-            if best.exists():
-                shutil.rmtree(best)
-            os.rename(tmp, best)
+        with self.engine.whole_weights():    # every rank: a collective under ZeRO-3
+            if self.rank == 0:
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                self.model.save_pretrained(tmp)
+                (tmp / "metrics.json").write_text(json.dumps({"opt_step": self.opt_step, **metrics}, indent=2))
+                if best.exists():
+                    shutil.rmtree(best)
+                os.rename(tmp, best)
         self.engine.barrier()
 
     # ---------------------------------------------------------------- logging
@@ -432,8 +434,9 @@ class Trainer:
             if last != self.opt_step:
                 self._validate_and_keep()  # the final weights can be the best ones
             final = {k: v for k, v in self.val_history[-1].items() if k != "step"}
-        if self.rank == 0:
-            self.model.save_pretrained(self.out / "final")
+        with self.engine.whole_weights():    # every rank: a collective under ZeRO-3
+            if self.rank == 0:
+                self.model.save_pretrained(self.out / "final")
         self.engine.barrier()
         return {"opt_step": self.opt_step, "history": self.history, "val": self.val_history,
                 "final_val": final, "best_val": self.best_val}
