@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..modules.gca import gates_to_1d
 from ..modules.zero import is_partitioned
 from .checkpoint import load_state, safe_torch_load, save_state, torch_load_reason, weights_only_loads
@@ -75,6 +75,7 @@ class PlainEngine:
     """Single-process engine: loss / grad_accum backward; optimizer step on every boundary."""
 
     kind = "plain"
+    grads_everywhere = False
 
     def __init__(self, model, cfg, scheduler_fn):
         rank, world, _ = dist_env()
@@ -186,7 +187,7 @@ def load_ds_config(path: str | None, cfg, on_gpu: bool) -> dict:
     return ds
 
 
-def check_ds_config(ds: dict, model, on_gpu: bool) -> None:
+def check_ds_config(ds: dict, model, on_gpu: bool, cfg=None) -> None:
     """Refuse settings that cannot work here, before any process group is created."""
     if not on_gpu:
         for k in ("bf16", "fp16"):
@@ -197,6 +198,28 @@ def check_ds_config(ds: dict, model, on_gpu: bool) -> None:
     if stage == 3 and zero_dim:
         raise NotImplementedError(f"DeepSpeed ZeRO-3 cannot partition 0-dim parameters "
                                   f"({zero_dim[:2]}); give them shape [1]")
+    if stage == 3 and cfg is not None:
+        _check_zero3_run(cfg)
+
+
+def _check_zero3_run(cfg) -> None:
+    """ZeRO-3 gathers the base's weights collectively in every module call, so every rank must
+    run the same calls in the same order: stage 1 with one compression step per micro-step
+    (train.bptt truncated, k = 1) and no in-run validation (its forwards differ per rank)."""
+    fix = "or use ZeRO stage 0-2 (train/ds_configs/zero{0,1,2}_*.json)"
+    if cfg.stage != 1:
+        raise ConfigError(f"stage: {cfg.stage} with DeepSpeed ZeRO-3: its samples compress "
+                          f"different numbers of segments on each rank, which ZeRO-3's collective "
+                          f"weight gathers cannot pair; train stage 2 with ZeRO stage 0-2")
+    b = cfg.train.bptt
+    if b.get("kind") != "truncated" or b.get("k") != 1:
+        raise ConfigError(f"train.bptt={b} with DeepSpeed ZeRO-3: only {{kind: truncated, k: 1}} "
+                          f"runs the same compression steps on every rank; set it, {fix}")
+    if cfg.train.eval_every:
+        raise ConfigError(f"train.eval_every={cfg.train.eval_every} with DeepSpeed ZeRO-3: "
+                          f"validation runs a different number of base-model forwards on each "
+                          f"rank; set train.eval_every: 0 and evaluate the saved model with "
+                          f"`lcirc eval`, {fix}")
 
 
 class DeepSpeedEngine:
@@ -212,7 +235,7 @@ class DeepSpeedEngine:
 
         on_gpu = torch.cuda.is_available()
         ds = load_ds_config(cfg.distributed.deepspeed_config, cfg, on_gpu)
-        check_ds_config(ds, model, on_gpu)
+        check_ds_config(ds, model, on_gpu, cfg)
         backend = cfg.distributed.backend or ("nccl" if on_gpu else "gloo")
         if "MASTER_ADDR" not in os.environ:  # plain single process: make a 1-rank group
             os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29511"),
@@ -229,23 +252,34 @@ class DeepSpeedEngine:
         self.micro = 0
         self.last_grad_norm = None
         self.zero_stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+        # ZeRO-3 reduces each backward's gradients in buckets: every rank must send all of them
+        self.grads_everywhere = self.zero_stage == 3
         if self.zero_stage == 3:
             self._keep_trainable_whole()
 
     def _keep_trainable_whole(self) -> None:
-        """ZeRO-3: the frozen base stays partitioned; the trainable LCIRC weights are kept whole
-        on every rank (DeepSpeed's persistent parameters, re-gathered after each optimizer step),
-        because the compressor, memory projection and gates are read outside module forwards.
-        Their gradients and optimizer states are still partitioned."""
+        """ZeRO-3: the frozen base stays partitioned, except its token embeddings (and the first
+        `compressor_input_layers` layers); the trainable LCIRC weights are kept whole on every
+        rank (DeepSpeed's persistent parameters, re-gathered after each optimizer step), because
+        the compressor, memory projection and gates are read outside module forwards. Their
+        gradients and optimizer states are still partitioned."""
         from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        model = self.model
+        keep = [p for p in model.parameters() if p.requires_grad]
+        # what compression reads besides them (the token embeddings, the first
+        # compressor_input_layers decoder layers), so that compressing any number of segments
+        # needs no collective: ranks may compress different numbers of segments
+        reads = [model.base.get_input_embeddings().weight]
+        for layer in model.adapter.decoder_layers(model.base)[:model.config.compressor_input_layers]:
+            reads += list(layer.parameters())
+        keep += [p for p in reads if all(p is not q for q in keep)]
         persistent = self.engine.optimizer.persistent_parameters
         known = {id(p) for p in persistent}
-        persistent.extend(p for p in trainable if id(p) not in known)
-        for p in trainable:
+        persistent.extend(p for p in keep if id(p) not in known)
+        for p in keep:
             p.ds_persist = True
-        split = [p for p in trainable if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+        split = [p for p in keep if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
         if split:
             split[0].all_gather(param_list=split)
 

@@ -140,8 +140,9 @@ class Trainer:
         return fn()
 
     def _touch(self, loss):
-        """Keep every trainable parameter in the graph when no memory was used."""
-        if loss.requires_grad and self.memory is not None:
+        """Keep every trainable parameter in the graph when no memory was used, and always under
+        ZeRO-3, whose gradient reduction needs the same parameters from every rank."""
+        if loss.requires_grad and self.memory is not None and not self.engine.grads_everywhere:
             return loss
         return loss + 0.0 * sum(whole(p)[0].sum() for p in self.model.parameters() if p.requires_grad)
 

@@ -71,11 +71,12 @@ def test_zero3_two_processes_match_zero0_and_resume(tiny_cfg, tmp_path):
     p = _torchrun([str(Path(__file__).resolve()), str(runs["z3"])])
     held = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
     assert held["base_tensors"] > 10 and held["base_numel"] > 10**5
-    # each rank stores half of every base tensor and holds no full copy between forwards
+    # each rank stores half of every base tensor and, between forwards, a full copy of the token
+    # embeddings only (what compression reads)
     assert held["base_shard_numel"] == pytest.approx(held["base_numel"] / 2, rel=0.01)
-    assert held["base_resident_numel"] == 0
+    assert held["base_resident_numel"] == held["embed_numel"] > 0
     assert held["lcirc_whole"] and held["lcirc_numel"] > 0
-    # `whole` gathers a partitioned tensor (the embedding table) and leaves it partitioned
+    # `whole` gathers a partitioned tensor (the LM head) and leaves it partitioned
     assert held["whole_equals_base"] and held["whole_left_partitioned"]
     ck = tmp_path / "z3" / "checkpoints" / "step0000002"
     assert len(list(ck.glob("zero_pp_rank_*_model_states.pt"))) == 2   # partitioned model states
@@ -95,6 +96,31 @@ def test_zero3_two_processes_match_zero0_and_resume(tiny_cfg, tmp_path):
         torch.testing.assert_close(w3[k], w0[k], rtol=1e-5, atol=1e-6, msg=k)
         moved += "gate" in k and bool(w0[k].abs().max() > 0)
     assert moved > 0    # the gates were trained (they start at 0)
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"stage": 2}, "stage: 2 with DeepSpeed ZeRO-3"),
+    ({"train": {"bptt": {"kind": "full"}}}, "train.bptt=.* with DeepSpeed ZeRO-3"),
+    ({"train": {"bptt": {"kind": "truncated", "k": 2}}}, "train.bptt=.* with DeepSpeed ZeRO-3"),
+    ({"train": {"eval_every": 2}}, "train.eval_every=2 with DeepSpeed ZeRO-3"),
+])
+def test_zero3_refuses_runs_whose_ranks_differ(tiny_cfg, change, words):
+    from lcirc_fast.errors import ConfigError
+    from lcirc_fast.training import config_from_dict
+    from lcirc_fast.training.builders import build_base, build_model
+    from lcirc_fast.training.engine import check_ds_config
+
+    ok = config_from_dict(tiny_cfg(train={"eval_every": 0}))
+    model = build_model(ok, build_base(ok, torch.device("cpu"))[0])
+    check_ds_config(ZERO3, model, on_gpu=False, cfg=ok)
+    sections = {"train": {"eval_every": 0}}
+    for k, v in change.items():
+        sections[k] = {**sections.get(k, {}), **v} if isinstance(v, dict) else v
+    if sections.get("stage") == 2:
+        sections["data"] = {"source": "synthetic_tokens"}
+    bad = config_from_dict(tiny_cfg(**sections))
+    with pytest.raises(ConfigError, match=words):
+        check_ds_config(ZERO3, model, on_gpu=False, cfg=bad)
 
 
 def test_whole_without_zero3_returns_the_parameters():
@@ -120,13 +146,14 @@ def _probe(cfg_path: str) -> None:
         held = {"base_tensors": len(base), "base_numel": sum(p.ds_numel for p in base),
                 "base_shard_numel": sum(p.ds_tensor.numel() for p in base),
                 "base_resident_numel": sum(p.numel() for p in base),
+                "embed_numel": tr.model.base.get_input_embeddings().weight.numel(),
                 "lcirc_numel": sum(p.numel() for p in lcirc),
                 "lcirc_whole": all(p.numel() == p.ds_numel for p in lcirc)}
-        emb = tr.model.base.get_input_embeddings().weight
-        full, = whole(emb)
+        head = tr.model.base.get_output_embeddings().weight     # untied: partitioned
+        full, = whole(head)
         fresh, _ = build_base(cfg, torch.device("cpu"))
-        held["whole_equals_base"] = torch.equal(full, fresh.get_input_embeddings().weight)
-        held["whole_left_partitioned"] = emb.numel() == 0 and is_partitioned(emb)
+        held["whole_equals_base"] = torch.equal(full, fresh.get_output_embeddings().weight)
+        held["whole_left_partitioned"] = head.numel() == 0 and is_partitioned(head)
     finally:
         tr.close()
     if tr.rank == 0:
