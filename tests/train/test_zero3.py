@@ -162,3 +162,51 @@ def _probe(cfg_path: str) -> None:
 
 if __name__ == "__main__":
     _probe(sys.argv[1])
+
+
+def test_plain_engine_resumes_a_checkpoint_with_0dim_gates(tiny_cfg, tmp_path):
+    """Plain-engine checkpoints written when the gates were 0-dim (weights and Adam moments)."""
+    from lcirc_fast.training import config_from_dict
+    from lcirc_fast.training.builders import build_base, build_model
+    from lcirc_fast.training.checkpoint import save_state
+    from lcirc_fast.training.engine import PlainEngine
+    from lcirc_fast.training.schedule import make_scheduler
+
+    cfg = config_from_dict(tiny_cfg(train={"grad_accum": 1}))
+
+    def engine():
+        model = build_model(cfg, build_base(cfg, torch.device("cpu"))[0])
+        return PlainEngine(model, cfg, lambda opt: make_scheduler(opt, 1, 10))
+
+    def step(eng, seed):
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, 64, (1, 40), generator=g)
+        mem = eng.model.compress(ids[:, :24])
+        eng.backward(eng.model(ids[:, 24:], memory=mem, labels=ids[:, 24:]).loss)
+        eng.step()
+
+    src = engine()
+    step(src, 0)
+    st = src.state_dict()
+    gates = [k for k in st["model"] if k.endswith("_gate")]
+    assert gates
+    old = {**st, "model": {k: v.reshape(()) if k in gates else v for k, v in st["model"].items()}}
+    ids = {id(p) for n, p in src.model.named_parameters() if n.endswith("_gate")}
+    index = [id(p) for grp in src.optimizer.param_groups for p in grp["params"]]
+    opt = old["optimizer"] = {**st["optimizer"], "state": dict(st["optimizer"]["state"])}
+    for i, s in opt["state"].items():
+        if index[i] in ids:
+            opt["state"][i] = {k: v.reshape(()) if k.startswith("exp_avg") else v for k, v in s.items()}
+    for name, state in (("new", st), ("old", old)):
+        (tmp_path / name).mkdir()
+        save_state(tmp_path / name, "engine", state)
+    new_eng, old_eng = engine(), engine()
+    new_eng.load(tmp_path / "new")
+    old_eng.load(tmp_path / "old")
+    gate = dict(old_eng.model.named_parameters())[gates[0]]
+    assert tuple(gate.shape) == (1,) and tuple(old_eng.optimizer.state[gate]["exp_avg"].shape) == (1,)
+    step(new_eng, 1)
+    step(old_eng, 1)
+    for (n, a), b in zip(new_eng.model.named_parameters(), old_eng.model.parameters()):
+        assert torch.equal(a, b), n
+    assert not torch.equal(gate, dict(src.model.named_parameters())[gates[0]])   # it moved
