@@ -303,7 +303,8 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
 # ---------------------------------------------------------------------------- compression
 class EmbeddingOnlyLM(nn.Module):
     """Just enough of a Llama-style causal LM for `LCIRCForCausalLM.compress`: a token
-    embedding table [vocab, d] and one placeholder decoder layer (for the one GCA hook)."""
+    embedding table [vocab, d] and one placeholder decoder layer (for the one GCA hook), in
+    the Llama layout, so it declares model_type "llama" to the base adapters."""
 
     def __init__(self, vocab: int, dim: int, heads: int, head_dim: int, ffn: int,
                  device=None, dtype=None):
@@ -311,7 +312,7 @@ class EmbeddingOnlyLM(nn.Module):
         self.config = SimpleNamespace(hidden_size=dim, num_hidden_layers=1,
                                       num_attention_heads=heads, head_dim=head_dim,
                                       intermediate_size=ffn, vocab_size=vocab,
-                                      model_type="embedding-only")
+                                      model_type="llama")
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(vocab, dim, device=device, dtype=dtype)
         self.model.layers = nn.ModuleList([nn.Identity()])
@@ -319,6 +320,9 @@ class EmbeddingOnlyLM(nn.Module):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
+
+    def forward(self, input_ids=None, cache=None, **kwargs):
+        raise NotImplementedError("EmbeddingOnlyLM serves compression only; it has no LM forward")
 
 
 PAPER_COMPRESSOR = dict(vocab=32000, dim=4096, heads=32, head_dim=128, ffn=11008, latents=64,

@@ -384,3 +384,30 @@ def test_cli_compress_refuses_unsupported_or_tokenizerless_base(gemma_dir, tmp_p
     rc = main(["compress", str(src), "--out", str(tmp_path / "m.safetensors"), "--base", str(notok)])
     err = capsys.readouterr().err.splitlines()
     assert rc == EXIT_USAGE and len(err) == 1 and f"--base {notok} has no tokenizer" in err[0]
+
+
+def test_cache_keyword_follows_the_installed_transformers():
+    """transformers releases name the KV-cache keyword `cache` or `past_key_values`."""
+    import torch.nn as nn
+
+    base = tiny_base("llama")
+    adapter = BASE_ADAPTERS["llama"]
+    assert adapter.cache_kwarg(base) == "cache"
+
+    class OlderForward(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.config, self.model, self.lm_head = inner.config, inner.model, inner.lm_head
+
+        def forward(self, input_ids=None, past_key_values=None, **kwargs):
+            return None
+
+    older = OlderForward(base)
+    assert adapter.cache_kwarg(older) == "past_key_values"
+
+    class NoCache(OlderForward):
+        def forward(self, input_ids=None, **kwargs):
+            return None
+
+    with pytest.raises(ConfigError, match=r"takes none of \['cache', 'past_key_values'\]"):
+        adapter.cache_kwarg(NoCache(base))

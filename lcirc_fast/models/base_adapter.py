@@ -40,7 +40,9 @@ class BaseAdapter:
             afterwards (Granite), so `embed` must do it too.
         hidden_index / hidden_name: where a decoder layer's forward takes its hidden states:
             that positional index, or that keyword when the caller names it.
-        cache_kwarg: the causal LM's keyword for the self-attention KV cache.
+        cache_kwargs: the causal LM's keywords for the self-attention KV cache, in order of
+            preference; the first one its forward takes is used (transformers renamed
+            `past_key_values` to `cache`, and both releases are in use).
     """
 
     backbone: str = "model"
@@ -49,7 +51,7 @@ class BaseAdapter:
     scale_in_embedding: bool = False
     hidden_index: int = 0
     hidden_name: str = "hidden_states"
-    cache_kwarg: str = "cache"
+    cache_kwargs: tuple[str, ...] = ("cache", "past_key_values")
 
     # ---------------------------------------------------------------- layout
     def decoder_stack(self, base: nn.Module) -> nn.Module:
@@ -69,12 +71,19 @@ class BaseAdapter:
             raise ConfigError(f"the {mt!r} base model {type(base).__name__} lacks {self.layers} "
                               f"or lm_head; pass the causal LM (AutoModelForCausalLM), not its "
                               f"backbone")
-        if self.cache_kwarg not in inspect.signature(base.forward).parameters:
-            raise ConfigError(f"{type(base).__name__}.forward takes no {self.cache_kwarg!r} "
-                              f"argument; update BASE_ADAPTERS[{mt!r}].cache_kwarg for this "
-                              f"transformers version")
+        self.cache_kwarg(base)
         if not hasattr(stack, "forward"):
             raise ConfigError(f"the {mt!r} base model has no decoder stack at {self.backbone}")
+
+    def cache_kwarg(self, base: nn.Module) -> str:
+        """The keyword under which `base.forward` takes its KV cache."""
+        params = inspect.signature(base.forward).parameters
+        for name in self.cache_kwargs:
+            if name in params:
+                return name
+        mt = base.config.model_type
+        raise ConfigError(f"{type(base).__name__}.forward takes none of {list(self.cache_kwargs)}; "
+                          f"add its cache keyword to BASE_ADAPTERS[{mt!r}].cache_kwargs")
 
     # ---------------------------------------------------------------- embeddings
     def input_scale(self, config) -> float:

@@ -114,7 +114,7 @@ class LCIRCForCausalLM(nn.Module):
         self._injection: dict | None = None
         self._fingerprint_cache: tuple | None = None
         self.uid = uuid.uuid4().hex            # identifies memories made by this object
-        self._cache_kwarg = self.adapter.cache_kwarg
+        self._cache_kwarg = self.adapter.cache_kwarg(base)
         self._hooks = [layers[i].register_forward_pre_hook(self._make_hook(str(i)),
                                                            with_kwargs=True)
                        for i in cfg.gca_layers]
