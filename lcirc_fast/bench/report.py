@@ -51,13 +51,14 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def plot(path: Path, rows: list[dict], title: str, measured: bool = True) -> None:
-    """Left: measured prefill latency; right: analytic FLOPs (both causal conventions)."""
-    import matplotlib
+def plot(path: Path, rows: list[dict], title: str, measured: bool = True) -> bool:
+    """Left: measured prefill latency; right: analytic FLOPs (both causal conventions).
+    False (nothing written) where matplotlib is not installed."""
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return False
     n = [r["tokens"] for r in rows]
     panels = 2 if measured else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
@@ -86,3 +87,4 @@ def plot(path: Path, rows: list[dict], title: str, measured: bool = True) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True

@@ -82,6 +82,7 @@ def _check_args(args) -> None:
 def _flops_only(preset, lengths, out: Path) -> int:
     from .. import flops as fl
     from ..bench.report import plot, write_json
+    from ..plotting import written
 
     llm, shape = preset.llm, preset.shape()
     rows = fl.sweep(llm, shape, lengths)
@@ -103,8 +104,8 @@ def _flops_only(preset, lengths, out: Path) -> int:
           f"{xo['full']} tokens (full)")
     data = {"mode": "flops-only", "preset": preset.name, "rows": rows, "crossover_flops": xo}
     write_json(out / "bench.json", data)
-    plot(out / "bench.png", rows, f"{preset.name}: analytic FLOPs", measured=False)
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    drawn = plot(out / "bench.png", rows, f"{preset.name}: analytic FLOPs", measured=False)
+    print(f"wrote {out / 'bench.json'} and {written(out / 'bench.png', drawn)}")
     return 0
 
 
@@ -169,6 +170,7 @@ def run(args) -> int:
     from .. import flops as fl
     from ..bench.report import measured_table, plot, write_json
     from ..bench.sweep import SweepOptions, crossover, run_sweep
+    from ..plotting import written
 
     opts = SweepOptions(lengths=lengths, device=str(device), dtype=dtype,
                         decode_tokens=args.decode_tokens, train=not args.no_train,
@@ -205,8 +207,8 @@ def run(args) -> int:
     data = {"mode": "measured", "meta": meta, "rows": rows,
             "crossover_measured": xo_meas, "crossover_flops": xo_flops}
     write_json(out / "bench.json", data)
-    plot(out / "bench.png", rows, f"{preset.name} on {device}")
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'} "
+    drawn = plot(out / "bench.png", rows, f"{preset.name} on {device}")
+    print(f"wrote {out / 'bench.json'} and {written(out / 'bench.png', drawn)} "
           f"({time.perf_counter() - t_start:.0f}s)")
     return 0
 

@@ -73,13 +73,14 @@ def write_json(path: str | Path, data: dict) -> None:
 
 
 def plot_lines(path: str | Path, series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
-               title: str, logx: bool = True) -> None:
-    """One line per series of (x, y) points, saved as PNG."""
-    import matplotlib
+               title: str, logx: bool = True) -> bool:
+    """One line per series of (x, y) points, saved as PNG; False (nothing written) where
+    matplotlib is not installed."""
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return False
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, pts in series.items():
         pts = sorted(p for p in pts if not math.isnan(p[1]))
@@ -96,3 +97,4 @@ def plot_lines(path: str | Path, series: dict[str, list[tuple[float, float]]], x
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True

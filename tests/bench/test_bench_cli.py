@@ -79,3 +79,20 @@ def test_bad_inputs_give_clear_errors(argv, message, tmp_path, capsys):
 
 def test_parse_lengths_units():
     assert cli.parse_lengths("512, 1k,4K,1m,512") == [512, 1024, 4096, 1 << 20]
+
+
+def test_results_survive_without_matplotlib(tmp_path, capsys, monkeypatch):
+    """A missing matplotlib costs the plot only: the JSON is written and the output says so."""
+    import sys
+
+    from lcirc_fast.cli import main
+    from lcirc_fast.eval.harness import plot_lines
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    out = tmp_path / "b"
+    assert main(["bench", "--flops-only", "--lengths", "4k,8k", "--out", str(out)]) == 0
+    assert (out / "bench.json").is_file() and not (out / "bench.png").exists()
+    assert "no " + str(out / "bench.png") + " (matplotlib is not installed)" in capsys.readouterr().out
+    assert plot_lines(tmp_path / "p.png", {"a": [(1, 2.0)]}, "x", "y", "t") is False
+    assert not (tmp_path / "p.png").exists()
