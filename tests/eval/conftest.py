@@ -1,10 +1,6 @@
 """Fixtures of the evaluation tests: a tiny Hugging Face Llama directory with a tokenizer, and a
 query-dependent LCIRC directory saved over it."""
-from pathlib import Path
-
 import pytest
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,14 @@
 per-task and average tables, predictions, scores recomputed from the predictions, bad input."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES
 from lcirc_fast.cli import main
 from lcirc_fast.eval import infinitebench, leval, longbench
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 SCORERS = {
     "longbench": lambda p: longbench.score(p["task"].removesuffix("_e"), p["prediction"], p["answers"],

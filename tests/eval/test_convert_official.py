@@ -1,13 +1,15 @@
 """`lcirc convert` between the reference `.pt` layout and save_pretrained directories, and
 `lcirc eval --official-checkpoint`."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FIXTURES
 from lcirc_fast.cli import main
 from lcirc_fast.cli.convert import config_from_official
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
