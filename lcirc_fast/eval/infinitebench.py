@@ -59,6 +59,18 @@ def choice_label(answer, options: Sequence[str]) -> list[str]:
     return [text, "ABCD"[list(options).index(text)]]
 
 
+def _after_prefix(pred: str, prefixes: Sequence[str]) -> tuple[bool, str | None]:
+    """(found, rest) for the first of `prefixes` that occurs in `pred`: rest is the text after it
+    and one separating character, None when the prediction ends there."""
+    for prefix in prefixes:
+        i = pred.find(prefix)
+        if i == -1:
+            continue
+        start = i + len(prefix) + 1
+        return True, (None if len(pred) < start else pred[start:])
+    return False, None
+
+
 def _choice(pred: str, label: list[str]) -> float:
     pred = pred.strip()
     if pred == "":
@@ -68,14 +80,9 @@ def _choice(pred: str, label: list[str]) -> float:
     if pred in label:
         return 1.0
     pred = _squeeze(_replace(pred, "\n\"'.,?!{}"))
-    for prefix in ("answer is:", "answer:", "answer is", "option is"):
-        i = pred.find(prefix)
-        if i == -1:
-            continue
-        if len(pred) < i + len(prefix) + 1:
-            return 0.0
-        rest = pred[i + len(prefix) + 1:]
-        return float(any(rest.startswith(s) for s in label))
+    found, rest = _after_prefix(pred, ("answer is:", "answer:", "answer is", "option is"))
+    if found:
+        return 0.0 if rest is None else float(any(rest.startswith(s) for s in label))
     word = next((w for w in pred.split() if w in "ABCD"), None)
     return float(word is not None and word in label)
 
@@ -88,13 +95,8 @@ def _code_debug(pred: str, label: list[str]) -> float:
     for s in ("\n", "`", "'", '"', "-", "*", "Option", "option"):
         pred = pred.replace(s, " ")
     pred = _squeeze(pred)
-    for prefix in ("answer is:", "is:", "answer:", "correct option is:"):
-        i = pred.find(prefix)
-        if i == -1:
-            continue
-        if len(pred) < i + len(prefix) + 1:
-            return 0.0
-        rest = pred[i + len(prefix) + 1:]
+    found, rest = _after_prefix(pred, ("answer is:", "is:", "answer:", "correct option is:"))
+    if found and rest is not None:
         return float(rest.startswith(letter) or rest.startswith(fn_name))
     return 0.0
 
