@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "cuda")
 _REQUIRED_POSITIVE = ("num_latents", "compressor_layers", "max_segment_len")
 _OPTIONAL_POSITIVE = ("compressor_heads", "compressor_head_dim", "compressor_ffn", "segment_len",
                       "gca_heads", "gca_head_dim", "gca_ffn", "mixer_heads", "mixer_head_dim",
