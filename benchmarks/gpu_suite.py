@@ -127,12 +127,12 @@ class Suite:
 
 # ---------------------------------------------------------------------------------------------
 def _ops():
-    from lcirc_fast.ops import dispatch
+    """(registry.bind, triton cross_attention, naive references of the three ops)."""
     from lcirc_fast.ops.gated_xattn import naive_gated_residual
     from lcirc_fast.ops.layernorm import naive_layer_norm
     from lcirc_fast.ops.perceiver_xattn import cross_attention, naive_cross_attention
-    import lcirc_fast.ops.triton_ops  # noqa: F401  (registers the kernels)
-    return dispatch, cross_attention, naive_cross_attention, naive_gated_residual, naive_layer_norm
+    from lcirc_fast.ops.registry import bind
+    return bind, cross_attention, naive_cross_attention, naive_gated_residual, naive_layer_norm
 
 
 def _rand(shape, dtype, device, requires_grad=False):
@@ -156,14 +156,15 @@ def section_env(s: Suite) -> None:
 def _attn_case_error(s: Suite, B, Lq, Lk, deterministic=False):
     """bf16 kernel vs fp32 naive, compared with bf16 SDPA vs fp32 naive (3x for grads)."""
     import torch
-    dispatch, xattn, naive, _, _ = _ops()
+    bind, xattn, naive, _, _ = _ops()
+    sdpa = bind("torch").cross_attention
     H, D = s.heads_dim()
     dt = torch.bfloat16
     q, k, v = (_rand((B, L, H, D), dt, s.device) for L in (Lq, Lk, Lk))
     do = _rand((B, Lq, H, D), dt, s.device)
     res = {}
     for name, fn, cast in (("triton", lambda a, b, c: xattn(a, b, c, deterministic=deterministic), dt),
-                           ("sdpa", lambda a, b, c: dispatch.cross_attention(a, b, c, backend="torch"), dt),
+                           ("sdpa", sdpa, dt),
                            ("ref", naive, torch.float32)):
         ins = [t.detach().to(cast).requires_grad_(True) for t in (q, k, v)]
         o = fn(*ins)
@@ -207,10 +208,11 @@ def section_correctness(s: Suite) -> None:
 
 def _attn_providers(s: Suite, with_epilogue: bool):
     import torch
-    dispatch, xattn, naive, naive_gate, _ = _ops()
+    bind, xattn, naive, naive_gate, _ = _ops()
+    sdpa = bind("torch").cross_attention
     provs = {
         "triton": lambda q, k, v: xattn(q, k, v),
-        "sdpa": lambda q, k, v: dispatch.cross_attention(q, k, v, backend="torch"),
+        "sdpa": lambda q, k, v: sdpa(q, k, v),
         "naive": lambda q, k, v: naive(q, k, v),
     }
     if not with_epilogue:
@@ -218,13 +220,13 @@ def _attn_providers(s: Suite, with_epilogue: bool):
     gate = torch.tensor(0.5, device=s.device)
 
     def wrap(name, fn):
-        be = "triton" if name == "triton" else "torch"
+        gated = bind("triton" if name == "triton" else "torch").gated_residual
 
         def run(q, k, v, x):
             o = fn(q, k, v)
             if name == "naive":
                 return naive_gate(x, o.flatten(-2), gate)
-            return dispatch.gated_residual(x, o.flatten(-2), gate, backend=be)
+            return gated(x, o.flatten(-2), gate)
         return run
     return {n: wrap(n, f) for n, f in provs.items()}
 
@@ -291,7 +293,8 @@ def section_gca(s: Suite) -> None:
 
 def section_epilogue(s: Suite) -> None:
     import torch
-    dispatch, _, _, _, _ = _ops()
+    bind, _, _, _, _ = _ops()
+    tri, ref = bind("triton"), bind("torch")
     dt = torch.bfloat16
     N, d, L = (2, 64, 8) if s.smoke else (8, 4096, 2048)
     x = _rand((N, L, d), dt, s.device, True)
@@ -303,12 +306,10 @@ def section_epilogue(s: Suite) -> None:
     w16, b16 = w.detach().to(dt).requires_grad_(True), b.detach().to(dt).requires_grad_(True)
     nbytes = x.numel() * 2
     cases = {
-        ("gated_residual", "triton"): (lambda: dispatch.gated_residual(x, y, g, backend="triton"), 3, (x, y, g)),
-        ("gated_residual", "torch"): (lambda: dispatch.gated_residual(x, y, g, backend="torch"), 3, (x, y, g)),
-        ("layer_norm+pos", "triton"): (lambda: dispatch.layer_norm(x, w16, b16, 1e-5, pos, backend="triton"), 2,
-                                       (x, w16, b16, pos)),
-        ("layer_norm+pos", "torch"): (lambda: dispatch.layer_norm(x, w16, b16, 1e-5, pos, backend="torch"), 2,
-                                      (x, w16, b16, pos)),
+        ("gated_residual", "triton"): (lambda: tri.gated_residual(x, y, g), 3, (x, y, g)),
+        ("gated_residual", "torch"): (lambda: ref.gated_residual(x, y, g), 3, (x, y, g)),
+        ("layer_norm+pos", "triton"): (lambda: tri.layer_norm(x, w16, b16, 1e-5, pos), 2, (x, w16, b16, pos)),
+        ("layer_norm+pos", "torch"): (lambda: ref.layer_norm(x, w16, b16, 1e-5, pos), 2, (x, w16, b16, pos)),
     }
     for (op, prov), (fn, passes, ins) in cases.items():
         dout = torch.randn_like(x)

@@ -7,6 +7,9 @@ caller must handle its absence. Once loaded, its ops live in ``torch.ops.lcirc``
   out_dtype=None) -> (out [*rows, D], lse [*rows] fp32)``
 * ``cuda_gated_residual(x [..., C], o [..., C], gate [1] or [C]) -> x + tanh(gate) * o``
 * ``cuda_gated_residual_backward(grad_y, o, gate) -> (grad_o, grad_gate)`` (grad_x is grad_y)
+
+Loading also registers them in the ops registry as backend ``"cuda"`` (`lcirc_fast.ops.cuda_ops`),
+with an autograd formula for ``cuda_gated_residual``.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ def _probe() -> tuple[Optional[ModuleType], Optional[str]]:
     if not torch.cuda.is_available():
         return None, "lcirc_fast._C is built but no CUDA device is available"
     _register_fakes()
+    from .ops.cuda_ops import register_extension_ops
+
+    register_extension_ops()
     return module, None
 
 

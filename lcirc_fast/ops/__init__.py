@@ -1,4 +1,34 @@
-"""Operators: naive references, fused kernels and the backend dispatch used by the modules."""
-from .dispatch import cross_attention, gated_residual, layer_norm
+"""Operators: naive references, fused Triton kernels (torch custom ops ``lcirc::*``), the CUDA
+extension's kernels, and the registry that binds one backend's ops for the modules.
 
-__all__ = ["cross_attention", "gated_residual", "layer_norm"]
+* `registry`: ``bind(backend, allow_tf32=None) -> OpSet`` (``.cross_attention``,
+  ``.gated_residual``, ``.layer_norm``, ``.backend``, ``.provider``), ``register``, ``lookup``.
+* Functional Triton API (imported on first use, so ``import lcirc_fast.ops`` does not import
+  triton): ``cross_attention(q, k, v, kv_lengths=None, softmax_scale=None, deterministic=False,
+  num_splits=None, allow_tf32=None)``, ``cross_attention_varlen(q, k, v, cu_seqlens_k, ...)``,
+  ``gated_residual(x, branch, gate)``, ``layer_norm(x, weight, bias, eps=1e-5, add=None)``.
+* References: ``naive_cross_attention``, ``naive_gated_residual``, ``naive_layer_norm``.
+"""
+import importlib
+
+from .registry import BACKENDS, OPS, BackendUnavailableError, OpSet, bind, lookup, register
+
+_LAZY = {
+    "cross_attention": ".perceiver_xattn.function",
+    "cross_attention_varlen": ".perceiver_xattn.function",
+    "gated_residual": ".gated_xattn.function",
+    "layer_norm": ".layernorm.function",
+    "naive_cross_attention": ".perceiver_xattn.naive",
+    "naive_gated_residual": ".gated_xattn.naive",
+    "naive_layer_norm": ".layernorm.naive",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BACKENDS", "OPS", "BackendUnavailableError", "OpSet", "bind", "lookup", "register",
+           *_LAZY]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from lcirc_fast.ops import dispatch
+from lcirc_fast.ops.registry import bind
 from lcirc_fast.ops.perceiver_xattn import (cross_attention, cross_attention_varlen,
                                             naive_cross_attention)
 from lcirc_fast.ops.utils.runtime import LAUNCHES
@@ -34,7 +34,7 @@ def _check_against_naive(q, k, v, kv_lengths=None, num_splits=None, deterministi
     ref = naive_cross_attention(qr, kr, vr, kv_lengths=kv_lengths)
     rgrads = torch.autograd.grad(ref, (qr, kr, vr), do.to(rd))
     qt, kt, vt = leaf(q), leaf(k), leaf(v)
-    tout = dispatch.cross_attention(qt, kt, vt, kv_lengths=kv_lengths, backend="torch")
+    tout = bind("torch").cross_attention(qt, kt, vt, kv_lengths=kv_lengths)
     tgrads = torch.autograd.grad(tout, (qt, kt, vt), do)
     errs = [assert_close_ratio("o", out, ref, tout, dtype)]
     for name, g, rg, tg in zip(("dq", "dk", "dv"), grads, rgrads, tgrads):
@@ -94,7 +94,7 @@ def test_head_dims(D):
 def test_head_dim_too_large_raises():
     q, k, v = _inputs(1, 2, 3, 1, 320, torch.float32)
     with pytest.raises(NotImplementedError, match="head_dim 320"):
-        dispatch.cross_attention(q, k, v, backend="triton")
+        bind("triton").cross_attention(q, k, v)
 
 
 def test_bad_shapes_raise():
@@ -105,11 +105,11 @@ def test_bad_shapes_raise():
         cross_attention(q, k, v, kv_lengths=torch.tensor([1, 2]))
 
 
-def test_dispatch_triton_matches_torch():
+def test_registry_triton_matches_torch():
     q, k, v = _inputs(2, 5, 20, 2, 16, torch.float32)
     lengths = torch.tensor([20, 9])
-    a = dispatch.cross_attention(q, k, v, kv_lengths=lengths, backend="triton")
-    b = dispatch.cross_attention(q, k, v, kv_lengths=lengths, backend="torch")
+    a = bind("triton").cross_attention(q, k, v, kv_lengths=lengths)
+    b = bind("torch").cross_attention(q, k, v, kv_lengths=lengths)
     assert max_err(a, b) < 1e-5
 
 

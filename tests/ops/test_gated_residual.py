@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from lcirc_fast.ops import dispatch
 from lcirc_fast.ops.gated_xattn import gated_residual, naive_gated_residual
+from lcirc_fast.ops.registry import bind
 from lcirc_fast.ops.utils.runtime import LAUNCHES
 from ops_oracle import assert_close_ratio, leaf, max_err, ref_dtype
 
@@ -76,9 +76,9 @@ def test_deterministic_gate_grad():
     assert torch.equal(grads[0], grads[1])
 
 
-def test_dispatch_and_errors():
+def test_registry_and_errors():
     x, y, g = torch.randn(3, 8), torch.randn(3, 8), torch.tensor(1.2)
-    assert max_err(dispatch.gated_residual(x, y, g, backend="triton"), naive_gated_residual(x, y, g)) < 1e-6
+    assert max_err(bind("triton").gated_residual(x, y, g), naive_gated_residual(x, y, g)) < 1e-6
     with pytest.raises(ValueError, match="shapes differ"):
         gated_residual(x, y[:, :4], g)
     with pytest.raises(ValueError, match="one-element"):

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from lcirc_fast.ops import dispatch
 from lcirc_fast.ops.layernorm import layer_norm, naive_layer_norm
+from lcirc_fast.ops.registry import bind
 from lcirc_fast.ops.utils.runtime import LAUNCHES
 from ops_oracle import assert_close_ratio, leaf, max_err, ref_dtype
 
@@ -102,9 +102,9 @@ def test_deterministic_param_grads():
         assert torch.equal(p, q)
 
 
-def test_dispatch_and_errors():
+def test_registry_and_errors():
     x, w = torch.randn(2, 8), torch.randn(8)
-    assert max_err(dispatch.layer_norm(x, w, None, backend="triton"), naive_layer_norm(x, w, None)) < 1e-5
+    assert max_err(bind("triton").layer_norm(x, w, None), naive_layer_norm(x, w, None)) < 1e-5
     with pytest.raises(ValueError, match="weight must have shape"):
         layer_norm(x, torch.randn(7), None)
     with pytest.raises(ValueError, match="does not broadcast"):

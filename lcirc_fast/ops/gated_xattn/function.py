@@ -1,4 +1,5 @@
-"""Host wrappers and autograd.Function for the gated residual y = x + tanh(gate) * branch."""
+"""Host launchers, torch custom ops (``lcirc::gated_residual_fwd`` / ``_bwd``) and the functional API
+of the gated residual y = x + tanh(gate) * branch."""
 from __future__ import annotations
 
 import torch
@@ -51,25 +52,50 @@ def gated_backward(dout, branch, gate, need_dbranch: bool, need_dgate: bool):
     return dy, dg
 
 
-class GatedResidualFunction(torch.autograd.Function):
-    """x + tanh(gate) * branch; backward gives dx = dy, d_branch = tanh(g) dy,
-    d_gate = sum(dy * branch) * (1 - tanh(g)^2) (fp32, fixed-order two-stage reduction)."""
+# ---- torch custom ops: the launchers above as opaque ops with fake shapes and autograd --------
 
-    @staticmethod
-    def forward(ctx, x, branch, gate):
-        out = gated_forward(x, branch, gate)
-        ctx.save_for_backward(branch if ctx.needs_input_grad[2] else None, gate)
-        return out
+@torch.library.custom_op("lcirc::gated_residual_fwd", mutates_args=())
+def gated_residual_fwd(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x, branch: contiguous, same shape and dtype; gate: one element. Returns x + tanh(gate) * branch."""
+    return gated_forward(x, branch, gate)
 
-    @staticmethod
-    def backward(ctx, dout):
-        branch, gate = ctx.saved_tensors
-        need_dx, need_db, need_dg = ctx.needs_input_grad[:3]
-        dout = dout.contiguous()
-        dy = dg = None
-        if need_db or need_dg:
-            dy, dg = gated_backward(dout, branch if branch is not None else dout, gate, need_db, need_dg)
-        return (dout if need_dx else None), dy, dg
+
+@gated_residual_fwd.register_fake
+def _(x, branch, gate):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("lcirc::gated_residual_bwd", mutates_args=())
+def gated_residual_bwd(dout: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor, need_dbranch: bool,
+                       need_dgate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d_branch = tanh(g) dout, d_gate = sum(dout * branch) (1 - tanh(g)^2)) in fp32, fixed-order
+    two-stage reduction; a gradient not asked for comes back empty. dout: contiguous."""
+    db, dg = gated_backward(dout, branch, gate, need_dbranch, need_dgate)
+    return (db if db is not None else branch.new_zeros(0)), (dg if dg is not None else gate.new_zeros(0))
+
+
+@gated_residual_bwd.register_fake
+def _(dout, branch, gate, need_dbranch, need_dgate):
+    return (branch.new_empty(branch.shape if need_dbranch else (0,)),
+            gate.new_empty(gate.shape if need_dgate else (0,)))
+
+
+def _gated_setup_context(ctx, inputs, output):
+    _, branch, gate = inputs
+    ctx.save_for_backward(branch if ctx.needs_input_grad[2] else None, gate)
+
+
+def _gated_backward(ctx, dout):
+    branch, gate = ctx.saved_tensors
+    need_dx, need_db, need_dg = ctx.needs_input_grad[:3]
+    dout = dout.contiguous()
+    db = dg = None
+    if need_db or need_dg:
+        db, dg = gated_residual_bwd(dout, branch if branch is not None else dout, gate, need_db, need_dg)
+    return (dout if need_dx else None), (db if need_db else None), (dg if need_dg else None)
+
+
+gated_residual_fwd.register_autograd(_gated_backward, setup_context=_gated_setup_context)
 
 
 def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -77,7 +103,7 @@ def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) ->
 
     Args:
         x, branch: same shape and dtype (fp16/bf16/fp32/fp64).
-        gate: one-element tensor (0-dim fp32 parameter).
+        gate: one-element float tensor (the fp32 gate parameter, any shape with one element).
     """
     if x.shape != branch.shape:
         raise ValueError(f"x and branch shapes differ: {tuple(x.shape)} vs {tuple(branch.shape)}")
@@ -89,6 +115,4 @@ def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) ->
         raise ValueError(f"gate must be a one-element float tensor, got shape {tuple(gate.shape)}, {gate.dtype}")
     check_device(x, branch, gate)
     x, branch = x.contiguous(), branch.contiguous()
-    if torch.is_grad_enabled() and (x.requires_grad or branch.requires_grad or gate.requires_grad):
-        return GatedResidualFunction.apply(x, branch, gate)
-    return gated_forward(x, branch, gate)
+    return gated_residual_fwd(x, branch, gate)

@@ -1,5 +1,8 @@
-"""Host wrappers and autograd.Function for the fused LayerNorm(x + add)."""
+"""Host launchers, torch custom ops (``lcirc::layer_norm_fwd`` / ``_bwd``) and the functional API of
+the fused LayerNorm(x + add)."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import triton
@@ -84,30 +87,79 @@ def ln_backward(dy2, x2, add2, weight, mean, rstd, need_dx, need_dadd, need_dwb,
     return dx, dadd, dw, db
 
 
-class LayerNormFunction(torch.autograd.Function):
-    """LN(x + add) with x2 [N, d], add2 [P, d] (row r uses add2[r % P]); saves x, add, mean, rstd."""
+# ---- torch custom ops: the launchers above as opaque ops with fake shapes and autograd --------
 
-    @staticmethod
-    def forward(ctx, x2, add2, weight, bias, eps, out_dtype):
-        y, mean, rstd = ln_forward(x2, add2, weight, bias, eps, out_dtype, store_stats=True)
-        ctx.save_for_backward(x2, add2, weight, mean, rstd)
-        ctx.bias_dtype = bias.dtype if bias is not None else None
-        ctx.add_dtype = add2.dtype if add2 is not None else None
-        return y
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
-    @staticmethod
-    def backward(ctx, dy):
-        x2, add2, weight, mean, rstd = ctx.saved_tensors
-        need_dx, need_dadd, need_dw, need_db = ctx.needs_input_grad[:4]
-        need_dadd = need_dadd and add2 is not None
-        need_dwb = need_dw or need_db
-        if not (need_dx or need_dadd or need_dwb):
-            return None, None, None, None, None, None
-        dx, dadd, dw, db = ln_backward(dy.contiguous(), x2, add2, weight, mean, rstd, need_dx,
-                                       need_dadd, need_dwb, x2.dtype, ctx.add_dtype)
-        dw = dw.to(weight.dtype) if need_dw else None
-        db = db.to(ctx.bias_dtype) if need_db else None
-        return dx, dadd, dw, db, None, None
+
+@torch.library.custom_op("lcirc::layer_norm_fwd", mutates_args=())
+def layer_norm_fwd(x2: torch.Tensor, add2: Optional[torch.Tensor], weight: Optional[torch.Tensor],
+                   bias: Optional[torch.Tensor], eps: float, out_dtype: torch.dtype,
+                   store_stats: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LN(x2 + add2[r % P]) row by row. x2 [N, d], add2 [P, d] (P divides N), weight/bias [d]: all
+    contiguous. Returns y [N, d] in ``out_dtype`` and the fp32 (fp64) mean and rstd [N]; empty
+    statistics when ``store_stats`` is False."""
+    y, mean, rstd = ln_forward(x2, add2, weight, bias, eps, out_dtype, store_stats)
+    if mean is None:
+        acc = _acc_dtype(x2.dtype)
+        mean, rstd = x2.new_zeros(0, dtype=acc), x2.new_zeros(0, dtype=acc)
+    return y, mean, rstd
+
+
+@layer_norm_fwd.register_fake
+def _(x2, add2, weight, bias, eps, out_dtype, store_stats):
+    stats = (x2.shape[0],) if store_stats else (0,)
+    acc = _acc_dtype(x2.dtype)
+    return x2.new_empty(x2.shape, dtype=out_dtype), x2.new_empty(stats, dtype=acc), x2.new_empty(stats, dtype=acc)
+
+
+@torch.library.custom_op("lcirc::layer_norm_bwd", mutates_args=())
+def layer_norm_bwd(dy: torch.Tensor, x2: torch.Tensor, add2: Optional[torch.Tensor],
+                   weight: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
+                   need_dx: bool, need_dadd: bool,
+                   need_dwb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (dx [N, d] in x2's dtype, dadd [P, d] in add2's dtype, dweight [d], dbias [d] in
+    fp32/fp64); the output is recomputed from the saved statistics. A gradient not asked for comes
+    back empty. dy: contiguous [N, d]."""
+    dx, dadd, dw, db = ln_backward(dy, x2, add2, weight, mean, rstd, need_dx, need_dadd, need_dwb,
+                                   x2.dtype, add2.dtype if add2 is not None else None)
+    acc = _acc_dtype(x2.dtype)
+    return (dx if dx is not None else x2.new_zeros(0), dadd if dadd is not None else x2.new_zeros(0),
+            dw if dw is not None else x2.new_zeros(0, dtype=acc),
+            db if db is not None else x2.new_zeros(0, dtype=acc))
+
+
+@layer_norm_bwd.register_fake
+def _(dy, x2, add2, weight, mean, rstd, need_dx, need_dadd, need_dwb):
+    d, acc = x2.shape[-1], _acc_dtype(x2.dtype)
+    return (x2.new_empty(x2.shape if need_dx else (0,)),
+            add2.new_empty(add2.shape) if need_dadd else x2.new_empty(0),
+            x2.new_empty((d,) if need_dwb else (0,), dtype=acc), x2.new_empty((d,) if need_dwb else (0,), dtype=acc))
+
+
+def _ln_setup_context(ctx, inputs, output):
+    x2, add2, weight, bias = inputs[:4]
+    ctx.save_for_backward(x2, add2, weight, output[1], output[2])
+    ctx.weight_dtype = weight.dtype if weight is not None else None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _ln_backward(ctx, dy, _dmean, _drstd):
+    x2, add2, weight, mean, rstd = ctx.saved_tensors
+    need_dx, need_dadd, need_dw, need_db = ctx.needs_input_grad[:4]
+    need_dadd = need_dadd and add2 is not None
+    need_dwb = need_dw or need_db
+    if not (need_dx or need_dadd or need_dwb):
+        return (None,) * 7
+    dx, dadd, dw, db = layer_norm_bwd(dy.contiguous(), x2, add2, weight, mean, rstd, need_dx, need_dadd,
+                                      need_dwb)
+    return ((dx if need_dx else None), (dadd if need_dadd else None),
+            (dw.to(ctx.weight_dtype) if need_dw else None), (db.to(ctx.bias_dtype) if need_db else None),
+            None, None, None)
+
+
+layer_norm_fwd.register_autograd(_ln_backward, setup_context=_ln_setup_context)
 
 
 def _check(x, weight, bias, add) -> None:
@@ -161,8 +213,5 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     w = weight.contiguous() if weight is not None else None
     b = bias.contiguous() if bias is not None else None
     grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, add))
-    if grads:
-        y = LayerNormFunction.apply(x2, add2, w, b, float(eps), out_dtype)
-    else:
-        y, _, _ = ln_forward(x2, add2, w, b, float(eps), out_dtype, store_stats=False)
+    y, _, _ = layer_norm_fwd(x2, add2, w, b, float(eps), out_dtype, grads)
     return y.view(x.shape)

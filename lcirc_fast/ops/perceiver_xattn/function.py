@@ -1,4 +1,5 @@
-"""Host wrappers and autograd.Function for the Triton cross-attention kernels.
+"""Host launchers, torch custom ops (``lcirc::xattn_fwd`` / ``lcirc::xattn_bwd``, with fake
+implementations and registered autograd) and the functional API of the Triton cross-attention.
 
 The forward is always deterministic (split-KV partials are merged in a fixed order). The backward
 is deterministic with ``deterministic=True``; otherwise, for few queries (split mode), dQ is
@@ -7,14 +8,15 @@ accumulated with fp32 atomics inside the dK/dV pass.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ..utils.runtime import check_device, count_launch, interpreting, next_pow2, num_sms
+from ..utils.runtime import (check_device, count_launch, interpreting, next_pow2, num_sms,
+                             resolve_tf32)
 from . import kernels as K
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -71,13 +73,6 @@ def _dtype_flags(dtype: torch.dtype, tf32: bool):
     else:
         prec = "ieee" if upcast else "tf32"  # fp64 dots; 16-bit dots ignore the precision
     return upcast, acc, prec
-
-
-def resolve_tf32(allow_tf32: bool | None) -> bool:
-    """``allow_tf32`` or, when None, True unless ``TRITON_F32_DEFAULT=ieee``."""
-    if allow_tf32 is not None:
-        return bool(allow_tf32)
-    return os.environ.get("TRITON_F32_DEFAULT", "tf32").strip().lower() != "ieee"
 
 
 def _num_splits(seq: _Seq, device: torch.device, requested: int | None) -> tuple[int, int]:
@@ -223,23 +218,87 @@ def _reduce_dq(partials, dq, seq: _Seq, packed_q: bool, common: dict, dummy) -> 
         BLOCK_M=bm, BLOCK_D=common["BLOCK_D"])
 
 
-class CrossAttentionFunction(torch.autograd.Function):
-    """o = softmax(scale * q k^T) v with key padding / varlen; saves q, k, v, o and the LSE."""
+# ---- torch custom ops: the launchers above as opaque ops with fake shapes and autograd --------
 
-    @staticmethod
-    def forward(ctx, q, k, v, seq: _Seq, scale: float, deterministic: bool, num_splits):
-        o, lse = attention_forward(q, k, v, seq, scale, store_lse=True, num_splits=num_splits)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.seq, ctx.scale, ctx.deterministic = seq, scale, deterministic
-        return o
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        need_dq, need_dk, need_dv = ctx.needs_input_grad[:3]
-        dq, dk, dv = attention_backward(do, q, k, v, o, lse, ctx.seq, ctx.scale, need_dq,
-                                        need_dk or need_dv, ctx.deterministic)
-        return dq, (dk if need_dk else None), (dv if need_dv else None), None, None, None, None
+
+def _make_seq(q, kv_lengths, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, allow_tf32) -> _Seq:
+    batch = q.shape[0] if cu_seqlens_k is None else cu_seqlens_k.shape[0] - 1
+    return _Seq(batch, q.shape[-2], q.shape[-1], max_seqlen_q, max_seqlen_k, cu_seqlens_q, cu_seqlens_k,
+                kv_lengths, allow_tf32)
+
+
+@torch.library.custom_op("lcirc::xattn_fwd", mutates_args=())
+def xattn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: Optional[torch.Tensor],
+              cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
+              max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, deterministic: bool,
+              store_lse: bool, num_splits: int, allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton forward. q [B, Lq, H, D] or packed [Tq, H, D]; k, v [B, Lk, H, D] or packed [Tk, H, D].
+
+    Returns o (q's shape, contiguous, q's dtype) and the base-2 LSE [B, H, max_seqlen_q] in fp32
+    (fp64 for fp64 inputs), or an empty LSE when ``store_lse`` is False. ``num_splits`` 0: automatic.
+    ``deterministic`` is used by the backward only.
+    """
+    seq = _make_seq(q, kv_lengths, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, allow_tf32)
+    o, lse = attention_forward(q, k, v, seq, softmax_scale, store_lse, num_splits or None)
+    return o, (lse if lse is not None else q.new_zeros(0, dtype=_acc_dtype(q.dtype)))
+
+
+@xattn_fwd.register_fake
+def _(q, k, v, kv_lengths, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+      deterministic, store_lse, num_splits, allow_tf32):
+    batch = q.shape[0] if cu_seqlens_k is None else cu_seqlens_k.shape[0] - 1
+    lse_shape = (batch, q.shape[-2], max_seqlen_q) if store_lse else (0,)
+    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=_acc_dtype(q.dtype))
+
+
+@torch.library.custom_op("lcirc::xattn_bwd", mutates_args=())
+def xattn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+              lse: torch.Tensor, kv_lengths: Optional[torch.Tensor], cu_seqlens_q: Optional[torch.Tensor],
+              cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
+              softmax_scale: float, need_dq: bool, need_dkdv: bool, deterministic: bool,
+              allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton backward from the saved q, k, v, o, lse. Returns (dq, dk, dv); a gradient not asked
+    for comes back as an empty tensor."""
+    seq = _make_seq(q, kv_lengths, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, allow_tf32)
+    dq, dk, dv = attention_backward(do, q, k, v, o, lse, seq, softmax_scale, need_dq, need_dkdv,
+                                    deterministic)
+    return (dq if dq is not None else q.new_zeros(0), dk if dk is not None else k.new_zeros(0),
+            dv if dv is not None else v.new_zeros(0))
+
+
+@xattn_bwd.register_fake
+def _(do, q, k, v, o, lse, kv_lengths, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+      softmax_scale, need_dq, need_dkdv, deterministic, allow_tf32):
+    return (q.new_empty(q.shape if need_dq else (0,)), k.new_empty(k.shape if need_dkdv else (0,)),
+            v.new_empty(v.shape if need_dkdv else (0,)))
+
+
+_INDEX_ARGS = (3, 4, 5)  # kv_lengths, cu_seqlens_q, cu_seqlens_k in xattn_fwd's inputs
+
+
+def _xattn_setup_context(ctx, inputs, output):
+    q, k, v = inputs[:3]
+    index = [inputs[i] for i in _INDEX_ARGS]
+    ctx.has_index = [t is not None for t in index]
+    ctx.save_for_backward(q, k, v, *output, *[t for t in index if t is not None])
+    (ctx.max_seqlen_q, ctx.max_seqlen_k, ctx.scale, ctx.deterministic, _, _,
+     ctx.allow_tf32) = inputs[6:]
+
+
+def _xattn_backward(ctx, do, _dlse):
+    q, k, v, o, lse, *rest = ctx.saved_tensors
+    rest = iter(rest)
+    index = [next(rest) if has else None for has in ctx.has_index]
+    need_dq, need_dk, need_dv = ctx.needs_input_grad[:3]
+    dq, dk, dv = xattn_bwd(do.contiguous(), q, k, v, o, lse, *index, ctx.max_seqlen_q, ctx.max_seqlen_k,
+                           ctx.scale, need_dq, need_dk or need_dv, ctx.deterministic, ctx.allow_tf32)
+    return ((dq if need_dq else None), (dk if need_dk else None), (dv if need_dv else None)) + (None,) * 10
+
+
+xattn_fwd.register_autograd(_xattn_backward, setup_context=_xattn_setup_context)
 
 
 def _prep(t: torch.Tensor) -> torch.Tensor:
@@ -255,9 +314,9 @@ def _check_inputs(q, k, v) -> None:
 
 def _run(q, k, v, seq: _Seq, softmax_scale, deterministic, num_splits):
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(seq.dim)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return CrossAttentionFunction.apply(q, k, v, seq, scale, bool(deterministic), num_splits)
-    o, _ = attention_forward(q, k, v, seq, scale, store_lse=False, num_splits=num_splits)
+    store_lse = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    o, _ = xattn_fwd(q, k, v, seq.klen, seq.cu_q, seq.cu_k, seq.maxq, seq.maxk, scale,
+                     bool(deterministic), store_lse, int(num_splits or 0), seq.tf32)
     return o
 
 

@@ -19,6 +19,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def resolve_tf32(allow_tf32: bool | None) -> bool:
+    """``allow_tf32`` or, when None, True unless ``TRITON_F32_DEFAULT=ieee``."""
+    if allow_tf32 is not None:
+        return bool(allow_tf32)
+    return os.environ.get("TRITON_F32_DEFAULT", "tf32").strip().lower() != "ieee"
+
+
 def autotune_configs(configs: list, interpreter_config) -> list:
     """All `configs` on a GPU; a single interpreter-friendly config under TRITON_INTERPRET=1.
 
