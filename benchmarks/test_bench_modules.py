@@ -6,7 +6,7 @@ def test_compressor_segment(benchmark, small_model):
     comp, d = small_model.compressor, small_model.config.hidden_size
     state, emb = torch.randn(1, 8, d), torch.randn(1, 256, d)
     with torch.no_grad():
-        out = benchmark(comp, state, emb, backend="torch")
+        out = benchmark(comp, state, emb)
     assert out.shape == (1, 8, d)
 
 
@@ -15,7 +15,7 @@ def test_gca_block_prefill(benchmark, small_model):
     x, mem = torch.randn(1, 512, d), torch.randn(1, 64, d)
     with torch.no_grad():
         k, v = blk.project_memory(mem)
-        out = benchmark(blk, x, k, v, backend="torch")
+        out = benchmark(blk, x, k, v)
     assert out.shape == x.shape
 
 

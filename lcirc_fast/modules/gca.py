@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cross_attention, gated_residual, layer_norm
+from .binding import UsesOps
 from .feedforward import FeedForward
 from .zero import whole
 
@@ -44,8 +44,9 @@ class GCAAttention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=False, **kw)
 
 
-class GatedCrossAttentionBlock(nn.Module):
-    """One GCA block. Shapes: x [B, T, d]; memory [B, M, d]; K/V [B, M, heads, head_dim]."""
+class GatedCrossAttentionBlock(UsesOps, nn.Module):
+    """One GCA block. Shapes: x [B, T, d]; memory [B, M, d]; K/V [B, M, heads, head_dim].
+    Ops: ``self.ops`` (see `lcirc_fast.modules.bind_ops`)."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, ffn: int, eps: float = 1e-5,
                  device=None, dtype=None):
@@ -54,6 +55,7 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff_gate = nn.Parameter(torch.zeros(1, device=device, dtype=torch.float32))
         self.attn = GCAAttention(dim, heads, head_dim, eps, device=device, dtype=dtype)
         self.ff = FeedForward(dim, ffn, eps, device=device, dtype=dtype)
+        self._init_ops()
 
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """memory [B, M, d] -> (k, v), each [B, M, heads, head_dim]."""
@@ -63,14 +65,13 @@ class GatedCrossAttentionBlock(nn.Module):
         return kv[:, :, 0], kv[:, :, 1]
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                kv_lengths: torch.Tensor | None = None, backend: str = "torch") -> torch.Tensor:
-        """x [B, T, d] attends to projected memory k, v [B, M, H, Dh] -> [B, T, d] (x's dtype)."""
-        a = self.attn
+                kv_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, d] attends to projected memory k, v [B, M, H, Dh] -> [B, T, d] (x's dtype).
+        kv_lengths: optional int [B]; memory rows at positions >= kv_lengths[b] are padding."""
+        a, ops = self.attn, self.ops
         b, t, _ = x.shape
-        h = layer_norm(x, a.norm.weight, a.norm.bias, a.norm.eps, backend=backend)
+        h = ops.layer_norm(x, a.norm.weight, a.norm.bias, a.norm.eps)
         q = a.to_q(h).view(b, t, a.heads, a.head_dim)
-        o = cross_attention(q, k, v, kv_lengths=kv_lengths, backend=backend)
-        x = gated_residual(x, a.to_out(o.reshape(b, t, a.heads * a.head_dim)),
-                           self.attn_gate.reshape(()), backend=backend)
-        return gated_residual(x, self.ff(x, backend=backend), self.ff_gate.reshape(()),
-                              backend=backend)
+        o = ops.cross_attention(q, k, v, kv_lengths=kv_lengths)
+        x = ops.gated_residual(x, a.to_out(o.reshape(b, t, a.heads * a.head_dim)), self.attn_gate.reshape(()))
+        return ops.gated_residual(x, self.ff(x), self.ff_gate.reshape(()))

@@ -12,13 +12,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cross_attention, layer_norm
+from .binding import UsesOps
 from .feedforward import FeedForward
 from .zero import whole
 
 
-class PerceiverAttention(nn.Module):
-    """Latents attend to the segment. Parameter names follow the reference layout."""
+class PerceiverAttention(UsesOps, nn.Module):
+    """Latents attend to the segment. Parameter names follow the reference layout. Ops: ``self.ops``."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, eps: float, device=None, dtype=None):
         super().__init__()
@@ -30,15 +30,14 @@ class PerceiverAttention(nn.Module):
         self.to_q = nn.Linear(dim, inner, bias=False, **kw)
         self.to_kv = nn.Linear(dim, 2 * inner, bias=False, **kw)  # rows [0, inner): K; rest: V
         self.to_out = nn.Linear(inner, dim, bias=False, **kw)
+        self._init_ops()
 
-    def forward(self, z: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                backend: str = "torch") -> torch.Tensor:
+    def forward(self, z: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """z: [B, K, d]; k, v: [B, L, H, Dh] -> attention output after to_out, [B, K, d]."""
         b, n, _ = z.shape
-        zn = layer_norm(z, self.norm_latents.weight, self.norm_latents.bias,
-                        self.norm_latents.eps, backend=backend)
+        zn = self.ops.layer_norm(z, self.norm_latents.weight, self.norm_latents.bias, self.norm_latents.eps)
         q = self.to_q(zn).view(b, n, self.heads, self.head_dim)
-        o = cross_attention(q, k, v, backend=backend)
+        o = self.ops.cross_attention(q, k, v)
         return self.to_out(o.reshape(b, n, self.heads * self.head_dim))
 
 
@@ -49,8 +48,8 @@ class PerceiverLayer(nn.Module):
         self.ff = FeedForward(dim, ffn, eps, device=device, dtype=dtype)
 
 
-class PerceiverCompressor(nn.Module):
-    """Recurrent Perceiver compressor.
+class PerceiverCompressor(UsesOps, nn.Module):
+    """Recurrent Perceiver compressor. Ops: ``self.ops`` (see `lcirc_fast.modules.bind_ops`).
 
     Args:
         dim: model width d; heads x head_dim: attention inner size; ffn: MLP size.
@@ -68,6 +67,7 @@ class PerceiverCompressor(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps, device=device, dtype=dtype)
         self.eps = eps
         self._max_segment_len = max_segment_len   # not pos_emb.shape: a ZeRO-3 shard is empty
+        self._init_ops()
 
     @property
     def max_segment_len(self) -> int:
@@ -88,8 +88,8 @@ class PerceiverCompressor(nn.Module):
         return torch.cat(ws, 0), torch.cat(bs, 0)
 
     def segment_kv(self, embeds: torch.Tensor,
-                   folded: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   backend: str = "torch") -> list[tuple[torch.Tensor, torch.Tensor]]:
+                   folded: tuple[torch.Tensor, torch.Tensor] | None = None
+                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """K/V of every layer for one segment.
 
         Args:
@@ -100,11 +100,11 @@ class PerceiverCompressor(nn.Module):
         """
         if embeds.dim() != 3:
             raise ValueError(f"embeds must be [batch, length, dim], got {tuple(embeds.shape)}")
-        return self.segments_kv(embeds[:, None], folded, backend=backend)[0]
+        return self.segments_kv(embeds[:, None], folded)[0]
 
     def segments_kv(self, embeds: torch.Tensor,
-                    folded: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    backend: str = "torch") -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+                    folded: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """K/V of every layer for C segments of equal length, from one matrix product.
 
         Args:
@@ -124,7 +124,7 @@ class PerceiverCompressor(nn.Module):
             raise ValueError(f"segment of {length} tokens is longer than the position table "
                              f"({self.max_segment_len} rows; raise LCIRCConfig.max_segment_len)")
         pos, = whole(self.pos_emb)
-        xhat = layer_norm(embeds, None, None, self.eps, add=pos[:length], backend=backend)
+        xhat = self.ops.layer_norm(embeds, None, None, self.eps, add=pos[:length])
         w, bias = folded if folded is not None else self.folded_kv_weight()
         kv = self._kv_product(xhat, w, bias).view(b, c, length, len(self.layers), 2,
                                                   self.heads, self.head_dim)
@@ -136,17 +136,15 @@ class PerceiverCompressor(nn.Module):
         """The K/V matrix product: xhat [..., d] -> [..., layers * 2 * inner]."""
         return F.linear(xhat, w, bias)
 
-    def step(self, state: torch.Tensor, kvs: list[tuple[torch.Tensor, torch.Tensor]],
-             backend: str = "torch") -> torch.Tensor:
+    def step(self, state: torch.Tensor, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """One recurrence step: state [B, K, d] and the segment's K/V -> LN_final(Z) [B, K, d]."""
         z = state
         for layer, (k, v) in zip(self.layers, kvs):
-            z = z + layer.attn(z, k, v, backend=backend)
-            z = z + layer.ff(z, backend=backend)
+            z = z + layer.attn(z, k, v)
+            z = z + layer.ff(z)
         weight, bias = whole(self.norm.weight, self.norm.bias)
-        return layer_norm(z, weight, bias, self.norm.eps, backend=backend)
+        return self.ops.layer_norm(z, weight, bias, self.norm.eps)
 
-    def forward(self, state: torch.Tensor, embeds: torch.Tensor,
-                backend: str = "torch") -> torch.Tensor:
+    def forward(self, state: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         """h(i) = Perceiver(state, embeds): state [B, K, d], embeds [B, L, d] -> [B, K, d]."""
-        return self.step(state, self.segment_kv(embeds, backend=backend), backend=backend)
+        return self.step(state, self.segment_kv(embeds))
