@@ -59,9 +59,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="BPTT policy of the training step: full, truncated:k, selective:n")
     p.add_argument("--no-train", action="store_true", help="skip the training step")
     p.add_argument("--no-reference", action="store_true", help="skip the eager reference")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (best)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="minimum timed runs per method and length after an uncounted warm-up "
+                        "(short runs get more, up to --max-repeats); the median and min-max "
+                        "are reported (default: 3)")
+    p.add_argument("--max-repeats", type=int, default=30,
+                   help="most timed runs per method and length (default: 30)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's; use 1 on a shared, busy CPU)")
+                   help="torch CPU threads (default: the physical cores this process may use)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory measurements (one isolated run per method and "
+                        "length)")
     p.add_argument("--flops-only", action="store_true",
                    help="analytic FLOP model only (no model is built)")
     return p
@@ -74,6 +82,9 @@ def _check_args(args) -> None:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.max_repeats < args.repeats:
+        raise ConfigError(f"--max-repeats ({args.max_repeats}) must be >= --repeats "
+                          f"({args.repeats})")
     from ..flops import _policy_parts
 
     _policy_parts(args.train_policy)
@@ -155,8 +166,6 @@ def run(args) -> int:
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = _device(args.device)
     dtype = getattr(torch, DTYPES[args.dtype] if args.dtype else
                     ("bfloat16" if device.type == "cuda" else "float32"))
@@ -168,16 +177,16 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from .. import flops as fl
-    from ..bench.report import measured_table, plot, write_json
+    from ..bench.report import flags_text, measured_table, plot, write_json
     from ..bench.sweep import SweepOptions, crossover, run_sweep
     from ..plotting import written
 
     opts = SweepOptions(lengths=lengths, device=str(device), dtype=dtype,
                         decode_tokens=args.decode_tokens, train=not args.no_train,
                         train_policy=args.train_policy, reference=not args.no_reference,
-                        repeats=args.repeats)
-    per_len = 2 + opts.reference + bool(opts.decode_tokens) + opts.train
-    bar = tqdm(total=len(lengths) * per_len, desc="lcirc bench", unit="run", file=sys.stderr)
+                        repeats=args.repeats, max_repeats=args.max_repeats,
+                        threads=args.threads, memory=not args.no_memory)
+    bar = tqdm(desc="lcirc bench", unit="step", file=sys.stderr)
 
     def tick(msg: str) -> None:
         bar.set_postfix_str(msg)
@@ -187,30 +196,65 @@ def run(args) -> int:
         res = run_sweep(preset, opts, progress=tick)
     finally:
         bar.close()
-    rows, meta = res["rows"], res["meta"]
+    rows, meta, flags = res["rows"], res["meta"], res["flags"]
     shape = preset.shape()
     xo_meas = crossover(rows)
     xo_flops = {c: fl.crossover(preset.llm, shape, c) for c in fl.CAUSAL_CONVENTIONS}
     print(f"\nLCIRC vs full attention: {preset.name} (d={preset.llm.hidden_size}, "
           f"{preset.llm.num_layers} layers), window {preset.window}, segments "
           f"{shape.segment_len}, K={shape.num_latents}, {device}, {str(dtype).split('.')[-1]}")
-    print(measured_table(rows))
+    print(_setup_text(meta, device))
+    print(measured_table(rows, flags))
     print(f"FLOPs: analytic, causal attention as the half (FlashAttention) triangle. "
-          f"Latency: best of {opts.repeats}, last-token logits. Peak memory: "
-          f"{meta['memory_method'].split(':')[0]}. Decode: tokens/s with memory K/V cached / "
-          f"recomputed per token. Train: {opts.train_policy} BPTT, forward+backward.")
+          f"Latency: last-token logits; {meta['timing_method']}. Speed-up: full / LCIRC "
+          f"medians [worst-best pairing of min and max]. Decode: tokens/s with memory K/V "
+          f"cached / recomputed per token. Train: {opts.train_policy} BPTT, forward+backward.")
+    if meta.get("memory_method"):
+        print(f"Peak memory: {meta['memory_method']}."
+              + (f" ({meta['memory_error']})" if meta.get("memory_error") else ""))
     print(f"crossover (LCIRC faster from): measured {xo_meas or 'not reached'}"
           f"{' tokens' if xo_meas else ''}; FLOPs {xo_flops['half']} tokens (half), "
           f"{xo_flops['full']} tokens (full)")
+    print(flags_text(flags))
     meta.update(args={k: v for k, v in vars(args).items() if not k.startswith("_")},
                 seconds=time.perf_counter() - t_start, date=time.strftime("%Y-%m-%d %H:%M:%S"))
-    data = {"mode": "measured", "meta": meta, "rows": rows,
+    data = {"mode": "measured", "schema": 2, "meta": meta, "rows": rows, "flags": flags,
             "crossover_measured": xo_meas, "crossover_flops": xo_flops}
     write_json(out / "bench.json", data)
     drawn = plot(out / "bench.png", rows, f"{preset.name} on {device}")
     print(f"wrote {out / 'bench.json'} and {written(out / 'bench.png', drawn)} "
           f"({time.perf_counter() - t_start:.0f}s)")
     return 0
+
+
+def _setup_text(meta: dict, device) -> str:
+    """Threads, competing load and the GEMM rate, as the run saw them."""
+    from ..bench.checks import LOAD_LIMIT
+
+    lines = []
+    th = meta["threads"]
+    if device.type == "cpu":
+        lines.append(f"threads: {th['count']} ({th['reason']}; {th['physical_cores']} physical "
+                     f"cores, {th['cpu_count']} logical CPUs)")
+    load = meta.get("load") or {}
+    other = load.get("other_cores")
+    if other is None:
+        lines.append("competing load: not measurable here (no /proc/stat)")
+    else:
+        busy = other >= LOAD_LIMIT or (load.get("max_other_cores") or 0) >= LOAD_LIMIT
+        lines.append(f"competing load: {'YES, ' if busy else 'none; '}other processes used "
+                     f"{other:.2f} cores on average while timing (at most "
+                     f"{load['max_other_cores']:.2f} during one length; steal "
+                     f"{load.get('steal_cores') or 0:.2f}), ours {load.get('own_cores') or 0:.2f}"
+                     f"; 1-min load average up to {load.get('loadavg_1m_max')}"
+                     + ("; figures below are skewed" if busy else ""))
+    g = meta.get("gemm")
+    if g:
+        m, k, n = g["start"]["shape"]
+        lines.append(f"GEMM rate (compressor K/V product, [{m} x {k}] x [{k} x {n}]): "
+                     f"{g['start']['flop_s'] / 1e9:.1f} GFLOP/s at the start, "
+                     f"{g['end']['flop_s'] / 1e9:.1f} at the end")
+    return "\n".join(lines)
 
 
 def _check_fits(preset, dtype, device) -> None:

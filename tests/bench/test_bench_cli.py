@@ -17,24 +17,77 @@ def parse(argv):
 
 def test_tiny_bench_writes_json_png_and_table(tmp_path, capsys):
     rc = cli.run(parse(["--model", "tiny", "--device", "cpu", "--lengths", "32,80",
-                        "--decode-tokens", "2", "--out", str(tmp_path)]))
+                        "--decode-tokens", "2", "--max-repeats", "4", "--threads", "1",
+                        "--out", str(tmp_path)]))
     assert rc == 0
     out = capsys.readouterr().out
-    assert "FLOPs LCIRC" in out and "crossover" in out
+    assert "FLOPs LCIRC" in out and "crossover" in out and "self-check" in out
+    assert "threads: 1 (--threads" in out and "competing load:" in out and "GEMM rate" in out
     data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["schema"] == 2 and isinstance(data["flags"], list)
     rows = data["rows"]
     assert [r["tokens"] for r in rows] == [32, 80]
     short, long = rows
     assert short["memory"] == 0 and "decode_cached_tok_s" not in short
+    assert set(short["timing"]) == {"full", "lcirc", "reference"}
     assert long["segments"] == 3 and long["memory"] == 12   # 48 tokens in 16-token segments
-    for key in ("lcirc_s", "full_s", "reference_s", "decode_cached_tok_s",
-                "decode_recompute_tok_s", "train_s", "flops_train"):
+    assert set(long["timing"]) == {"full", "lcirc", "compress", "window", "reference",
+                                   "decode_cached", "decode_recompute", "train"}
+    for name, st in long["timing"].items():
+        assert 3 <= st["n"] <= 4 and len(st["samples"]) == st["n"], name
+        assert 0 < st["min"] <= st["q1"] <= st["median"] <= st["q3"] <= st["max"], name
+    # interleaved: every method appears in the first round, before any second run
+    first_round = long["interleaving"][:8]
+    assert sorted(first_round) == sorted(long["timing"])
+    for key in ("lcirc_s", "full_s", "reference_s", "compress_s", "window_s",
+                "decode_cached_tok_s", "decode_recompute_tok_s", "train_s", "flops_train"):
         assert long[key] > 0, key
+    for key in ("full_peak_bytes", "lcirc_peak_bytes", "reference_peak_bytes",
+                "train_peak_bytes"):
+        assert long[key] > 0, key                       # never 0 B for a run that allocates
+    assert set(long["breakdown"]["share"]) == {"compress", "window", "decode"}
+    assert sum(long["breakdown"]["share"].values()) == pytest.approx(1.0)
+    assert long["compressor"]["gemm_fraction"] > 0 and long["compressor"]["matmul_flops"] > 0
+    lo, hi = long["speedup_range"]
+    assert lo <= long["speedup"] <= hi
     assert long["flops_lcirc_half"] < long["flops_full_half"]
     assert short["flops_lcirc_half"] == short["flops_full_half"]
-    assert data["meta"]["versions"]["torch"] == torch.__version__
+    meta = data["meta"]
+    assert meta["versions"]["torch"] == torch.__version__
+    assert meta["threads"]["count"] == 1 and meta["threads"]["reason"] == "--threads"
+    assert meta["load"]["other_cores"] is None or meta["load"]["other_cores"] >= 0
+    assert meta["gemm"]["start"]["shape"] == [48, 64, 256] and meta["gemm"]["flop_s"] > 0
+    assert "fresh process" in meta["memory_method"]
+    kinds = {f["kind"] for f in data["flags"]}
+    assert kinds <= {"falls_with_length", "spread", "competing_load", "gemm_drift",
+                     "above_gemm_rate", "no_memory"}
     png = (tmp_path / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_two_tiny_runs_use_the_same_model_inputs_and_plan():
+    """Reproducibility of the machinery (not of the timings): the same weights and token ids
+    in every run, the same methods, each timed >= the minimum, with an uncounted warm-up."""
+    from lcirc_fast.bench.presets import get_preset
+    from lcirc_fast.bench.sweep import SweepOptions, build_model, run_sweep, workloads
+
+    preset = get_preset("tiny")
+    opts = SweepOptions(lengths=[80], decode_tokens=2, memory=False, train=False,
+                        reference=False, threads=1, max_repeats=3)
+    runs = [run_sweep(preset, opts) for _ in range(2)]
+    a, b = (r["rows"][0] for r in runs)
+    assert a.keys() == b.keys() and a["timing"].keys() == b["timing"].keys()
+    assert sorted(a["interleaving"]) == sorted(b["interleaving"])
+    for r in (a, b):
+        assert all(st["n"] == 3 for st in r["timing"].values())
+        assert all(n >= 1 for n in r["warmup_runs"].values())
+        assert r["speedup"] > 0
+    assert a["flops_lcirc_half"] == b["flops_lcirc_half"]
+    outs = []
+    for _ in range(2):
+        model = build_model(preset, "cpu", torch.float32)
+        outs.append(workloads(model, preset, 80, opts)["lcirc"].run())
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
 def test_flops_only_reports_llama_at_128k(tmp_path, capsys):
@@ -67,6 +120,8 @@ def test_hf_config_path_is_accepted(tmp_path, capsys):
     (["--segment-len", "-4", "--model", "tiny"], "--segment-len"),
     (["--decode-tokens", "-1"], "--decode-tokens"),
     (["--threads", "0"], "--threads"),
+    (["--repeats", "0"], "--repeats"),
+    (["--repeats", "5", "--max-repeats", "4"], "--max-repeats"),
     (["--train-policy", "sometimes"], "BPTT policy"),
 ])
 def test_bad_inputs_give_clear_errors(argv, message, tmp_path, capsys):
