@@ -20,7 +20,7 @@ def _trainable(model):
 
 def _train_pass(model, backend, ids, x, **kw):
     """compress + forward + backward under `backend`; returns outputs, grads, kernel launches."""
-    model.backend = backend
+    model.configure(backend=backend)
     model.zero_grad(set_to_none=True)
     LAUNCHES.clear()
     mem = model.compress(ids, segment_len=SEG, **kw)
@@ -80,23 +80,25 @@ def _infer(model, ids, x):
 
 
 def test_backend_env_var_switches_auto_models(monkeypatch):
+    """LCIRC_BACKEND is read when the op set is bound (model built or `configure`d)."""
     model = tiny_lcirc(randomize_gates=True)
     ids = torch.randint(0, 256, (1, 2 * SEG + 2))       # two 8-token segments share a K/V product
     x = torch.randint(0, 256, (1, 4))
-    model.backend = "auto"
     monkeypatch.setenv(ENV_VAR, "torch")
+    model.configure(backend="auto")
     assert model.resolved_backend() == "torch"
     ref, n_torch = _infer(model, ids, x)
     monkeypatch.setenv(ENV_VAR, "triton")
+    model.configure(backend="auto")
     assert model.resolved_backend() == "triton"
     got, n_triton = _infer(model, ids, x)
     assert n_torch == 0 and n_triton > 0
     torch.testing.assert_close(got, ref, **TOL)
-    model.backend = "torch"                            # an explicit per-model choice wins
+    model.configure(backend="torch")                   # an explicit per-model choice wins
     assert model.resolved_backend() == "torch" and _infer(model, ids, x)[1] == 0
-    model.backend = "auto"
     monkeypatch.delenv(ENV_VAR)
+    model.configure(backend="auto")
     assert model.resolved_backend() == "torch"         # auto on CPU
-    monkeypatch.setenv(ENV_VAR, "cuda")
+    monkeypatch.setenv(ENV_VAR, "cuda")                # the extension needs CUDA tensors
     with pytest.raises(ValueError, match=ENV_VAR):
-        model.compress(ids)
+        model.configure(backend="auto")
