@@ -1,8 +1,12 @@
 """CompressedMemory: the concatenated compressor outputs of one or more documents.
 
 It holds the per-step slots h(1..S) (each [B, K, d]), the recurrent state for streaming more
-segments, the QD query (if any), and a cache of each GCA layer's projected keys/values so that
-decoding projects the memory once.
+segments, the recent segments that Truncated(k) streaming re-runs, the QD query (if any), and a
+cache of each GCA layer's projected keys/values so that decoding projects the memory once.
+
+A memory does not know the model class: the model that streams into it is passed to `append`,
+and `load` / `from_state_dict` read only a model's public `config`, `device`, `dtype` and
+`fingerprint()`.
 """
 from __future__ import annotations
 
@@ -11,17 +15,15 @@ import json
 import os
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from .errors import DataError, MemoryFileError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .models.lcirc_llama import LCIRCForCausalLM
-
 FORMAT = "lcirc_fast.memory"
-FORMAT_VERSION = "2"      # 2: sha256 checksum of the content in the metadata
+FORMAT_VERSION = "3"      # 2: sha256 checksum of the content; 3: the Truncated(k) stream records
+READ_VERSIONS = ("2", FORMAT_VERSION)
 
 
 def _own_copy(t: torch.Tensor) -> torch.Tensor:
@@ -34,11 +36,20 @@ def _own_copy(t: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class _Record:
-    """What streaming Truncated(k) needs to re-run a recent step with a graph."""
-    segment_ids: torch.Tensor      # [B, L]
-    input_state: torch.Tensor      # [B, K, d], detached (or h0 itself for step 0)
-    step: int
+class StreamRecord:
+    """One recent step, kept so that Truncated(k) streaming can re-run it with a graph."""
+    segment_ids: torch.Tensor              # int64 [B, L]
+    input_state: torch.Tensor | None       # [B, K, d] detached state entering it; None: h0
+    step: int                              # global step index
+
+
+def slots_from_hidden(hidden: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """Split a uniform memory [B, M, d] into per-step slots of `k` vectors, newest last; a
+    capped memory's oldest slot may be partial."""
+    m = hidden.shape[1]
+    first = m % k
+    widths = ([first] if first else []) + [k] * (m // k)
+    return list(hidden.split(widths, dim=1))
 
 
 class CompressedMemory:
@@ -53,6 +64,8 @@ class CompressedMemory:
         lengths: int64 [B] valid memory vectors per item (items of a stacked batch may differ).
         fingerprint: the fingerprint (`LCIRCForCausalLM.fingerprint`) of the model that made
             it, computed when first needed (saving, or use with another model object).
+        records: the last k-1 steps (`StreamRecord`) of a Truncated(k) compression, which
+            `append` re-runs with a graph.
 
     A memory is always accepted by the model object that made it, also after that model's
     weights were updated (training streams memories across optimizer steps); any other model
@@ -60,7 +73,8 @@ class CompressedMemory:
     """
 
     def __init__(self, slots, state, num_segments, context_tokens, fingerprint=None, cap=None,
-                 query_ids=None, query_mask=None, lengths=None, hidden=None, owner=None):
+                 query_ids=None, query_mask=None, lengths=None, hidden=None, owner=None,
+                 records=None):
         self.slots = list(slots)
         self.state = state
         self.num_segments = int(num_segments)
@@ -75,7 +89,7 @@ class CompressedMemory:
         self._hidden = hidden          # set for stacked (padded) memories
         self._kv_cache: dict = {}
         self._concat: tuple | None = None   # (slot ids, cap) -> concatenated hidden
-        self._records: list[_Record] = []
+        self.records: list[StreamRecord] = list(records or [])
         self.selected_steps: list[int] | None = None
 
     # ------------------------------------------------------------------ provenance
@@ -143,15 +157,33 @@ class CompressedMemory:
                 f"query_dependent={self.query_ids is not None})")
 
     # ------------------------------------------------------------------ streaming
-    def append(self, model: "LCIRCForCausalLM", segment_ids: torch.Tensor,
-               bptt=None) -> "CompressedMemory":
-        """Compress one more segment ([B, L] or [L] token ids) into this memory, in place.
+    def append(self, model, segment_ids: torch.Tensor, bptt=None) -> "CompressedMemory":
+        """Compress one more segment ([B, L] or [L] token ids) into this memory with `model`
+        (an `LCIRCForCausalLM`), in place; returns self.
 
         Streaming a document segment by segment gives the same memory as compressing it at
         once with the same boundaries. `bptt` as in `LCIRCForCausalLM.compress`; Selective
         needs explicit `steps` (global step indices) when streaming.
         """
-        model._append(self, segment_ids, bptt)
+        model.append(self, segment_ids, bptt)
+        return self
+
+    def cached_kv(self, key) -> Any:
+        """The GCA keys/values cached under `key` (None when absent or stale)."""
+        return self._kv_cache["kv"] if self._kv_cache.get("key") == key else None
+
+    def store_kv(self, key, kv) -> None:
+        """Cache the GCA keys/values `kv` of this memory under `key` (replacing any other)."""
+        self._kv_cache = {"key": key, "kv": kv}
+
+    def detach_(self) -> "CompressedMemory":
+        """Cut every autograd graph the memory holds (after its loss was back-propagated)."""
+        self.slots = [s.detach() for s in self.slots]
+        if self.state is not None:
+            self.state = self.state.detach()
+        if self._hidden is not None:
+            self._hidden = self._hidden.detach()
+        self.invalidate_cache()
         return self
 
     def invalidate_cache(self) -> None:
@@ -204,32 +236,79 @@ class CompressedMemory:
         return out
 
     # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this memory and keep streaming into it.
+
+        Returns detached CPU copies (sharing storage with nothing) and plain values:
+        ``hidden`` [B, M, d] (what the GCA blocks read), ``lengths`` / ``context_tokens`` int64
+        [B], ``state`` [B, K, d] or None, ``query_ids`` / ``query_mask`` int64 [B, Tq] or None,
+        ``records``: a list of {``segment_ids``, ``input_state`` (or None), ``step``},
+        ``num_segments``, ``uniform``, ``cap``, ``num_slots`` and ``fingerprint``.
+        `from_state_dict` reverses it.
+        """
+        copy = lambda t: None if t is None else _own_copy(t)  # noqa: E731
+        return {"hidden": copy(self.hidden), "lengths": copy(self.lengths),
+                "context_tokens": copy(self.context_tokens), "state": copy(self.state),
+                "query_ids": copy(self.query_ids),
+                "query_mask": None if self.query_mask is None else copy(self.query_mask.long()),
+                "records": [{"segment_ids": copy(r.segment_ids),
+                             "input_state": copy(r.input_state), "step": int(r.step)}
+                            for r in self.records],
+                "num_segments": self.num_segments, "uniform": self.uniform, "cap": self.cap,
+                "num_slots": len(self.slots), "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], model, source: str = "memory state"
+                        ) -> "CompressedMemory":
+        """Rebuild a memory from `state_dict()` output for `model` (on its device and dtype).
+
+        Checks that `model` has the fingerprint the state names, and every tensor's dtype,
+        shape and values; raises MemoryFileError naming `source` and the problem.
+        """
+        info, tensors = _split_state(source, state)
+        expected = model.fingerprint()
+        if info["fingerprint"] != expected:
+            raise MemoryFileError(
+                f"{source} was made by a different model: its fingerprint "
+                f"{str(info['fingerprint'])[:16]}... does not match this model's "
+                f"{expected[:16]}... (config or compressor weights differ); load it with the "
+                f"model that compressed it, or compress the context again")
+        _check_tensors(source, info, tensors, model)
+        dev, dt = model.device, model.dtype
+        hidden = tensors["hidden"].to(dev, dt)
+        state_t = tensors["state"].to(dev, dt) if "state" in tensors else None
+        qids, qmask = tensors.get("query_ids"), tensors.get("query_mask")
+        records = [StreamRecord(tensors[f"record.{j}.segment_ids"].to(dev),
+                                tensors[f"record.{j}.input_state"].to(dev, dt)
+                                if f"record.{j}.input_state" in tensors else None, step)
+                   for j, step in enumerate(info["record_steps"])]
+        common = dict(num_segments=info["num_segments"],
+                      context_tokens=tensors["context_tokens"].to(dev), fingerprint=expected,
+                      owner=model, cap=info["cap"],
+                      query_ids=None if qids is None else qids.to(dev),
+                      query_mask=None if qmask is None else qmask.to(dev).bool(),
+                      records=records)
+        if info["uniform"]:
+            return cls(slots_from_hidden(hidden, model.config.num_latents), state_t, **common)
+        return cls([], state_t, lengths=tensors["lengths"].to(dev), hidden=hidden, **common)
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write a versioned safetensors file with a sha256 checksum of its content (written to a
-        temp file, then renamed). Refuses a memory holding NaN or Inf."""
+        """Write `state_dict()` as a versioned safetensors file with a sha256 checksum of its
+        content (written to a temp file, then renamed). Refuses a memory holding NaN or Inf."""
         from safetensors.torch import save_file
 
         path = os.fspath(path)
-        tensors = {"hidden": _own_copy(self.hidden),
-                   "lengths": _own_copy(self.lengths),
-                   "context_tokens": _own_copy(self.context_tokens)}
-        if self.state is not None:
-            tensors["state"] = _own_copy(self.state)
-        if self.query_ids is not None:
-            tensors["query_ids"] = _own_copy(self.query_ids)
-            tensors["query_mask"] = _own_copy(self.query_mask.to(torch.long))
-        for name in _FLOAT_TENSORS:
-            if name in tensors and not bool(torch.isfinite(tensors[name]).all()):
-                raise MemoryFileError(
-                    f"refusing to write {path}: the memory's {name!r} holds NaN or Inf (the "
-                    f"model diverged or overflowed its dtype); nothing was written")
         if self.fingerprint is None:
             raise MemoryFileError(f"cannot write {path}: the model that made this memory no "
                                   f"longer exists, so the file could not name it; save the "
                                   f"memory while its model is alive")
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "fingerprint": self.fingerprint,
-                "num_segments": str(self.num_segments), "uniform": json.dumps(self.uniform),
-                "cap": json.dumps(self.cap), "num_slots": str(len(self.slots))}
+        state = self.state_dict()
+        for name in _FLOAT_TENSORS:
+            if state[name] is not None and not bool(torch.isfinite(state[name]).all()):
+                raise MemoryFileError(
+                    f"refusing to write {path}: the memory's {name!r} holds NaN or Inf (the "
+                    f"model diverged or overflowed its dtype); nothing was written")
+        meta, tensors = _flatten_state(state)
         meta["checksum"] = content_checksum(meta, tensors)
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
@@ -240,48 +319,109 @@ class CompressedMemory:
                 os.remove(tmp)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: "LCIRCForCausalLM") -> "CompressedMemory":
-        """Load a memory saved by `save`.
+    def load(cls, path: str | os.PathLike, model) -> "CompressedMemory":
+        """Load a memory saved by `save` for `model` (an `LCIRCForCausalLM`).
 
         Checks the format, version, metadata, checksum, that the model that made it has this
         model's fingerprint, and the tensors' dtypes, shapes and values; raises MemoryFileError
-        naming the file and the problem.
+        naming the file and the problem. Version-2 files (no stream records) are read too.
         """
         path = os.fspath(path)
         meta, tensors = _read_file(path)
-        info = _check_file(path, meta, tensors)
-        expected = model.fingerprint()
-        if meta["fingerprint"] != expected:
-            raise MemoryFileError(
-                f"{path} was made by a different model: its fingerprint "
-                f"{meta['fingerprint'][:16]}... does not match this model's "
-                f"{expected[:16]}... (config or compressor weights differ); load it with the "
-                f"model that compressed it, or compress the context again")
-        _check_tensors(path, info, tensors, model)
-        dev, dt = model.device, model.dtype
-        hidden = tensors["hidden"].to(dev, dt)
-        state = tensors["state"].to(dev, dt) if "state" in tensors else None
-        qids = tensors.get("query_ids")
-        qmask = tensors.get("query_mask")
-        k = model.config.num_latents
-        common = dict(num_segments=info["num_segments"],
-                      context_tokens=tensors["context_tokens"].to(dev), fingerprint=expected,
-                      owner=model, cap=info["cap"],
-                      query_ids=None if qids is None else qids.to(dev),
-                      query_mask=None if qmask is None else qmask.to(dev).bool())
-        if info["uniform"]:
-            slots = list(hidden.split(k, dim=1)) if hidden.shape[1] % k == 0 else [hidden]
-            return cls(slots, state, **common)
-        return cls([], state, lengths=tensors["lengths"].to(dev), hidden=hidden, **common)
+        meta = _check_file(path, meta, tensors)
+        return cls.from_state_dict(_unflatten_state(path, meta, tensors), model, source=path)
 
 
 # ---------------------------------------------------------------------- memory files
 _FLOAT_TENSORS = ("hidden", "state")
 _REQUIRED_TENSORS = ("hidden", "lengths", "context_tokens")
 _KNOWN_TENSORS = _REQUIRED_TENSORS + ("state", "query_ids", "query_mask")
+_OPTIONAL_TENSORS = ("state", "query_ids", "query_mask")
+_KNOWN_TENSORS = _REQUIRED_TENSORS + _OPTIONAL_TENSORS
 _META_KEYS = ("format", "version", "fingerprint", "num_segments", "uniform", "cap", "num_slots",
               "checksum")
+_META_KEYS_V3 = _META_KEYS + ("record_steps",)
+_STATE_KEYS = _KNOWN_TENSORS + ("records", "num_segments", "uniform", "cap", "num_slots",
+                                "fingerprint")
 _REWRITE = "compress the context again to write a new memory file"
+
+
+def _record_names(j: int) -> tuple[str, str]:
+    return f"record.{j}.segment_ids", f"record.{j}.input_state"
+
+
+def _flatten_state(state: dict[str, Any]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """`state_dict()` output -> (file metadata without checksum, flat named tensors)."""
+    tensors = {name: state[name] for name in _KNOWN_TENSORS if state[name] is not None}
+    for j, rec in enumerate(state["records"]):
+        ids_name, state_name = _record_names(j)
+        tensors[ids_name] = rec["segment_ids"]
+        if rec["input_state"] is not None:
+            tensors[state_name] = rec["input_state"]
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "fingerprint": state["fingerprint"],
+            "num_segments": str(state["num_segments"]), "uniform": json.dumps(state["uniform"]),
+            "cap": json.dumps(state["cap"]), "num_slots": str(state["num_slots"]),
+            "record_steps": json.dumps([rec["step"] for rec in state["records"]])}
+    return meta, tensors
+
+
+def _unflatten_state(path: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]
+                     ) -> dict[str, Any]:
+    """A checked file's metadata and tensors -> the `state_dict()` layout."""
+    info = _parse_meta(path, meta)
+    state: dict[str, Any] = {name: tensors.get(name) for name in _KNOWN_TENSORS}
+    state["records"] = []
+    for j, step in enumerate(info.pop("record_steps")):
+        ids_name, state_name = _record_names(j)
+        state["records"].append({"segment_ids": tensors[ids_name],
+                                 "input_state": tensors.get(state_name), "step": step})
+    state.update(info, fingerprint=meta["fingerprint"])
+    return state
+
+
+def _split_state(source: str, state) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Check the layout of a `state_dict()`; return (its plain values, its tensors by file name)."""
+    if not isinstance(state, dict):
+        raise MemoryFileError(f"{source} is not a memory state (a dict from "
+                              f"CompressedMemory.state_dict), got {type(state).__name__}")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    unknown = sorted(set(state) - set(_STATE_KEYS))
+    if missing or unknown:
+        raise MemoryFileError(f"{source} does not hold a memory state: missing {missing}, "
+                              f"unknown {unknown}")
+    info = {k: state[k] for k in ("num_segments", "uniform", "cap", "num_slots", "fingerprint")}
+    ok = {"num_segments": lambda v: type(v) is int and v >= 1,
+          "uniform": lambda v: isinstance(v, bool),
+          "cap": lambda v: v is None or (type(v) is int and v >= 1),
+          "num_slots": lambda v: type(v) is int and 0 <= v <= info["num_segments"],
+          "fingerprint": lambda v: isinstance(v, str) and bool(v)}
+    for key, test in ok.items():      # num_segments first: num_slots' test reads it
+        if not test(info[key]):
+            raise MemoryFileError(f"{source}: {key!r} is {info[key]!r}, which is not valid")
+    tensors = {name: state[name] for name in _KNOWN_TENSORS if state[name] is not None}
+    absent = [name for name in _REQUIRED_TENSORS if name not in tensors]
+    if absent or ("query_ids" in tensors) != ("query_mask" in tensors):
+        raise MemoryFileError(f"{source}: the tensors {absent or ['query_ids', 'query_mask']} "
+                              f"must be given (query_ids and query_mask together)")
+    records = state["records"]
+    if not isinstance(records, list):
+        raise MemoryFileError(f"{source}: 'records' must be a list, got {type(records).__name__}")
+    steps = []
+    for j, rec in enumerate(records):
+        if not isinstance(rec, dict) or set(rec) != {"segment_ids", "input_state", "step"} \
+                or type(rec["step"]) is not int:
+            raise MemoryFileError(f"{source}: records[{j}] must be a dict of segment_ids, "
+                                  f"input_state and an int step")
+        ids_name, state_name = _record_names(j)
+        tensors[ids_name] = rec["segment_ids"]
+        if rec["input_state"] is not None:
+            tensors[state_name] = rec["input_state"]
+        steps.append(rec["step"])
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise MemoryFileError(f"{source}: {name!r} must be a tensor, got {type(t).__name__}")
+    info["record_steps"] = steps
+    return info, tensors
 
 
 def content_checksum(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
@@ -316,33 +456,40 @@ def _read_file(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
 
 
 def _check_file(path: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> dict:
-    """Check format, version, metadata keys, tensor names and checksum; return the parsed
-    metadata (num_segments, uniform, cap, num_slots)."""
+    """Check format, version, metadata keys, tensor names and checksum; return the metadata
+    (a version-2 file's completed with its empty `record_steps`)."""
     if meta.get("format") != FORMAT:
         raise MemoryFileError(f"{path} is not an lcirc_fast memory (metadata format="
                               f"{meta.get('format')!r}, expected {FORMAT!r})")
     version = meta.get("version")
+    readable = " and ".join(READ_VERSIONS)
     if version == "1":
         raise MemoryFileError(f"{path} has memory format version 1, which has no checksum; this "
-                              f"lcirc_fast reads version {FORMAT_VERSION} only: {_REWRITE}")
-    if version != FORMAT_VERSION:
+                              f"lcirc_fast reads versions {readable}: {_REWRITE}")
+    if version not in READ_VERSIONS:
         raise MemoryFileError(f"{path} has memory format version {version!r}; this lcirc_fast "
-                              f"reads version {FORMAT_VERSION}: {_REWRITE}")
-    missing = [k for k in _META_KEYS if k not in meta]
+                              f"reads versions {readable}: {_REWRITE}")
+    if version == "2":
+        meta = {**meta, "record_steps": "[]"}   # written before stream records were kept
+    missing = [k for k in _META_KEYS_V3 if k not in meta]
     if missing:
         raise MemoryFileError(f"{path} lacks the metadata key(s) {missing}; the file is "
                               f"incomplete: {_REWRITE}")
+    steps = _parse_meta(path, meta)["record_steps"]
+    known = set(_KNOWN_TENSORS).union(*(_record_names(j) for j in range(len(steps))))
     absent = [k for k in _REQUIRED_TENSORS if k not in tensors]
-    unknown = sorted(set(tensors) - set(_KNOWN_TENSORS))
+    absent += [_record_names(j)[0] for j in range(len(steps)) if _record_names(j)[0] not in tensors]
+    unknown = sorted(set(tensors) - known)
     if absent or unknown:
         raise MemoryFileError(f"{path} does not hold the memory tensors: missing {absent}, "
                               f"unknown {unknown}; {_REWRITE}")
     if ("query_ids" in tensors) != ("query_mask" in tensors):
         raise MemoryFileError(f"{path} holds only one of 'query_ids' / 'query_mask'; {_REWRITE}")
-    if content_checksum(meta, tensors) != meta["checksum"]:
+    signed = meta if version != "2" else {k: v for k, v in meta.items() if k != "record_steps"}
+    if content_checksum(signed, tensors) != meta["checksum"]:
         raise MemoryFileError(f"{path} fails its checksum: its content changed after it was "
                               f"written (a corrupt copy or an edit); {_REWRITE}")
-    return _parse_meta(path, meta)
+    return meta
 
 
 def _parse_meta(path: str, meta: dict[str, str]) -> dict:
@@ -356,7 +503,11 @@ def _parse_meta(path: str, meta: dict[str, str]) -> dict:
     num_slots = _meta_value(path, meta, "num_slots", int,
                             f"an int in [0, num_segments={num_segments}]",
                             lambda v: 0 <= v <= num_segments)
-    return {"num_segments": num_segments, "uniform": uniform, "cap": cap, "num_slots": num_slots}
+    steps = _meta_value(path, meta, "record_steps", json.loads,
+                        "a JSON list of step indices",
+                        lambda v: isinstance(v, list) and all(type(x) is int for x in v))
+    return {"num_segments": num_segments, "uniform": uniform, "cap": cap, "num_slots": num_slots,
+            "record_steps": steps}
 
 
 def _meta_value(path: str, meta: dict[str, str], key: str, parse, expected: str, ok):
@@ -409,6 +560,35 @@ def _check_tensors(path: str, info: dict, tensors: dict[str, torch.Tensor], mode
     _check_counts(path, info, tensors, m, k)
     if "query_ids" in tensors:
         _check_query(path, tensors, b, cfg.vocab_size)
+    _check_records(path, info, tensors, b, cfg)
+
+
+def _check_records(path: str, info: dict, tensors: dict, b: int, cfg) -> None:
+    """Stream records: only in uniform memories, recent steps in order, valid tensors."""
+    steps, s = info["record_steps"], info["num_segments"]
+    if steps and not info["uniform"]:
+        raise _tensor_error(path, "record.0.segment_ids", "is present, but a stacked memory "
+                                                          "cannot be streamed into")
+    if any(not 0 <= x < s for x in steps) or steps != sorted(set(steps)):
+        raise MemoryFileError(f"{path}: record steps {steps} must be distinct increasing step "
+                              f"indices below num_segments={s}; {_REWRITE}")
+    for j, step in enumerate(steps):
+        ids_name, state_name = _record_names(j)
+        ids = tensors[ids_name]
+        _check_layout(path, ids_name, ids, (b, None), floating=False)
+        if ids.shape[1] > cfg.max_segment_len or bool((ids < 0).any()) \
+                or bool((ids >= cfg.vocab_size).any()):
+            raise _tensor_error(path, ids_name, f"must hold at most {cfg.max_segment_len} token "
+                                                f"ids in [0, {cfg.vocab_size})")
+        if (state_name in tensors) != (step > 0):
+            raise _tensor_error(path, state_name, "must be present exactly for steps after the "
+                                                  "first")
+        if state_name in tensors:
+            st = tensors[state_name]
+            _check_layout(path, state_name, st, (b, cfg.num_latents, cfg.hidden_size),
+                          floating=True)
+            if not bool(torch.isfinite(st).all()):
+                raise _tensor_error(path, state_name, "holds NaN or Inf")
 
 
 def _check_counts(path: str, info: dict, tensors: dict, m: int, k: int) -> None:

@@ -23,7 +23,7 @@ def test_streaming_equals_one_shot(model):
     # one-shot compression batches the K/V products of graph-free steps, so matrix-product
     # blocking may differ in the last bits
     torch.testing.assert_close(mem.hidden, whole.hidden, rtol=1e-5, atol=1e-6)
-    model.kv_hoist_max_segments = 1
+    model.configure(kv_hoist_max_segments=1)
     with torch.no_grad():
         assert torch.equal(model.compress(ids, boundaries=bounds).hidden, mem.hidden)
     assert mem.context_tokens.tolist() == [37, 37]
@@ -71,7 +71,7 @@ def test_save_load_roundtrip_identical_logits(model, tmp_path):
     assert torch.equal(loaded.hidden, mem.hidden)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    assert meta["format"] == "lcirc_fast.memory" and meta["version"] == "2"
+    assert meta["format"] == "lcirc_fast.memory" and meta["version"] == "3"
 
 
 def test_save_load_stacked_and_qd(tmp_path):
@@ -404,3 +404,77 @@ def test_save_refuses_a_memory_without_a_model(tmp_path):
                                               r"made this memory no longer exists"):
         mem.save(tmp_path / "orphan.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------- state dicts and streaming
+
+def _grads_after_append(model, mem, more, x, policy):
+    model.zero_grad()
+    mem.append(model, more, bptt=policy)
+    model(x, memory=mem).logits.square().mean().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("via", ["file", "state_dict"])
+def test_a_saved_memory_keeps_truncated_streaming(tmp_path, via):
+    """Truncated(k) re-runs the last k-1 steps at the next append: a saved memory keeps them."""
+    from lcirc_fast import bptt
+
+    model = tiny_lcirc(randomize_gates=True)
+    ids, more = torch.randint(0, 256, (2, 24)), torch.randint(0, 256, (2, 8))
+    x = torch.randint(0, 256, (2, 6))
+    policy = bptt.Truncated(3)
+    mem = model.compress(ids, segment_len=8, bptt=policy).detach_()
+    if via == "file":
+        mem.save(tmp_path / "m.safetensors")
+        loaded = CompressedMemory.load(tmp_path / "m.safetensors", model)
+    else:
+        loaded = CompressedMemory.from_state_dict(mem.state_dict(), model)
+    assert [r.step for r in loaded.records] == [1, 2]
+    bare = CompressedMemory.from_state_dict({**mem.state_dict(), "records": []}, model)
+    ref = _grads_after_append(model, mem, more, x, policy)
+    got = _grads_after_append(model, loaded, more, x, policy)
+    without = _grads_after_append(model, bare, more, x, policy)
+    assert torch.equal(loaded.hidden, mem.hidden) and loaded.num_segments == 4
+    assert ref.keys() == got.keys()
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-7)
+    # the records carry the window: without them the compressor sees one step, not three
+    assert not torch.allclose(without["compressor.pos_emb"], ref["compressor.pos_emb"])
+
+
+def test_version_2_files_are_still_read(model, tmp_path):
+    from lcirc_fast.memory import content_checksum
+
+    path = _saved(model, tmp_path)
+
+    def as_v2(meta):
+        meta["version"] = "2"
+        meta.pop("record_steps")
+
+    old = _rewrite(path, tmp_path / "v2.safetensors", meta_edit=as_v2)
+    with safe_open(str(old), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["checksum"] == content_checksum(meta, tensors)
+    loaded = CompressedMemory.load(old, model)
+    assert torch.equal(loaded.hidden, CompressedMemory.load(path, model).hidden)
+    assert loaded.records == []
+
+
+def test_from_state_dict_names_what_is_wrong(model):
+    with torch.no_grad():
+        mem = model.compress(torch.randint(0, 256, (1, 20)))
+    state = mem.state_dict()
+    with pytest.raises(MemoryFileError, match=r"my state does not hold a memory state: missing "
+                                              r"\['hidden'\]"):
+        CompressedMemory.from_state_dict({k: v for k, v in state.items() if k != "hidden"},
+                                         model, "my state")
+    with pytest.raises(MemoryFileError, match=r"'num_segments' is 0"):
+        CompressedMemory.from_state_dict({**state, "num_segments": 0}, model)
+    with pytest.raises(MemoryFileError, match="different model"):
+        CompressedMemory.from_state_dict(state, tiny_lcirc(seed=5))
+    bad = {**state, "records": [{"segment_ids": torch.full((1, 4), 999), "input_state": None,
+                                 "step": 0}]}
+    with pytest.raises(MemoryFileError, match=r"'record\.0\.segment_ids' must hold at most"):
+        CompressedMemory.from_state_dict(bad, model)
+    assert torch.equal(CompressedMemory.from_state_dict(state, model).hidden, mem.hidden)
