@@ -93,18 +93,18 @@ def memory_oracle(model, ids: torch.Tensor, backends=("torch", "triton")) -> dic
     from lcirc_fast.bench.reference import reference_compress
 
     hi = torch.float64 if model.dtype == torch.float32 else torch.float32
-    saved = model.backend
+    saved = model.config.backend
     with torch.no_grad():
         ref = reference_compress(_upcast(model, hi), ids)
         eager = _rel(reference_compress(model, ids), ref)
         out = {"eager_err": eager, "ok": True}
         for be in backends:
-            model.backend = be
+            model.configure(backend=be)
             err = _rel(model.compress(ids).hidden, ref)
             ok = err <= 2 * eager + _slack(model.dtype)
             out[be] = {"err": err, "ok": ok}
             out["ok"] &= ok
-    model.backend = saved
+    model.configure(backend=saved)
     return out
 
 
@@ -116,13 +116,13 @@ def logits_oracle(model, ctx: torch.Tensor, win: torch.Tensor) -> dict:
     """
     from lcirc_fast.bench.reference import reference_compress, reference_forward
 
-    saved = model.backend
+    saved = model.config.backend
     outs = {}
     with torch.no_grad():
         for be in ("torch", "triton"):
-            model.backend = be
+            model.configure(backend=be)
             outs[be] = model(win, memory=model.compress(ctx), logits_to_keep=16).logits.float()
-        model.backend = saved
+        model.configure(backend=saved)
         eager = reference_forward(model, win, reference_compress(model, ctx),
                                   logits_to_keep=16).logits.float()
     d_be = _rel(outs["triton"], outs["torch"])
@@ -388,7 +388,7 @@ def run_compress(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
          + f" eager {chk['eager_err']:.2e}")
     if not chk["ok"]:
         return result
-    known = {"default": (model.kv_hoist_max_segments, model.kv_hoist_budget_bytes),
+    known = {"default": (model.config.kv_hoist_max_segments, model.config.kv_hoist_budget_bytes),
              "16seg": (16, 1 << 40)}
     bad = [h for h in hoists if h not in known]
     if bad:
@@ -397,9 +397,9 @@ def run_compress(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
     last_s = None
     graph_ok = True
     for be in backends:
-        model.backend = be
+        model.configure(backend=be)
         for hname, (most, budget) in hoists.items():
-            model.kv_hoist_max_segments, model.kv_hoist_budget_bytes = most, budget
+            model.configure(kv_hoist_max_segments=most, kv_hoist_budget_bytes=budget)
             plain = None
             for graphs in (False, True):
                 if deadline is not None and last_s is not None \
@@ -410,7 +410,7 @@ def run_compress(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
                 cuda_graph.clear(model)
                 if graphs and emulate_graphs:
                     cuda_graph.graph_cache(model, capturer=cuda_graph.EagerCapture())
-                model.cuda_graphs = graphs
+                model.configure(cuda_graphs=graphs)
                 try:
                     with torch.no_grad():
                         secs, mem = _median_time(functools.partial(model.compress, ids), dev, repeats)
@@ -419,7 +419,7 @@ def run_compress(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
                                              "error": f"{type(exc).__name__}: {exc}"})
                     tick(f"{be} hoist {hname} graphs {graphs}: {type(exc).__name__}: {exc}")
                     graph_ok &= not graphs
-                    model.cuda_graphs = False
+                    model.configure(cuda_graphs=False)
                     cuda_graph.clear(model)
                     continue
                 hidden = mem.hidden
@@ -446,7 +446,7 @@ def run_compress(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
                      f"{secs * 1e3:8.2f} ms {tf:7.1f} TFLOP/s ({100 * tf / peak_tflops:.1f}% of "
                      f"{peak_tflops:.0f})" + (f" bitwise={row['bitwise_equal_to_eager']}"
                                                if "bitwise_equal_to_eager" in row else ""))
-    model.cuda_graphs = False
+    model.configure(cuda_graphs=False)
     cuda_graph.clear(model)
     result["correct"]["cuda_graphs"] = graph_ok
     result["correct"]["ok"] = bool(chk["ok"] and graph_ok)

@@ -89,7 +89,7 @@ def test_memory_fingerprint_covers_the_input_layers():
 
 
 def test_center_positions_uses_the_contextual_input_mean():
-    from lcirc_fast.training.builders import center_positions
+    from lcirc_fast.models.init_recipe import center_positions
 
     model = tiny_lcirc(compressor_input_layers=2)        # segment_len 8
     docs = [torch.randint(0, 256, (40,)), torch.randint(0, 256, (24,))]

@@ -29,15 +29,15 @@ def test_off_by_default_and_flag_must_be_bool(model):
     ids = torch.randint(0, 256, (1, 3 * SEG))
     _compress(model, ids)
     assert cuda_graph.stats(model) == {}                      # never consulted when off
-    model.cuda_graphs = "yes"
-    with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
-        _compress(model, ids)
+    with pytest.raises(ValueError, match="cuda_graphs must be true or false"):
+        model.configure(cuda_graphs="yes")
+    assert model.config.cuda_graphs is False
 
 
 def test_cuda_capturer_is_bypassed_on_cpu(model):
     ids = torch.randint(0, 256, (2, 3 * SEG + 3))
     ref = _compress(model, ids)
-    model.cuda_graphs = True
+    model.configure(cuda_graphs=True)
     got = _compress(model, ids)
     st = cuda_graph.stats(model)
     assert st["bypass:device-cpu"] == 4 and st["capture"] == 0 and st["replay"] == 0
@@ -49,7 +49,7 @@ def test_keys_replays_and_equality_with_eager(model):
     ref = _compress(model, ids)
     cap = cuda_graph.EagerCapture()
     cache = cuda_graph.graph_cache(model, capturer=cap)
-    model.cuda_graphs = True
+    model.configure(cuda_graphs=True)
     got = _compress(model, ids)
     assert torch.equal(got, ref)
     assert cache.stats["capture"] == 2 and cache.stats["replay"] == 5
@@ -68,10 +68,10 @@ def test_hoisted_and_per_step_kv_both_replay(model):
     ids = torch.randint(0, 256, (1, 5 * SEG))
     ref = _compress(model, ids)
     cache = cuda_graph.graph_cache(model, capturer=cuda_graph.EagerCapture())
-    model.cuda_graphs = True
-    model.kv_hoist_max_segments = 1                           # every step projects its own K/V
+    model.configure(cuda_graphs=True)
+    model.configure(kv_hoist_max_segments=1)         # every step projects its own K/V
     a = _compress(model, ids)
-    model.kv_hoist_max_segments = 16                          # views into one hoisted product
+    model.configure(kv_hoist_max_segments=16)        # views into one hoisted product
     b = _compress(model, ids)
     assert torch.equal(a, ref) and torch.equal(b, ref)
     assert cache.stats["capture"] == 1 and cache.stats["replay"] == 10
@@ -80,14 +80,14 @@ def test_hoisted_and_per_step_kv_both_replay(model):
 def test_weight_change_invalidates(model):
     ids = torch.randint(0, 256, (1, 3 * SEG))
     cache = cuda_graph.graph_cache(model, capturer=cuda_graph.EagerCapture())
-    model.cuda_graphs = True
+    model.configure(cuda_graphs=True)
     _compress(model, ids)
     assert cache.stats["capture"] == 1 and cache.invalidations == 0
     with torch.no_grad():
         model.compressor.layers[0].ff.w1.weight.mul_(1.5)   # bumps _version
-    model.cuda_graphs = False
+    model.configure(cuda_graphs=False)
     ref = _compress(model, ids)
-    model.cuda_graphs = True
+    model.configure(cuda_graphs=True)
     got = _compress(model, ids)
     assert cache.invalidations == 1 and cache.stats["capture"] == 2
     assert torch.equal(got, ref)
@@ -101,7 +101,7 @@ def test_weight_change_invalidates(model):
 def test_graph_steps_under_autograd_are_never_replayed(model):
     ids = torch.randint(0, 256, (1, 4 * SEG))
     cache = cuda_graph.graph_cache(model, capturer=cuda_graph.EagerCapture())
-    model.cuda_graphs = True
+    model.configure(cuda_graphs=True)
     mem = model.compress(ids, segment_len=SEG, bptt=bptt.Full())      # every step has a graph
     assert cache.stats["capture"] == 0 and cache.stats["replay"] == 0
     mem.hidden.sum().backward()
@@ -120,18 +120,18 @@ def test_direct_policy_checks():
     st = torch.randn(1, 4, 64)
     kv = [(torch.randn(1, 8, 4, 16), torch.randn(1, 8, 4, 16)) for _ in range(2)]
     with torch.enable_grad():
-        cache.step(st, kv, "torch")
+        cache.step(st, kv)
     assert cache.stats["bypass:grad-enabled"] == 1
     with torch.no_grad():
-        cache.step(st, kv[:1], "torch")
+        cache.step(st, kv[:1])
         assert cache.stats["bypass:kv-layer-count"] == 1
-        cache.step(st, [kv[0], (kv[1][0][:, :5], kv[1][1][:, :5])], "torch")
+        cache.step(st, [kv[0], (kv[1][0][:, :5], kv[1][1][:, :5])])
         assert cache.stats["bypass:kv-mismatch"] == 1
         assert cache.bypass_reason(st.double(), kv) == "state-mismatch"
         assert cache.bypass_reason(st.expand(2, -1, -1), kv) == "state-mismatch"
         assert cache.bypass_reason(st, kv) is None
         for length in (8, 6, 4):                                # LRU keeps the newest two
-            cache.step(st, [(k[:, :length], v[:, :length]) for k, v in kv], "torch")
+            cache.step(st, [(k[:, :length], v[:, :length]) for k, v in kv])
         assert [k.seg_len for k in cache.graphs] == [6, 4]
     with pytest.raises(ValueError, match="max_graphs"):
         cuda_graph.StepGraphCache(m.compressor, max_graphs=0)
@@ -147,6 +147,6 @@ def test_capture_failure_names_the_way_out(model):
             raise RuntimeError("operation not permitted when stream is capturing")
 
     cuda_graph.graph_cache(model, capturer=Broken())
-    model.cuda_graphs = True
-    with pytest.raises(RuntimeError, match="cuda_graphs = False"):
+    model.configure(cuda_graphs=True)
+    with pytest.raises(RuntimeError, match=r"configure\(cuda_graphs=False\)"):
         _compress(model, torch.randint(0, 256, (1, 2 * SEG)))

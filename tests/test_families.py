@@ -216,7 +216,7 @@ def _saved(mem, tmp_path):
 
 
 def test_gemma_center_positions_and_contextual_input_use_the_scaled_embeddings():
-    from lcirc_fast.training.builders import center_positions
+    from lcirc_fast.models.init_recipe import center_positions
 
     base = family_base("gemma")
     model = LCIRCForCausalLM.from_base(base, LCIRCConfig(**LCIRC))

@@ -234,7 +234,7 @@ def tiny_lcirc(query_dependent=False):
     cfg = LCIRCConfig(num_latents=4, compressor_layers=2, segment_len=16, max_segment_len=32,
                       query_dependent=query_dependent)
     model = LCIRCForCausalLM.from_base(base, cfg)
-    model.backend = "torch"
+    model.configure(backend="torch")
     return model
 
 

@@ -13,7 +13,7 @@ def _count_projections(model):
 def _kv_products(model, monkeypatch):
     """Count memory K/V projections (each covers every GCA layer in one product)."""
     calls = {"n": 0, "layers": 0}
-    real = model.project_memory_kv
+    real = model.injection.project
 
     def counting(hidden):
         calls["n"] += 1
@@ -21,7 +21,7 @@ def _kv_products(model, monkeypatch):
         calls["layers"] += len(out)
         return out
 
-    monkeypatch.setattr(model, "project_memory_kv", counting)
+    monkeypatch.setattr(model.injection, "project", counting)
     return calls
 
 

@@ -31,7 +31,7 @@ def products(monkeypatch):
 
 def _run(model, ids, hoist, proj=None, **kw):
     """compress (+ backward of a fixed loss when proj is given) with hoisting on or off."""
-    model.kv_hoist_max_segments = 16 if hoist else 1
+    model.configure(kv_hoist_max_segments=16 if hoist else 1)
     model.zero_grad(set_to_none=True)
     mem = model.compress(ids, **kw)
     grads = None
@@ -65,14 +65,14 @@ def test_chunk_size_and_memory_budget_bound_the_products(products):
     with torch.no_grad():
         ref = model.compress(ids, segment_len=SEG).hidden
         rows.clear()
-        model.kv_hoist_max_segments = 3
+        model.configure(kv_hoist_max_segments=3)
         a = model.compress(ids, segment_len=SEG).hidden
         assert [r // (2 * SEG) for r in rows] == [3, 3, 1]
         rows.clear()
         c = model.compressor
         per_segment = 2 * SEG * (len(c.layers) * 2 * c.heads * c.head_dim + 2 * c.dim) * 4
-        model.kv_hoist_max_segments = 16
-        model.kv_hoist_budget_bytes = 2 * per_segment + 1     # room for two segments
+        model.configure(kv_hoist_max_segments=16)
+        model.configure(kv_hoist_budget_bytes=2 * per_segment + 1)     # room for two segments
         b = model.compress(ids, segment_len=SEG).hidden
         assert [r // (2 * SEG) for r in rows] == [2, 2, 2, 1]
     torch.testing.assert_close(a, ref, rtol=1e-5, atol=1e-6)
@@ -144,9 +144,12 @@ def test_append_computes_one_fold_per_call(products):
                                         ("kv_hoist_budget_bytes", -1)])
 def test_bad_hoisting_settings(attr, value):
     model = tiny_lcirc()
-    setattr(model, attr, value)
-    with torch.no_grad(), pytest.raises(ValueError, match=attr):
-        model.compress(torch.randint(0, 256, (1, 3 * SEG)), segment_len=SEG)
+    with pytest.raises(ValueError, match=attr):
+        model.configure(**{attr: value})
+    with pytest.raises(ValueError, match=attr):
+        tiny_lcirc(**{attr: value})
+    with pytest.raises(ValueError, match="not runtime settings"):
+        model.configure(num_latents=2)
 
 
 def test_segments_kv_matches_segment_kv_and_checks_shapes():

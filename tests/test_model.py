@@ -186,7 +186,7 @@ class TestBadInput:
         with pytest.raises(ValueError, match="out of range"):
             LCIRCForCausalLM.from_base(tiny_llama(), LCIRCConfig(gca_layers=[0, 9]))
         with pytest.raises(ValueError, match="backend"):
-            LCIRCConfig(backend="cuda").validate()
+            LCIRCConfig(backend="gpu").validate()
         with pytest.raises(TypeError, match="Llama-style"):
             LCIRCForCausalLM.from_base(torch.nn.Linear(2, 2), LCIRCConfig())
 

@@ -123,7 +123,7 @@ def check_lcirc(path: str | None) -> None:
     """--lcirc, when given, must be a directory written by save_pretrained."""
     if path is None:
         return
-    from ..models.lcirc_llama import CONFIG_NAME, WEIGHTS_NAME
+    from ..models.pretrained import CONFIG_NAME, WEIGHTS_NAME
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--lcirc {path}: no such directory; give a directory written "

@@ -33,7 +33,7 @@ def check_inputs(cfg, args) -> None:
     from ..assets import SMOLLM2_NAME
     from ..errors import ConfigError
     from ..models.base_loader import check_base_dir, is_named_base
-    from ..models.lcirc_llama import WEIGHTS_NAME
+    from ..models.pretrained import WEIGHTS_NAME
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads}: must be >= 1")

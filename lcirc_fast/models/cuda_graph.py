@@ -2,7 +2,7 @@
 
 `PerceiverCompressor.step` is a chain of ~45 small kernels per segment (64-row matrix products,
 norms, attention over the segment's precomputed K/V). Once the K/V products are hoisted, launching
-those kernels from Python is what limits a long compression. With ``model.cuda_graphs = True``
+those kernels from Python is what limits a long compression. With ``LCIRCConfig.cuda_graphs = True``
 (default False) every step that runs without an autograd graph is replayed from a captured CUDA
 graph instead:
 
@@ -134,9 +134,9 @@ class StepGraphCache:
             return "state-mismatch"
         return None
 
-    def key(self, state: torch.Tensor, kvs: KVs, backend: str) -> StepKey:
+    def key(self, state: torch.Tensor, kvs: KVs) -> StepKey:
         k = kvs[0][0]
-        return StepKey(int(state.shape[0]), int(k.shape[1]), state.dtype, backend,
+        return StepKey(int(state.shape[0]), int(k.shape[1]), state.dtype, self.compressor.ops.backend,
                        str(state.device))
 
     def _current_weights(self) -> tuple:
@@ -150,7 +150,7 @@ class StepGraphCache:
         self._weights_key = now
 
     # ------------------------------------------------------------------ capture / replay
-    def _capture(self, key: StepKey, state: torch.Tensor, kvs: KVs, backend: str) -> _Entry:
+    def _capture(self, key: StepKey, state: torch.Tensor, kvs: KVs) -> _Entry:
         c = self.compressor
         b, length, heads, hd = kvs[0][0].shape
         n = len(kvs)
@@ -161,10 +161,10 @@ class StepGraphCache:
         entry = _Entry(s_buf, kv_buf, None, None)
         self._fill(entry, state, kvs)
         try:
-            replay, out = self.capturer.capture(lambda: c.step(s_buf, views, backend=backend))
+            replay, out = self.capturer.capture(lambda: c.step(s_buf, views))
         except Exception as exc:
             raise RuntimeError(f"capturing the compressor step as a CUDA graph failed for {key}: "
-                               f"{type(exc).__name__}: {exc}; set model.cuda_graphs = False to "
+                               f"{type(exc).__name__}: {exc}; call model.configure(cuda_graphs=False) to "
                                f"run it eagerly") from exc
         entry.replay, entry.out = replay, out
         self.stats["capture"] += 1
@@ -177,17 +177,17 @@ class StepGraphCache:
             entry.kv[:, :, j, 0].copy_(k)
             entry.kv[:, :, j, 1].copy_(v)
 
-    def step(self, state: torch.Tensor, kvs: KVs, backend: str) -> torch.Tensor:
-        """`compressor.step(state, kvs, backend)`, replayed from a graph where allowed."""
+    def step(self, state: torch.Tensor, kvs: KVs) -> torch.Tensor:
+        """`compressor.step(state, kvs)`, replayed from a graph where allowed."""
         reason = self.bypass_reason(state, kvs)
         if reason is not None:
             self.stats["bypass:" + reason] += 1
-            return self.compressor.step(state, kvs, backend=backend)
+            return self.compressor.step(state, kvs)
         self._check_weights()
-        key = self.key(state, kvs, backend)
+        key = self.key(state, kvs)
         entry = self.graphs.get(key)
         if entry is None:
-            entry = self._capture(key, state, kvs, backend)
+            entry = self._capture(key, state, kvs)
             self.graphs[key] = entry
             while len(self.graphs) > self.max_graphs:
                 self.graphs.popitem(last=False)
@@ -219,19 +219,10 @@ def graph_cache(model: torch.nn.Module, capturer=None, max_graphs: int | None = 
     return cache
 
 
-def enabled(model: torch.nn.Module) -> bool:
-    """The model's ``cuda_graphs`` flag (False when unset); anything but a bool is refused."""
-    flag = getattr(model, "cuda_graphs", False)
-    if not isinstance(flag, bool):
-        raise ValueError(f"cuda_graphs must be True or False, got {flag!r}")
-    return flag
-
-
-def graphed_step(model: torch.nn.Module, state: torch.Tensor, kvs: KVs,
-                 backend: str) -> torch.Tensor:
+def graphed_step(model: torch.nn.Module, state: torch.Tensor, kvs: KVs) -> torch.Tensor:
     """One graph-free compressor step of `model`: state [B, K, d], per-layer K/V
     [B, L, H, Dh] -> new state [B, K, d]; replayed when the policy allows, eager otherwise."""
-    return graph_cache(model).step(state, kvs, backend)
+    return graph_cache(model).step(state, kvs)
 
 
 def stats(model: torch.nn.Module) -> Counter:

@@ -14,6 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from ..errors import ConfigError, DataError
+from .checks import check_ids, check_like
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -104,7 +105,7 @@ def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
     Returns:
         int64 [B, T + n] with n <= max_new_tokens (fewer when every row has finished).
     """
-    ids = model._check_ids(input_ids, "input_ids", allow_1d=False)
+    ids = check_ids(input_ids, "input_ids", model.device, model.config.vocab_size, allow_1d=False)
     _check_options(max_new_tokens, do_sample, temperature, top_k, top_p, use_cache, generator)
     vocab = model.config.vocab_size
     eos = _token_ids(eos_token_id, "eos_token_id", vocab)
@@ -114,7 +115,7 @@ def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
     b = ids.shape[0]
     if attention_mask is None:
         attention_mask = torch.ones_like(ids)
-    attention_mask = model._check_like(attention_mask, ids, "attention_mask")
+    attention_mask = check_like(attention_mask, ids, "attention_mask")
     if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
         raise DataError("attention_mask must hold 0 (padding) and 1 (token)")
     attention_mask = attention_mask.long()
@@ -124,7 +125,7 @@ def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
     eos_t = torch.tensor(eos, device=ids.device, dtype=torch.long)
     finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
     base = model.base
-    cache_kw = model._cache_kwarg
+    cache_kw = model.cache_kwarg
 
     def positions(mask):
         return (mask.cumsum(-1) - 1).clamp(min=0)
