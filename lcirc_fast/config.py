@@ -16,11 +16,14 @@ from typing import Any
 from .errors import ConfigError
 
 BACKENDS = ("auto", "torch", "triton", "cuda")
-_REQUIRED_POSITIVE = ("num_latents", "compressor_layers", "max_segment_len")
+_REQUIRED_POSITIVE = ("num_latents", "compressor_layers", "max_segment_len",
+                      "kv_hoist_max_segments")
 _OPTIONAL_POSITIVE = ("compressor_heads", "compressor_head_dim", "compressor_ffn", "segment_len",
                       "gca_heads", "gca_head_dim", "gca_ffn", "mixer_heads", "mixer_head_dim",
                       "mixer_ffn", "memory_cap", "hidden_size", "num_hidden_layers", "vocab_size")
 MIXER_SIZES = ("mixer_heads", "mixer_head_dim", "mixer_ffn")
+RUNTIME_FIELDS = ("backend", "allow_tf32", "kv_hoist_max_segments", "kv_hoist_budget_bytes",
+                  "cuda_graphs")   # how the model runs, not what it computes
 
 
 def _is_int(value) -> bool:
@@ -38,6 +41,18 @@ def _check_int(name: str, value, minimum: int, optional: bool) -> None:
         raise ConfigError(f"LCIRCConfig.{name} must be {want}, got {value!r}")
 
 
+def _known(owner: str, cls, data: dict) -> dict:
+    """`data` when every key names a field of the dataclass `cls`, else ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"an {owner} must be a mapping of field names to values, got "
+                          f"{type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {owner} fields: {unknown}; known fields: {sorted(known)}")
+    return data
+
+
 def default_gca_layers(num_layers: int) -> list[int]:
     """The paper's placement scaled to any depth: every third layer from 0, plus the last.
 
@@ -49,6 +64,59 @@ def default_gca_layers(num_layers: int) -> list[int]:
     if layers[-1] != num_layers - 1:
         layers.append(num_layers - 1)
     return layers
+
+
+def _check_number(owner: str, name: str, value, positive: bool) -> None:
+    """A finite real number (> 0 when `positive`), or None."""
+    if value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or (positive and not value > 0)):
+        want = "a finite number > 0" if positive else "a finite number"
+        raise ConfigError(f"{owner}.{name} must be {want} (or None to leave the default), got "
+                          f"{value!r}")
+
+
+@dataclass
+class InitRecipe:
+    """How the trainable parts start, beyond their modules' default initialisation.
+
+    Applied by `lcirc_fast.models.init_recipe.apply_init` when a model is built (the saved
+    weights of `from_pretrained` / an official import then replace the result).
+
+    Attributes:
+        pos_emb_std: re-draw the compressor's position table N(0, std) (None: N(0, 1)).
+        latents_std: re-draw h0 N(0, std) (None: N(0, 1)).
+        attn_gate_init: initial GCA attention gate value (None: 0, the base model exactly).
+        compressor_q_init_scale: multiply the Perceiver layers' query weights (sharper attention).
+        gca_q_init_scale: multiply the GCA blocks' query weights.
+        center_positions: subtract the mean compressor input over the training documents from the
+            position table (data-dependent: applied by `center_positions` once documents exist).
+    """
+
+    pos_emb_std: float | None = None
+    latents_std: float | None = None
+    attn_gate_init: float | None = None
+    compressor_q_init_scale: float | None = None
+    gca_q_init_scale: float | None = None
+    center_positions: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("pos_emb_std", "latents_std", "compressor_q_init_scale", "gca_q_init_scale"):
+            _check_number("InitRecipe", name, getattr(self, name), positive=True)
+        _check_number("InitRecipe", "attn_gate_init", self.attn_gate_init, positive=False)
+        if not isinstance(self.center_positions, bool):
+            raise ConfigError(f"InitRecipe.center_positions must be true or false, got "
+                              f"{self.center_positions!r}")
+        for name in ("pos_emb_std", "latents_std", "attn_gate_init", "compressor_q_init_scale",
+                     "gca_q_init_scale"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, float(value))
+
+    @property
+    def is_default(self) -> bool:
+        return self == InitRecipe()
 
 
 @dataclass
@@ -71,6 +139,14 @@ class LCIRCConfig:
         memory_cap: keep only the newest `memory_cap` memory vectors (None: keep all).
         norm_eps: LayerNorm epsilon of the compressor and GCA blocks.
         backend: "auto" | "torch" | "triton" (see `lcirc_fast.backend`).
+        init: the `InitRecipe` applied when the model is built.
+        allow_tf32: fp32 Triton attention on TF32 tensor cores (None: yes unless
+            ``TRITON_F32_DEFAULT=ieee``); the torch backend follows torch's own setting.
+        kv_hoist_max_segments / kv_hoist_budget_bytes: how many consecutive graph-free compression
+            steps share one K/V product (1 disables the batching), within a byte budget counting
+            the chunk's embeddings, normalised embeddings and K/V at the model's dtype.
+        cuda_graphs: replay graph-free compressor steps from captured CUDA graphs (CUDA only; see
+            `lcirc_fast.models.cuda_graph`).
         compressor_input_layers: what the Perceiver reads. 0 (the paper): the frozen token
             embeddings. k > 0: the frozen LLM's hidden states after its first k decoder layers,
             run on each segment alone, so every token carries its in-segment context (the
@@ -97,6 +173,11 @@ class LCIRCConfig:
     norm_eps: float = 1e-5
     backend: str = "auto"
     compressor_input_layers: int = 0
+    init: InitRecipe = field(default_factory=InitRecipe)
+    allow_tf32: bool | None = None
+    kv_hoist_max_segments: int = 16
+    kv_hoist_budget_bytes: int = 256 << 20
+    cuda_graphs: bool = False
     hidden_size: int | None = None
     num_hidden_layers: int | None = None
     vocab_size: int | None = None
@@ -139,6 +220,7 @@ class LCIRCConfig:
             hidden_size=d,
             num_hidden_layers=n_layers,
             vocab_size=int(base_config.vocab_size),
+            init=dataclasses.replace(self.init),
             extra=dict(self.extra),
         )
         return out
@@ -160,6 +242,7 @@ class LCIRCConfig:
             _check_int(name, getattr(self, name), minimum=1, optional=True)
         _check_int("compressor_input_layers", self.compressor_input_layers, minimum=0,
                    optional=False)
+        _check_int("kv_hoist_budget_bytes", self.kv_hoist_budget_bytes, minimum=0, optional=False)
         self._check_choices()
         self._check_gca_layers()
         self._check_relations()
@@ -175,6 +258,17 @@ class LCIRCConfig:
         if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
                 or not math.isfinite(eps) or not eps > 0):
             raise ConfigError(f"LCIRCConfig.norm_eps must be a finite number > 0, got {eps!r}")
+        for name in ("cuda_graphs", "allow_tf32"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "allow_tf32" and value is None):
+                raise ConfigError(f"LCIRCConfig.{name} must be true or false"
+                                  f"{' (or None: the default)' if name == 'allow_tf32' else ''}, "
+                                  f"got {value!r}")
+        if isinstance(self.init, dict):
+            self.init = InitRecipe(**_known("InitRecipe", InitRecipe, self.init))
+        if not isinstance(self.init, InitRecipe):
+            raise ConfigError(f"LCIRCConfig.init must be an InitRecipe (or a mapping of its "
+                              f"fields), got {self.init!r}")
         if not isinstance(self.extra, dict):
             raise ConfigError(f"LCIRCConfig.extra must be a dict, got {self.extra!r}")
 
@@ -214,7 +308,8 @@ class LCIRCConfig:
 
     def _normalise(self) -> None:
         """Plain Python ints / floats / lists (numpy scalars and tuples are accepted)."""
-        for name in _REQUIRED_POSITIVE + _OPTIONAL_POSITIVE + ("compressor_input_layers",):
+        for name in _REQUIRED_POSITIVE + _OPTIONAL_POSITIVE + ("compressor_input_layers",
+                                                               "kv_hoist_budget_bytes"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, int(value))
@@ -235,12 +330,15 @@ class LCIRCConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"an LCIRCConfig must be a mapping of field names to values, got "
                               f"{type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown LCIRCConfig fields: {unknown}; known fields: "
-                              f"{sorted(known)}")
-        return cls(**data)
+        return cls(**_known("LCIRCConfig", cls, data))
+
+    def with_runtime(self, **knobs) -> "LCIRCConfig":
+        """A checked copy with runtime fields (`RUNTIME_FIELDS`) changed."""
+        other = sorted(set(knobs) - set(RUNTIME_FIELDS))
+        if other:
+            raise ConfigError(f"{other} are not runtime settings; runtime settings: "
+                              f"{', '.join(RUNTIME_FIELDS)}")
+        return dataclasses.replace(self, **knobs)
 
     def compressor_signature(self) -> dict[str, Any]:
         """Fields that determine what a compressed memory means (used in memory fingerprints)."""

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from lcirc_fast.config import LCIRCConfig
     from lcirc_fast.data import kjv_splits, tokenize_documents
     from lcirc_fast.models import LCIRCForCausalLM
-    from lcirc_fast.training.builders import center_positions
+    from lcirc_fast.models.init_recipe import center_positions
     from lcirc_fast.training.engine import param_group_name
 
     torch.set_num_threads(a.threads)

@@ -17,6 +17,7 @@ is the arg-max (the greedy answer then equals the key). One JSON line per evalua
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -137,16 +138,21 @@ def build_probe(*, seed: int, init_from: str | None, window: int, segment_len: i
     """
     from lcirc_fast.assets import load_smollm2
     from lcirc_fast.data import kjv_splits, tokenize_documents
-    from lcirc_fast.training.builders import build_model, center_positions
+    from lcirc_fast.config import InitRecipe
+    from lcirc_fast.models.init_recipe import center_positions
+    from lcirc_fast.training.builders import build_model
     from lcirc_fast.training.config import config_from_dict
 
     section = {"num_latents": 32, "compressor_layers": 2, "gca_layers": [2, 5, 8, 12],
                "max_segment_len": max(128, segment_len), "segment_len": segment_len,
-               "memory_cap": None, "latents_std": 0.02, "center_positions": True, **lcirc}
+               "memory_cap": None, **lcirc}
+    init_keys = {f.name for f in dataclasses.fields(InitRecipe)}
+    section["init"] = {"latents_std": 0.02, "center_positions": True,
+                       **{k: section.pop(k) for k in list(section) if k in init_keys}}
     cfg = config_from_dict({
         "stage": 2, "seed": seed, "init_from": init_from, "lcirc": section,
         "data": {"window": window, "segmenting": "fixed", "segment_min": segment_len,
-                 "segment_max": segment_len, "segment_len": segment_len},
+                 "segment_max": segment_len},
         **({"train": train} if train else {})})
     base, tok = load_smollm2(torch.float32)
     model = build_model(cfg, base)
@@ -157,7 +163,7 @@ def build_probe(*, seed: int, init_from: str | None, window: int, segment_len: i
         return list(zip(names, tokenize_documents([t for _, t in splits[split]], tok, cache_dir)))
 
     train_docs, test_docs = docs("train"), docs("test")
-    if cfg.lcirc.center_positions and not init_from:
+    if cfg.lcirc.init.center_positions and not init_from:
         center_positions(model, [d for _, d in train_docs])
     return cfg, model, tok, train_docs, test_docs
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from .. import bptt
-from ..config import LCIRCConfig
 from ..data import SyntheticQA, chunk_documents, kjv_splits, tokenize_documents
 from ..data.qa import QASample, build_qa_sample
 from ..data.stage1 import repeated_passage_docs
@@ -28,77 +27,20 @@ def build_base(cfg, device: torch.device):
 
 
 def build_model(cfg, base):
+    """The LCIRC model of `cfg.lcirc` around `base` (from `cfg.init_from` when set); the same
+    initial weights on every rank."""
     from ..models import LCIRCForCausalLM
 
-    lc = cfg.lcirc
-    lcfg = LCIRCConfig(num_latents=lc.num_latents, compressor_layers=lc.compressor_layers,
-                       max_segment_len=lc.max_segment_len, segment_len=lc.segment_len,
-                       gca_layers=lc.gca_layers, query_dependent=lc.query_dependent,
-                       memory_cap=lc.memory_cap, backend=lc.backend,
-                       compressor_input_layers=lc.compressor_input_layers)
     torch.manual_seed(cfg.seed + 1)  # identical LCIRC init on every rank
     if cfg.init_from:
-        model = _load_partial(cfg.init_from, base, lcfg)
-    else:
-        model = LCIRCForCausalLM.from_base(base, lcfg)
-        if lc.pos_emb_std is not None:
-            # N(0, 1) positions drown small token embeddings (SmolLM2: std 0.14) in the
-            # compressor's LayerNorm; a smaller table lets the segment's tokens through.
-            with torch.no_grad():
-                model.compressor.pos_emb.normal_(0.0, float(lc.pos_emb_std))
-        if lc.latents_std is not None:
-            # h0 of norm ~sqrt(d) dominates the residual stream, so every compressed state stays
-            # close to LN(h0) whatever the segment says; small latents let the updates through.
-            with torch.no_grad():
-                model.latents.normal_(0.0, float(lc.latents_std))
-        with torch.no_grad():
-            if lc.attn_gate_init is not None:
-                # open gates: the memory path carries a content signal from the first step
-                for blk in model.gca.values():
-                    blk.attn_gate.fill_(float(lc.attn_gate_init))
-            if lc.compressor_q_init_scale is not None:
-                # default-init queries give near-uniform attention (logit std ~0.3), so every
-                # latent holds the same segment average; larger queries make them select tokens
-                for layer in model.compressor.layers:
-                    layer.attn.to_q.weight.mul_(float(lc.compressor_q_init_scale))
-            if lc.gca_q_init_scale is not None:
-                for blk in model.gca.values():
-                    blk.attn.to_q.weight.mul_(float(lc.gca_q_init_scale))
-    return model
-
-
-def center_positions(model, docs, max_chunks: int = 64) -> torch.Tensor:
-    """Subtract the mean compressor input over `docs` from the compressor's position table.
-
-    The compressor normalises Embed(t) + P; token embeddings share a large common component
-    (SmolLM2 on KJV: mean norm 0.86 against row norms of about 3), which every latent then
-    carries alike. Folding -mean into P centres the input at no cost. With token embeddings
-    the mean is exact (token counts); with contextual input (`compressor_input_layers` > 0) it
-    is taken over up to `max_chunks` evenly spaced segments. Returns the mean [d].
-    """
-    ids = torch.cat([d.reshape(-1) for d in docs])
-    if ids.numel() == 0:
-        raise ValueError("center_positions needs training tokens")
-    emb = model.base.get_input_embeddings().weight
-    with torch.no_grad():
-        if model.config.compressor_input_layers == 0:
-            counts = torch.bincount(ids, minlength=emb.shape[0]).to(emb.dtype)
-            scale = model.adapter.input_scale(model.base.config)   # Gemma: sqrt(d)
-            mean = (counts @ emb) / counts.sum() * scale
-        else:
-            length = min(model.config.segment_len, ids.numel())
-            n = min(max_chunks, ids.numel() // length)
-            starts = torch.linspace(0, ids.numel() - length, n).long()
-            chunks = torch.stack([ids[i:i + length] for i in starts.tolist()]).to(model.device)
-            mean = model.segment_inputs(chunks).float().mean((0, 1)).to(emb.dtype)
-        model.compressor.pos_emb.sub_(mean.to(model.compressor.pos_emb.dtype))
-    return mean
+        return _load_partial(cfg.init_from, base, cfg.lcirc)
+    return LCIRCForCausalLM.from_base(base, cfg.lcirc)
 
 
 def _load_partial(directory, base, lcfg):
     """Stage 2 from stage 1: load every matching LCIRC weight; a new mixer stays fresh."""
     from ..models import LCIRCForCausalLM
-    from ..models.lcirc_llama import WEIGHTS_NAME, read_pretrained_weights
+    from ..models.pretrained import WEIGHTS_NAME, read_pretrained_weights
 
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():

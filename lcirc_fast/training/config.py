@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import BACKENDS
+from ..config import BACKENDS, InitRecipe, LCIRCConfig
 from ..data.qa import SyntheticQA
 from ..errors import ConfigError
 
@@ -45,25 +45,6 @@ class BaseSection:
 
 
 @dataclass
-class LCIRCSection:
-    num_latents: int = 64
-    compressor_layers: int = 4
-    max_segment_len: int = 4096
-    segment_len: int = 2048
-    gca_layers: list | None = None
-    query_dependent: bool = False
-    memory_cap: int | None = 3200
-    backend: str = "auto"
-    pos_emb_std: float | None = None  # re-initialise the position table N(0, std) (None: N(0, 1))
-    latents_std: float | None = None  # re-initialise h0 N(0, std) (None: N(0, 1))
-    attn_gate_init: float | None = None  # initial GCA attention gate alpha (None: 0, exact base)
-    compressor_q_init_scale: float | None = None  # scale the Perceiver's to_q init (sharper attention)
-    gca_q_init_scale: float | None = None  # scale the GCA blocks' to_q init
-    center_positions: bool = False  # subtract the mean training-token embedding from the position table
-    compressor_input_layers: int = 0  # 0: token embeddings (paper); k: frozen LLM hidden states after k layers
-
-
-@dataclass
 class DataSection:
     source: str = "kjv"              # kjv | text_files | token_files | qa_files | hub | synthetic_tokens
     train_path: str | None = None
@@ -74,7 +55,6 @@ class DataSection:
     segmenting: str = "random"       # random | fixed
     segment_min: int = 64
     segment_max: int = 4032
-    segment_len: int = 2048          # fixed segmenting length and validation segment length
     max_doc_tokens: int | None = None
     qa_context: list = field(default_factory=lambda: [8192, 32768])
     qa_tasks: list = field(default_factory=lambda: ["passkey", "fact", "book"])
@@ -121,7 +101,7 @@ class TrainConfig:
     output_dir: str = "runs/lcirc"
     init_from: str | None = None     # LCIRC save_pretrained dir (stage 2 from stage 1)
     base: BaseSection = field(default_factory=BaseSection)
-    lcirc: LCIRCSection = field(default_factory=LCIRCSection)
+    lcirc: LCIRCConfig = field(default_factory=LCIRCConfig)   # the model's config, every field
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
@@ -340,20 +320,38 @@ FIELD_CHECKS: dict[str, Check] = {
     "base.tiny": Check("a mapping of LlamaConfig arguments (over the tiny defaults)", fix=_fix_tiny),
     "lcirc.num_latents": _at_least(1),
     "lcirc.compressor_layers": _at_least(1),
+    "lcirc.compressor_heads": _at_least(1, null="the base model's attention heads"),
+    "lcirc.compressor_head_dim": _at_least(1, null="the base model's head dim"),
+    "lcirc.compressor_ffn": _at_least(1, null="the base model's MLP size"),
     "lcirc.max_segment_len": _at_least(1),
-    "lcirc.segment_len": _at_least(1),
+    "lcirc.segment_len": _at_least(1, null="min(2048, lcirc.max_segment_len // 2)"),
     "lcirc.gca_layers": Check("a non-empty list of distinct decoder layer indices >= 0",
                               fix=_fix_gca_layers, null="every third layer and the last"),
+    "lcirc.gca_heads": _at_least(1, null="the base model's attention heads"),
+    "lcirc.gca_head_dim": _at_least(1, null="the base model's head dim"),
+    "lcirc.gca_ffn": _at_least(1, null="the base model's MLP size"),
+    "lcirc.mixer_heads": _at_least(1, null="lcirc.compressor_heads"),
+    "lcirc.mixer_head_dim": _at_least(1, null="lcirc.compressor_head_dim"),
+    "lcirc.mixer_ffn": _at_least(1, null="lcirc.compressor_ffn"),
     "lcirc.query_dependent": BOOL,
     "lcirc.memory_cap": _at_least(1, null="keep every memory vector"),
+    "lcirc.norm_eps": _positive(),
     "lcirc.backend": _choice(BACKENDS),
-    "lcirc.pos_emb_std": _positive(null="N(0, 1)"),
-    "lcirc.latents_std": _positive(null="N(0, 1)"),
-    "lcirc.attn_gate_init": Check("a number", null="0: the base model exactly"),
-    "lcirc.compressor_q_init_scale": _positive(null="unscaled"),
-    "lcirc.gca_q_init_scale": _positive(null="unscaled"),
-    "lcirc.center_positions": BOOL,
     "lcirc.compressor_input_layers": _at_least(0, " (0: token embeddings)"),
+    "lcirc.init.pos_emb_std": _positive(null="N(0, 1)"),
+    "lcirc.init.latents_std": _positive(null="N(0, 1)"),
+    "lcirc.init.attn_gate_init": Check("a number", null="0: the base model exactly"),
+    "lcirc.init.compressor_q_init_scale": _positive(null="unscaled"),
+    "lcirc.init.gca_q_init_scale": _positive(null="unscaled"),
+    "lcirc.init.center_positions": BOOL,
+    "lcirc.allow_tf32": Check("true or false", null="TF32 unless TRITON_F32_DEFAULT=ieee"),
+    "lcirc.kv_hoist_max_segments": _at_least(1, " (1: no batched K/V products)"),
+    "lcirc.kv_hoist_budget_bytes": _at_least(0),
+    "lcirc.cuda_graphs": BOOL,
+    "lcirc.hidden_size": _at_least(1, null="the base model's"),
+    "lcirc.num_hidden_layers": _at_least(1, null="the base model's"),
+    "lcirc.vocab_size": _at_least(1, null="the base model's"),
+    "lcirc.extra": Check("a mapping"),
     "data.source": _choice(DATA_SOURCES),
     "data.train_path": _text("a non-empty path", null="none"),
     "data.val_path": _text("a non-empty path", null="none"),
@@ -363,7 +361,6 @@ FIELD_CHECKS: dict[str, Check] = {
     "data.segmenting": _choice(SEGMENTING),
     "data.segment_min": _at_least(1),
     "data.segment_max": _at_least(1),
-    "data.segment_len": _at_least(1),
     "data.max_doc_tokens": _at_least(2, null="whole documents"),
     "data.qa_context": Check("a list [min, max] of context lengths with 1 <= min <= max",
                              fix=_fix_qa_context),
@@ -420,8 +417,8 @@ def _check_source_paths(cfg: TrainConfig) -> None:
     if d.source in ("text_files", "token_files") and d.val_path is None and cfg.train.eval_every:
         raise ConfigError(f"data.val_path is null: data.source = {d.source!r} then has no validation "
                           "documents; set data.val_path, or train.eval_every: 0 for no validation")
-    if cfg.lcirc.center_positions and not cfg.init_from and d.source == "qa_files":
-        raise ConfigError("lcirc.center_positions = true needs stage-1 training documents, and "
+    if cfg.lcirc.init.center_positions and not cfg.init_from and d.source == "qa_files":
+        raise ConfigError("lcirc.init.center_positions = true needs stage-1 training documents, and "
                           "data.source = 'qa_files' has none; set it to false")
 
 
@@ -433,16 +430,10 @@ def _check_segments(cfg: TrainConfig) -> None:
     if d.segment_max > lc.max_segment_len:
         raise ConfigError(f"data.segment_max = {d.segment_max} exceeds lcirc.max_segment_len = "
                           f"{lc.max_segment_len} (the longest segment the position table holds)")
-    if 2 * d.segment_len - 1 > lc.max_segment_len:
-        raise ConfigError(f"data.segment_len = {d.segment_len}: validation segments reach "
-                          f"{2 * d.segment_len - 1} tokens, more than lcirc.max_segment_len = "
+    if lc.segment_len is not None and 2 * lc.segment_len - 1 > lc.max_segment_len:
+        raise ConfigError(f"lcirc.segment_len = {lc.segment_len}: validation segments reach "
+                          f"{2 * lc.segment_len - 1} tokens, more than lcirc.max_segment_len = "
                           f"{lc.max_segment_len}")
-    if lc.segment_len > lc.max_segment_len:
-        raise ConfigError(f"lcirc.segment_len = {lc.segment_len} exceeds lcirc.max_segment_len = "
-                          f"{lc.max_segment_len}")
-    if lc.memory_cap is not None and lc.memory_cap < lc.num_latents:
-        raise ConfigError(f"lcirc.memory_cap = {lc.memory_cap} is smaller than one segment's "
-                          f"lcirc.num_latents = {lc.num_latents} vectors; raise it, or null to keep all")
 
 
 def _check_validation(cfg: TrainConfig) -> None:
@@ -556,8 +547,13 @@ def _build(cls, data: dict, where: str = ""):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key} = {_show(value)}: must be a section (a mapping of keys)")
             value = _build(kind, value, key)
+        elif key in FIELD_CHECKS:       # converted before a section that checks itself sees it
+            value = check_value(key, value, kind, FIELD_CHECKS[key], fields[name][1])
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:            # LCIRCConfig / InitRecipe rules, named by key path
+        raise ConfigError(re.sub(r"\b(LCIRCConfig|InitRecipe)\.", f"{where}.", str(e))) from None
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

@@ -20,11 +20,11 @@ from ..data.qa import prepare_training
 from ..data.stage1 import draw_boundaries
 from ..errors import CheckpointError
 from ..eval.perplexity import window_nll
-from ..memory import CompressedMemory, _Record
+from ..memory import CompressedMemory
 from ..modules.zero import whole
 from ..segmenting import balanced_boundaries
-from .builders import (DataBundle, bptt_policy, build_base, build_data, build_model,
-                       center_positions)
+from ..models.init_recipe import center_positions
+from .builders import DataBundle, bptt_policy, build_base, build_data, build_model
 from .checkpoint import (RunLock, load_state, save_state, truncate_log, verify_checkpoint,
                          write_manifest)
 from .config import TrainConfig
@@ -34,33 +34,6 @@ from .schedule import make_scheduler
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def detach_memory(mem: CompressedMemory) -> None:
-    """Cut every graph held by a memory after its loss was back-propagated."""
-    mem.slots = [s.detach() for s in mem.slots]
-    if mem.state is not None:
-        mem.state = mem.state.detach()
-    mem.invalidate_cache()
-
-
-def _memory_state(mem: CompressedMemory | None):
-    if mem is None:
-        return None
-    return {"slots": [s.detach().cpu() for s in mem.slots], "state": mem.state.detach().cpu(),
-            "num_segments": mem.num_segments, "context_tokens": mem.context_tokens.cpu(),
-            "records": [(r.segment_ids.cpu(), None if r.input_state is None else r.input_state.cpu(), r.step)
-                        for r in mem._records]}
-
-
-def _memory_from_state(st, model) -> CompressedMemory | None:
-    if st is None:
-        return None
-    dev = model.device
-    mem = CompressedMemory([s.to(dev) for s in st["slots"]], st["state"].to(dev), st["num_segments"],
-                           st["context_tokens"].to(dev), cap=model.config.memory_cap, owner=model)
-    mem._records = [_Record(a.to(dev), None if b is None else b.to(dev), c) for a, b, c in st["records"]]
-    return mem
 
 
 class Trainer:
@@ -87,14 +60,15 @@ class Trainer:
             torch.cuda.set_device(self.device)
         base, self.tok = build_base(cfg, self.device)
         self.model = build_model(cfg, base)
+        self.segment_len = self.model.config.segment_len   # resolved: fixed and validation segments
         self.data: DataBundle = build_data(cfg, self.tok, base.config.vocab_size)
         if cfg.stage == 1 and not self.data.train_docs:
             raise ValueError("no stage-1 training documents")
         if cfg.stage == 2 and self.data.qa_train is None:
             raise ValueError(f"data.source={cfg.data.source!r} gives no QA samples for stage 2")
-        if cfg.lcirc.center_positions and not cfg.init_from:
+        if cfg.lcirc.init.center_positions and not cfg.init_from:
             if not self.data.train_docs:
-                raise ValueError("lcirc.center_positions needs stage-1 training documents")
+                raise ValueError("lcirc.init.center_positions needs stage-1 training documents")
             center_positions(self.model, self.data.train_docs)
         t = cfg.train
         self.engine = make_engine(self.model, cfg,
@@ -124,7 +98,7 @@ class Trainer:
     def _stage1_iter(self, skip: int):
         d = self.cfg.data
         g = torch.Generator().manual_seed(self.cfg.seed)
-        it = stage1_stream(self.data.train_docs, d.window, g, d.segmenting, d.segment_len, d.segment_min,
+        it = stage1_stream(self.data.train_docs, d.window, g, d.segmenting, self.segment_len, d.segment_min,
                            d.segment_max, shard=(self.rank, self.world),
                            repeat_passage=d.repeat_passage)
         for _ in range(skip):
@@ -167,7 +141,7 @@ class Trainer:
         if ht.truncated:
             d = cfg.data
             g = torch.Generator().manual_seed(seed)
-            b = draw_boundaries(ht.middle.numel(), d.segmenting, g, d.segment_len, d.segment_min, d.segment_max)
+            b = draw_boundaries(ht.middle.numel(), d.segmenting, g, self.segment_len, d.segment_min, d.segment_max)
             q = sample.query_ids.to(self.device)[None] if self.model.config.query_dependent else None
             mem = self.model.compress(ht.middle.to(self.device)[None], boundaries=b, query_ids=q,
                                       bptt=bptt_policy(cfg.train.bptt, g))
@@ -187,15 +161,15 @@ class Trainer:
             for i, doc in enumerate(self.data.val_docs):
                 if i % self.world != self.rank:
                     continue
-                a, n = window_nll(self.model, doc, d.window, "lcirc", segment_len=d.segment_len)
-                b, _ = window_nll(self.model, doc, d.window, "base", segment_len=d.segment_len)
+                a, n = window_nll(self.model, doc, d.window, "lcirc", segment_len=self.segment_len)
+                b, _ = window_nll(self.model, doc, d.window, "base", segment_len=self.segment_len)
                 c = float("nan")
                 docs = self.data.val_docs
                 other = docs[(i + 1) % len(docs)]
                 if len(docs) > 1 and doc.numel() > d.window and other.numel() >= doc.numel():
                     # control: the same window with another document's prefix compressed
                     swapped = torch.cat([other[:doc.numel() - d.window], doc[-d.window:]])
-                    c, _ = window_nll(self.model, swapped, d.window, "lcirc", segment_len=d.segment_len)
+                    c, _ = window_nll(self.model, swapped, d.window, "lcirc", segment_len=self.segment_len)
                 nll += torch.tensor([a, n, b, c], dtype=torch.float64)
         else:
             for i, s in enumerate(self.data.qa_val):
@@ -206,7 +180,7 @@ class Trainer:
                 if ht.truncated:
                     q = s.query_ids.to(self.device)[None] if self.model.config.query_dependent else None
                     mem = self.model.compress(ht.middle.to(self.device)[None],
-                                              boundaries=balanced_boundaries(ht.middle.numel(), d.segment_len),
+                                              boundaries=balanced_boundaries(ht.middle.numel(), self.segment_len),
                                               query_ids=q)
                 ids = ht.llm_ids.to(self.device)[None]
                 lab = labels.to(self.device)[None]
@@ -229,7 +203,7 @@ class Trainer:
     def _client_state(self) -> dict:
         return {"opt_step": self.opt_step, "micro": self.engine.micro, "world": self.world,
                 "best_val": self.best_val, "history": self.history,
-                "val_history": self.val_history, "memory": _memory_state(self.memory),
+                "val_history": self.val_history, "memory": None if self.memory is None else self.memory.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                         "numpy": np.random.get_state()}}
 
@@ -237,7 +211,8 @@ class Trainer:
         self.opt_step, self.engine.micro = int(st["opt_step"]), int(st["micro"])
         self.best_val = float(st["best_val"])
         self.history, self.val_history = list(st["history"]), list(st["val_history"])
-        self.memory = _memory_from_state(st["memory"], self.model)
+        self.memory = (None if st["memory"] is None else
+                       CompressedMemory.from_state_dict(st["memory"], self.model, "the checkpoint's memory"))
         torch.set_rng_state(st["rng"]["torch"])
         random.setstate(st["rng"]["python"])
         np.random.set_state(st["rng"]["numpy"])
@@ -395,7 +370,7 @@ class Trainer:
                 raise FloatingPointError(f"non-finite loss {float(loss)} at micro-step {micro}")
             self.engine.backward(loss)
             if self.memory is not None:
-                detach_memory(self.memory)
+                self.memory.detach_()
             window_loss += float(loss.detach())
             window_n += 1
             window_tok += ntok

@@ -65,17 +65,23 @@ BAD = [
     ({"base": {"tiny": {"hidden_size": 66}}}, r"base\.tiny = .*LlamaConfig refuses it"),
     ({"lcirc": {"num_latents": 0}}, r"lcirc\.num_latents = 0: must be an integer >= 1"),
     ({"lcirc": {"compressor_layers": "2"}}, r"lcirc\.compressor_layers = '2'"),
-    ({"lcirc": {"backend": "cuda"}}, r"lcirc\.backend = 'cuda': must be one of auto, torch, triton"),
-    ({"lcirc": {"memory_cap": 2}}, r"lcirc\.memory_cap = 2 is smaller than one segment's lcirc\.num_latents = 4"),
+    ({"lcirc": {"backend": "gpu"}}, r"lcirc\.backend = 'gpu': must be one of auto, torch, triton, cuda"),
+    ({"lcirc": {"memory_cap": 2}}, r"lcirc\.memory_cap=2 is smaller than one segment's 4 latents"),
     ({"lcirc": {"gca_layers": [0, 0]}}, r"lcirc\.gca_layers = \[0, 0\]: must be a non-empty list of distinct"),
     ({"lcirc": {"gca_layers": []}}, r"lcirc\.gca_layers = \[\]"),
     ({"lcirc": {"gca_layers": [5]}}, r"lcirc\.gca_layers = \[5\]: layer\(s\) \[5\] do not exist"),
     ({"lcirc": {"query_dependent": "yes"}}, r"lcirc\.query_dependent = 'yes': must be true or false"),
     ({"lcirc": {"compressor_input_layers": -1}}, r"lcirc\.compressor_input_layers = -1"),
     ({"lcirc": {"compressor_input_layers": 3}}, r"lcirc\.compressor_input_layers = 3 exceeds"),
-    ({"lcirc": {"pos_emb_std": 0}}, r"lcirc\.pos_emb_std = 0: must be a positive number or null"),
-    ({"lcirc": {"gca_q_init_scale": 0.0}}, r"lcirc\.gca_q_init_scale = 0\.0: must be a positive number"),
-    ({"lcirc": {"segment_len": 100}}, r"lcirc\.segment_len = 100 exceeds lcirc\.max_segment_len = 64"),
+    ({"lcirc": {"init": {"pos_emb_std": 0}}}, r"lcirc\.init\.pos_emb_std = 0: must be a positive number or null"),
+    ({"lcirc": {"init": {"gca_q_init_scale": 0.0}}}, r"lcirc\.init\.gca_q_init_scale = 0\.0: must be a positive number"),
+    ({"lcirc": {"init": {"centre": True}}}, r"lcirc\.init\.centre: unknown key in lcirc\.init; known keys: pos_emb_std"),
+    ({"lcirc": {"pos_emb_std": 0.1}}, r"lcirc\.pos_emb_std: unknown key in lcirc"),
+    ({"lcirc": {"segment_len": 100}}, r"lcirc\.segment_len=100 exceeds max_segment_len=64"),
+    ({"lcirc": {"kv_hoist_max_segments": 0}}, r"lcirc\.kv_hoist_max_segments = 0: must be an integer >= 1"),
+    ({"lcirc": {"cuda_graphs": "on"}}, r"lcirc\.cuda_graphs = 'on': must be true or false"),
+    ({"lcirc": {"mixer_heads": 0}}, r"lcirc\.mixer_heads = 0: must be an integer >= 1 or null"),
+    ({"lcirc": {"norm_eps": -1}}, r"lcirc\.norm_eps = -1: must be a positive number"),
     ({"data": {"source": "kvj"}}, r"data\.source = 'kvj': must be one of kjv, text_files"),
     ({"data": {"segmenting": "chunks"}}, r"data\.segmenting = 'chunks': must be one of random, fixed"),
     ({"data": {"qa_needle": "top"}}, r"data\.qa_needle = 'top'"),
@@ -87,7 +93,8 @@ BAD = [
     ({"data": {"segment_min": 0}}, r"data\.segment_min = 0"),
     ({"data": {"segment_min": 50}}, r"data\.segment_min = 50 is larger than data\.segment_max = 48"),
     ({"data": {"segment_max": 1000}}, r"data\.segment_max = 1000 exceeds lcirc\.max_segment_len = 64"),
-    ({"data": {"segment_len": 40}}, r"data\.segment_len = 40: validation segments reach 79 tokens"),
+    ({"lcirc": {"segment_len": 40}}, r"lcirc\.segment_len = 40: validation segments reach 79 tokens"),
+    ({"data": {"segment_len": 32}}, r"data\.segment_len: unknown key in data"),
     ({"data": {"val_docs": 0}}, r"data\.val_docs = 0: must be an integer >= 1"),
     ({"data": {"val_context": 16}}, r"data\.val_context = 16: must be larger than data\.window = 32"),
     ({"data": {"max_doc_tokens": 1}}, r"data\.max_doc_tokens = 1: must be an integer >= 2 or null"),
@@ -186,9 +193,11 @@ def test_set_overrides(tiny_cfg, tmp_path):
         load_config(path, ["train.nope=1"])
     with pytest.raises(ConfigError, match=r"--set nope=1: unknown key 'nope'"):
         load_config(path, ["nope=1"])
-    with pytest.raises(ConfigError, match=r"segment_len is in sections lcirc and data; write "
-                                          r"lcirc\.segment_len or data\.segment_len"):
-        load_config(path, ["segment_len=16"])
+    with pytest.raises(ConfigError, match=r"backend is in sections lcirc and distributed; write "
+                                          r"lcirc\.backend or distributed\.backend"):
+        load_config(path, ["backend=gloo"])
+    assert load_config(path, ["segment_len=16"]).lcirc.segment_len == 16
+    assert load_config(path, ["lcirc.init.latents_std=0.02"]).lcirc.init.latents_std == 0.02
     with pytest.raises(ConfigError, match=r"--set train\.lr\.x=1: train\.lr is a value, not a section"):
         load_config(path, ["train.lr.x=1"])
     with pytest.raises(ConfigError, match=r"--set train\.max_steps: must look like key=value"):

@@ -34,16 +34,17 @@ def test_lr_mult_sets_group_learning_rates_and_follows_the_schedule(tiny_cfg):
 def test_lr_mult_rejects_unknown_groups_and_bad_values(tiny_cfg):
     with pytest.raises(ValueError, match="perceiver"):
         config_from_dict(tiny_cfg(train={"lr_mult": {"perceiver": 2.0}}))
-    with pytest.raises(ValueError, match=r"lcirc\.gca_q_init_scale = 0\.0: must be a positive number"):
-        config_from_dict(tiny_cfg(lcirc={"gca_q_init_scale": 0.0}))
+    with pytest.raises(ValueError, match=r"lcirc\.init\.gca_q_init_scale = 0\.0: must be a positive number"):
+        config_from_dict(tiny_cfg(lcirc={"init": {"gca_q_init_scale": 0.0}}))
     with pytest.raises(ValueError, match=r"train\.lr_mult\.gates = 0\.0: must be a positive number"):
         config_from_dict(tiny_cfg(train={"lr_mult": {"gates": 0.0}}))
 
 
 def test_init_options_open_gates_scale_queries_and_center_positions(tiny_cfg):
     plain = Trainer(config_from_dict(tiny_cfg()), resume="none", quiet=True).model
-    cfg = config_from_dict(tiny_cfg(lcirc={"attn_gate_init": 0.5, "compressor_q_init_scale": 8.0,
-                                           "gca_q_init_scale": 4.0, "center_positions": True}))
+    cfg = config_from_dict(tiny_cfg(lcirc={"init": {"attn_gate_init": 0.5, "compressor_q_init_scale": 8.0,
+                                                    "gca_q_init_scale": 4.0,
+                                                    "center_positions": True}}))
     tr = Trainer(cfg, resume="none", quiet=True)
     m = tr.model
     for k, blk in m.gca.items():
@@ -58,7 +59,7 @@ def test_init_options_open_gates_scale_queries_and_center_positions(tiny_cfg):
 
 
 def test_stage1_validation_reports_the_swapped_memory_control(tiny_cfg):
-    cfg = config_from_dict(tiny_cfg(lcirc={"attn_gate_init": 0.5, "gca_q_init_scale": 4.0},
+    cfg = config_from_dict(tiny_cfg(lcirc={"init": {"attn_gate_init": 0.5, "gca_q_init_scale": 4.0}},
                                     train={"eval_every": 0, "save_every": 0}))
     tr = Trainer(cfg, resume="none", quiet=True)
     v = tr.validate()
