@@ -181,11 +181,20 @@ class LCIRCShape:
     query_dependent: bool = False
     query_len: int = 0
     memory_cap: int | None = None
+    mixer_heads: int | None = None       # None: the compressor's (as the model builds it)
+    mixer_head_dim: int | None = None
+    mixer_ffn: int | None = None
 
     def __post_init__(self):
+        for f, default in (("mixer_heads", self.compressor_heads),
+                           ("mixer_head_dim", self.compressor_head_dim),
+                           ("mixer_ffn", self.compressor_ffn)):
+            if getattr(self, f) is None:
+                object.__setattr__(self, f, default)
         for f in ("hidden_size", "num_latents", "compressor_layers", "compressor_heads",
                   "compressor_head_dim", "compressor_ffn", "num_gca", "gca_heads",
-                  "gca_head_dim", "gca_ffn", "segment_len", "window"):
+                  "gca_head_dim", "gca_ffn", "segment_len", "window", "mixer_heads",
+                  "mixer_head_dim", "mixer_ffn"):
             _pos_int(f"LCIRCShape.{f}", getattr(self, f))
         if self.memory_cap is not None:
             _pos_int("LCIRCShape.memory_cap", self.memory_cap)
@@ -208,7 +217,8 @@ class LCIRCShape:
                    segment_len=cfg.segment_len, window=window,
                    query_dependent=cfg.query_dependent,
                    query_len=query_len if cfg.query_dependent else 0,
-                   memory_cap=cfg.memory_cap)
+                   memory_cap=cfg.memory_cap, mixer_heads=cfg.mixer_heads,
+                   mixer_head_dim=cfg.mixer_head_dim, mixer_ffn=cfg.mixer_ffn)
 
     def replace(self, **kw) -> "LCIRCShape":
         return dataclasses.replace(self, **kw)
@@ -293,31 +303,37 @@ def compressor_step(s: LCIRCShape, seg_len: float, wbytes: int = 2) -> Cost:
             + elementwise(s.num_latents * s.hidden_size, LN_FLOPS, wbytes))
 
 
-def gca_memory_kv(s: LCIRCShape, m: float, wbytes: int = 2) -> Cost:
-    """K/V projection of m memory (or query) vectors for one GCA block."""
-    return linear(m, s.hidden_size, 2 * s.gca_heads * s.gca_head_dim, wbytes)
+def gca_memory_kv(s: LCIRCShape, m: float, wbytes: int = 2, sizes: tuple | None = None) -> Cost:
+    """K/V projection of m memory (or query) vectors for one GCA block (`sizes`: (heads,
+    head_dim, ffn) of a block sized apart from the GCA blocks, such as the QD mixer)."""
+    heads, head_dim, _ = sizes or (s.gca_heads, s.gca_head_dim, s.gca_ffn)
+    return linear(m, s.hidden_size, 2 * heads * head_dim, wbytes)
 
 
 def gca_block(s: LCIRCShape, t: float, m: float, project_kv: bool = True,
-              wbytes: int = 2) -> Cost:
-    """One GCA block: t tokens attend to m memory vectors (K/V projection if project_kv)."""
-    d, inner, f = s.hidden_size, s.gca_heads * s.gca_head_dim, s.gca_ffn
+              wbytes: int = 2, sizes: tuple | None = None) -> Cost:
+    """One GCA block: t tokens attend to m memory vectors (K/V projection if project_kv);
+    `sizes` as in `gca_memory_kv`."""
+    heads, head_dim, f = sizes or (s.gca_heads, s.gca_head_dim, s.gca_ffn)
+    d, inner = s.hidden_size, heads * head_dim
     c = total([
         elementwise(t * d, LN_FLOPS, wbytes), linear(t, d, inner, wbytes),
-        attention_core(t, m, t * m, s.gca_heads, s.gca_head_dim, wbytes=wbytes),
+        attention_core(t, m, t * m, heads, head_dim, wbytes=wbytes),
         linear(t, inner, d, wbytes), elementwise(t * d, 2, wbytes),
         elementwise(t * d, LN_FLOPS, wbytes), linear(t, d, f, wbytes),
         elementwise(t * f, SILU_MUL_FLOPS - 1, wbytes), linear(t, f, d, wbytes),
         elementwise(t * d, 2, wbytes),
     ])
-    return c + gca_memory_kv(s, m, wbytes) if project_kv else c
+    return c + gca_memory_kv(s, m, wbytes, sizes) if project_kv else c
 
 
 def mixer_step(s: LCIRCShape, project_kv: bool = True, wbytes: int = 2) -> Cost:
-    """QD mixer: the K latents attend to the query_len query embeddings."""
+    """QD mixer (a GCA block sized like the compressor unless set apart): the K latents attend
+    to the query_len query embeddings."""
     if not s.query_dependent:
         return ZERO
-    return gca_block(s, s.num_latents, s.query_len, project_kv, wbytes)
+    return gca_block(s, s.num_latents, s.query_len, project_kv, wbytes,
+                     sizes=(s.mixer_heads, s.mixer_head_dim, s.mixer_ffn))
 
 
 # ------------------------------------------------------------------------------ splitting

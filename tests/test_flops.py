@@ -72,10 +72,12 @@ class RefPerceiver(nn.Module):
 
 
 class RefGCA(nn.Module):
-    def __init__(self, s: fl.LCIRCShape):
+    def __init__(self, s: fl.LCIRCShape, mixer: bool = False):
         super().__init__()
-        self.attn = RefCrossAttn(s.hidden_size, s.gca_heads, s.gca_head_dim)
-        self.ff = RefFF(s.hidden_size, s.gca_ffn)
+        heads, head_dim, ffn = ((s.mixer_heads, s.mixer_head_dim, s.mixer_ffn) if mixer
+                                else (s.gca_heads, s.gca_head_dim, s.gca_ffn))
+        self.attn = RefCrossAttn(s.hidden_size, heads, head_dim)
+        self.ff = RefFF(s.hidden_size, ffn)
 
     def forward(self, x, memory, kv=None):
         k, v = kv if kv is not None else self.attn.kv_proj(memory)
@@ -112,8 +114,14 @@ def test_gca_block_and_mixer_match_counter():
     assert close(fl.gca_block(SHAPE, 29, 50, project_kv=False).matmul, counted_cached)
     assert close(fl.gca_memory_kv(SHAPE, 50).matmul, counted - counted_cached)
     lat, q = torch.randn(1, SHAPE.num_latents, 48), torch.randn(1, SHAPE.query_len, 48)
-    counted_mix, _ = count_flops(lambda: gca(lat, q))
+    mixer = RefGCA(SHAPE, mixer=True)          # sized like the compressor, as the model builds it
+    assert (SHAPE.mixer_heads, SHAPE.mixer_ffn) == (SHAPE.compressor_heads, SHAPE.compressor_ffn)
+    counted_mix, _ = count_flops(lambda: mixer(lat, q))
     assert close(fl.mixer_step(SHAPE).matmul, counted_mix)
+    apart = SHAPE.replace(mixer_heads=2, mixer_head_dim=5, mixer_ffn=30)
+    counted_apart, _ = count_flops(lambda: RefGCA(apart, mixer=True)(lat, q))
+    assert close(fl.mixer_step(apart).matmul, counted_apart)
+    assert not close(fl.mixer_step(apart).matmul, counted_mix)
 
 
 def tiny_llama(attn="sdpa"):
