@@ -295,8 +295,10 @@ def main(argv=None) -> int:
     log["build"] = how
     if how == "jit":
         from lcirc_fast._ext import _register_fakes
+        from lcirc_fast.ops.cuda_ops import register_extension_ops
 
         _register_fakes()
+        register_extension_ops()        # the ops registry's "cuda" entries, as a prebuilt load does
     else:
         from lcirc_fast import _ext
 
