@@ -138,7 +138,8 @@ class LCIRCConfig:
         query_dependent: build the QD-LCIRC query mixer.
         memory_cap: keep only the newest `memory_cap` memory vectors (None: keep all).
         norm_eps: LayerNorm epsilon of the compressor and GCA blocks.
-        backend: "auto" | "torch" | "triton" (see `lcirc_fast.backend`).
+        backend: "auto" | "torch" | "triton" | "cuda" (see `lcirc_fast.backend`): resolved once
+            when the model is built (`LCIRCForCausalLM.configure(backend=...)` changes it).
         init: the `InitRecipe` applied when the model is built.
         allow_tf32: fp32 Triton attention on TF32 tensor cores (None: yes unless
             ``TRITON_F32_DEFAULT=ieee``); the torch backend follows torch's own setting.
