@@ -6,7 +6,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..segmenting import fixed_boundaries, random_boundaries
+from ..segmenting import balanced_boundaries, fixed_boundaries, random_boundaries
 
 
 @dataclass
@@ -26,12 +26,15 @@ class Stage1Step:
 
 def draw_boundaries(n: int, mode: str, generator: torch.Generator | None = None,
                     segment_len: int = 2048, min_len: int = 64, max_len: int = 4032) -> list[int]:
-    """Boundaries for a training document: "random" (P(l) ∝ l) or "fixed"."""
+    """Boundaries for a training document: "random" (P(l) ∝ l), "fixed" (segment_len tokens,
+    the rest last) or "balanced" (equal segments of about segment_len tokens)."""
     if mode == "random":
         return random_boundaries(n, generator=generator, min_len=min_len, max_len=max_len)
     if mode == "fixed":
         return fixed_boundaries(n, segment_len)
-    raise ValueError(f"segmenting must be 'random' or 'fixed', got {mode!r}")
+    if mode == "balanced":
+        return balanced_boundaries(n, segment_len)
+    raise ValueError(f"segmenting must be 'random', 'fixed' or 'balanced', got {mode!r}")
 
 
 def _checked_boundaries(ids: torch.Tensor, boundaries: Sequence[int], window: int) -> list[int]:

@@ -12,6 +12,7 @@ from ..data import SyntheticQA, chunk_documents, kjv_splits, tokenize_documents
 from ..data.qa import QASample, build_qa_sample
 from ..data.stage1 import repeated_passage_docs
 from ..data.templates import TEMPLATES, get_template
+from ..data.truncation import head_tail_sizes
 from ..errors import ConfigError
 from .config import DATA_SOURCES, check_bptt
 
@@ -85,12 +86,21 @@ def synthetic_docs(n_docs: int, length: int, vocab: int, seed: int) -> list[torc
     return docs
 
 
-def synthetic_qa_sample(rng: random.Random, vocab: int, n: int) -> QASample:
-    """Token-space pass key: marker 3, 4 key tokens, marker 3 planted in random tokens; the query
-    is [2, 3] and the answer the key."""
+def synthetic_qa_sample(rng: random.Random, vocab: int, n: int, window: int | None = None) -> QASample:
+    """Token-space pass key: marker 3, 4 key tokens, marker 3 planted in n random tokens; the
+    query is [2, 3] and the answer the key. With `window`, the needle lies wholly in the middle
+    that a head + tail cut to `window` tokens compresses."""
     ctx = [rng.randrange(4, vocab) for _ in range(n)]
     key = [rng.randrange(4, vocab) for _ in range(4)]
-    pos = rng.randrange(n)
+    if window is None:
+        pos = rng.randrange(n)
+    else:
+        head, tail = head_tail_sizes(window)
+        lo, hi = max(0, head - 1), n + 6 - tail    # 1 + pos >= head, 1 + pos + 6 <= n + 13 - tail
+        if lo > hi:
+            raise ValueError(f"a synthetic pass key in {n} context tokens cannot lie in the compressed "
+                             f"middle of a {window}-token window; use longer contexts (data.qa_context)")
+        pos = rng.randint(lo, hi)
     ctx = ctx[:pos] + [3] + key + [3] + ctx[pos:]
     query = [2, 3]
     prompt = [1] + ctx + query
@@ -101,18 +111,38 @@ def synthetic_qa_sample(rng: random.Random, vocab: int, n: int) -> QASample:
                     context_start=1)
 
 
+def hay_at(schedule: list | None, step: int) -> int | None:
+    """Context tokens of `data.hay_schedule` ([[tokens, from_step], ...]) at optimizer `step`;
+    None without a schedule."""
+    if not schedule:
+        return None
+    return [n for n, at in schedule if at <= step][-1]
+
+
 @dataclass
 class DataBundle:
     train_docs: list          # stage 1: token tensors
     val_docs: list            # stage 1: token tensors (>= val_context tokens)
-    qa_train: object = None   # stage 2: callable(rng) -> QASample
+    qa_train: object = None   # stage 2: callable(rng, n=None) -> QASample (n context tokens,
+                              # drawn from data.qa_context when None)
     qa_val: list = None       # stage 2: fixed QASample list
+    qa_val_lengths: list = None  # stage 2: the context length each qa_val sample was made with
 
 
 def _cache_dir(cfg):
     from ..assets import cache_root
 
     return cfg.data.cache_dir or str(cache_root() / "tokens")
+
+
+def _val_lengths(d) -> list[int]:
+    """Stage-2 validation context lengths (see data.qa_val_lengths)."""
+    if d.qa_val_lengths:
+        return list(d.qa_val_lengths)
+    if d.hay_schedule:
+        return [d.hay_schedule[-1][0]]
+    lo, hi = d.qa_context
+    return [(lo + hi) // 2]
 
 
 def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
@@ -125,10 +155,24 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
         train = synthetic_docs(d.synthetic_docs, d.synthetic_len, vocab, cfg.seed)
         val = synthetic_docs(max(1, d.val_docs), max(d.synthetic_len, val_len), vocab, cfg.seed + 7)
         lo, hi = d.qa_context
-        qa_train = lambda rng: synthetic_qa_sample(rng, vocab, rng.randint(lo, hi))  # noqa: E731
+        win = d.window if d.qa_needle == "middle" else None
+
+        def qa_train(rng, n=None):
+            return synthetic_qa_sample(rng, vocab, rng.randint(lo, hi) if n is None else n, win)
+
         vr = random.Random(123456789)
-        qa_val = [synthetic_qa_sample(vr, vocab, vr.randint(lo, hi)) for _ in range(d.val_docs)]
-        return DataBundle(train, val, qa_train, qa_val)
+        if d.qa_val_lengths:
+            lengths = [n for n in d.qa_val_lengths for _ in range(d.val_docs)]
+            qa_val = [synthetic_qa_sample(vr, vocab, n, win) for n in lengths]
+        elif d.hay_schedule:
+            lengths = [d.hay_schedule[-1][0]] * d.val_docs
+            qa_val = [synthetic_qa_sample(vr, vocab, n, win) for n in lengths]
+        else:   # lengths drawn as in training
+            qa_val, lengths = [], []
+            for _ in range(d.val_docs):
+                qa_val.append(synthetic_qa_sample(vr, vocab, vr.randint(lo, hi), win))
+                lengths.append(f"{lo}-{hi}")
+        return DataBundle(train, val, qa_train, qa_val, lengths)
     if tokenizer is None:
         raise ConfigError(f"data.source = {src!r} needs a tokenizer, and base.name = {cfg.base.name!r} "
                           "has none; use data.source: synthetic_tokens or a base model with a tokenizer")
@@ -148,11 +192,16 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
         tr_qa = SyntheticQA(tokenizer, named["train"], d.qa_tasks, needle_window=needle_window)
         va_qa = SyntheticQA(tokenizer, named["validation"], d.qa_tasks, needle_window=needle_window)
         lo, hi = d.qa_context
-        qa_train = lambda rng: tr_qa.sample(rng, rng.randint(lo, hi))  # noqa: E731
+        tmpl = get_template(d.qa_template) if d.qa_template else None
+
+        def qa_train(rng, n=None):
+            return tr_qa.sample(rng, rng.randint(lo, hi) if n is None else n, template=tmpl)
+
         vr = random.Random(123456789)
-        fixed = get_template("read_answer")
-        qa_val = [va_qa.sample(vr, (lo + hi) // 2, template=fixed) for _ in range(d.val_docs)]
-        return DataBundle(train, val, qa_train, qa_val)
+        fixed = tmpl or get_template("read_answer")
+        lengths = [n for n in _val_lengths(d) for _ in range(d.val_docs)]
+        qa_val = [va_qa.sample(vr, n, template=fixed) for n in lengths]
+        return DataBundle(train, val, qa_train, qa_val, lengths)
     from ..data.loaders import load_qa_records, load_text_documents, load_token_documents
 
     if src in ("text_files", "token_files", "hub"):
@@ -176,7 +225,7 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
         enc = lambda r, t: build_qa_sample(tokenizer, torch.tensor(  # noqa: E731
             tokenizer(r["context"], add_special_tokens=False).input_ids), r["question"], r["answer"], t)
         open_t = [t for t in TEMPLATES if not t.multiple_choice]
-        qa_train = lambda rng: enc(recs[rng.randrange(len(recs))], rng.choice(open_t))  # noqa: E731
+        qa_train = lambda rng, n=None: enc(recs[rng.randrange(len(recs))], rng.choice(open_t))  # noqa: E731
         qa_val = [enc(r, get_template("read_answer")) for r in vrecs[:d.val_docs]]
-        return DataBundle([], [], qa_train, qa_val)
+        return DataBundle([], [], qa_train, qa_val, ["files"] * len(qa_val))
     raise ConfigError(f"data.source = {src!r} has no reader")

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from ..config import BACKENDS, InitRecipe, LCIRCConfig
 from ..data.qa import SyntheticQA
+from ..data.templates import TEMPLATES
 from ..errors import ConfigError
 
 PARAM_GROUPS = ("gca", "gates", "compressor", "mixer")  # optimizer groups (train.lr_mult keys)
@@ -27,7 +28,7 @@ DATA_SOURCES = ("kjv", "text_files", "token_files", "qa_files", "hub", "syntheti
 STAGE_SOURCES = {1: ("kjv", "text_files", "token_files", "hub", "synthetic_tokens"),
                  2: ("kjv", "qa_files", "synthetic_tokens")}
 DTYPES = ("float32", "bfloat16")
-SEGMENTING = ("random", "fixed")
+SEGMENTING = ("random", "fixed", "balanced")
 QA_NEEDLES = ("anywhere", "middle")
 ENGINES = ("plain", "deepspeed")
 DIST_BACKENDS = ("nccl", "gloo", "mpi", "ccl")
@@ -52,13 +53,19 @@ class DataSection:
     hub_name: str | None = None
     text_field: str = "text"
     window: int = 4096
-    segmenting: str = "random"       # random | fixed
+    segmenting: str = "random"       # random | fixed | balanced (~lcirc.segment_len, equal lengths)
     segment_min: int = 64
     segment_max: int = 4032
     max_doc_tokens: int | None = None
     qa_context: list = field(default_factory=lambda: [8192, 32768])
     qa_tasks: list = field(default_factory=lambda: ["passkey", "fact", "book"])
     qa_needle: str = "anywhere"      # anywhere | middle: planted needles lie in the compressed middle
+    qa_template: str | None = None   # stage 2 synthetic tasks: one template by name (null: random
+                                     # open templates in training, read_answer in validation)
+    hay_schedule: list | None = None # stage 2 curriculum [[tokens, from_step], ...]: context tokens
+                                     # from that optimizer step on (replaces qa_context in training)
+    qa_val_lengths: list | None = None  # stage 2 validation context lengths, val_docs samples each
+                                        # (null: the qa_context midpoint / the last hay_schedule length)
     val_docs: int = 16
     val_context: int | None = None   # stage-1 validation length (default 4 * window)
     synthetic_docs: int = 32         # synthetic_tokens: number of documents
@@ -71,6 +78,7 @@ class DataSection:
 class TrainSection:
     max_steps: int = 1000            # optimizer steps
     grad_accum: int = 8              # backward calls per optimizer step per rank
+    batch_size: int = 1              # samples (stage 1: parallel document streams) per backward call
     lr: float = 5e-5
     lr_mult: dict = field(default_factory=dict)  # per group: gca | gates | compressor | mixer
     warmup_steps: int = 0
@@ -79,6 +87,9 @@ class TrainSection:
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float | None = 1.0
     bptt: dict = field(default_factory=lambda: {"kind": "truncated", "k": 1})
+    contrast_weight: float = 0.0     # + w * relu(margin - (swapped-memory loss - own loss)), in-batch swap
+    contrast_margin: float = 1.0
+    memory_grad_centering: bool = False  # remove the batch-mean gradient of the memory
     activation_checkpointing: bool = False
     log_every: int = 1
     eval_every: int = 100
@@ -254,6 +265,31 @@ def _fix_qa_tasks(value: list, key: str) -> list[str]:
     return value
 
 
+def _fix_hay_schedule(value: list, key: str) -> list[list[int]]:
+    if not value:
+        raise _Bad
+    out = []
+    for i, entry in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            raise ConfigError(f"{where} = {_show(entry)}: must be a pair [tokens, from_step]")
+        tokens = check_value(f"{where}[0]", entry[0], int, _at_least(1, " (context tokens)"))
+        start = check_value(f"{where}[1]", entry[1], int, _at_least(0, " (optimizer step)"))
+        if i == 0 and start != 0:
+            raise ConfigError(f"{where}[1] = {start}: the first entry must start at step 0")
+        if i and start <= out[-1][1]:
+            raise ConfigError(f"{where}[1] = {start}: steps must increase (previous entry starts "
+                              f"at {out[-1][1]})")
+        out.append([tokens, start])
+    return out
+
+
+def _fix_lengths(value: list, key: str) -> list[int]:
+    if not value:
+        raise _Bad
+    return [check_value(f"{key}[{i}]", x, int, _at_least(1)) for i, x in enumerate(value)]
+
+
 def _fix_betas(value: list, key: str) -> list[float]:
     if len(value) != 2:
         raise _Bad
@@ -367,6 +403,14 @@ FIELD_CHECKS: dict[str, Check] = {
     "data.qa_tasks": Check("a non-empty list of distinct tasks from " + ", ".join(SyntheticQA.TASKS),
                            fix=_fix_qa_tasks),
     "data.qa_needle": _choice(QA_NEEDLES),
+    "data.qa_template": _choice(tuple(t.name for t in TEMPLATES if not t.multiple_choice),
+                                null="random open templates"),
+    "data.hay_schedule": Check("a non-empty list of [tokens >= 1, from_step >= 0] pairs, the first "
+                               "from step 0, steps increasing", fix=_fix_hay_schedule,
+                               null="context lengths drawn from data.qa_context"),
+    "data.qa_val_lengths": Check("a non-empty list of context lengths >= 1",
+                                 fix=_fix_lengths,
+                                 null="one length: the data.qa_context midpoint"),
     "data.val_docs": _at_least(1),
     "data.val_context": _at_least(9, null="4 * data.window"),
     "data.synthetic_docs": _at_least(1),
@@ -375,6 +419,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "data.repeat_passage": BOOL,
     "train.max_steps": _at_least(1),
     "train.grad_accum": _at_least(1),
+    "train.batch_size": _at_least(1),
     "train.lr": _positive(),
     "train.lr_mult": Check("a mapping from optimizer group (" + ", ".join(PARAM_GROUPS)
                            + ") to a multiplier > 0", fix=_fix_lr_mult),
@@ -385,6 +430,9 @@ FIELD_CHECKS: dict[str, Check] = {
     "train.grad_clip": _positive(null="no clipping"),
     "train.bptt": Check("a mapping such as {kind: truncated, k: 1}", fix=check_bptt),
     "train.activation_checkpointing": BOOL,
+    "train.contrast_weight": Check("a number >= 0 (0: no contrast term)", lambda v: v >= 0),
+    "train.contrast_margin": Check("a number >= 0", lambda v: v >= 0),
+    "train.memory_grad_centering": BOOL,
     "train.log_every": _at_least(0, " (0: no per-step lines)"),
     "train.eval_every": _at_least(0, " (0: no validation)"),
     "train.save_every": _at_least(0, " (0: save at the end only)"),
@@ -448,13 +496,38 @@ def _check_needle(cfg: TrainConfig) -> None:
     d = cfg.data
     if d.qa_needle != "middle":
         return
-    if cfg.stage != 2 or d.source != "kjv":
+    if cfg.stage != 2 or d.source not in ("kjv", "synthetic_tokens"):
         raise ConfigError("data.qa_needle = 'middle' places the needles of the stage-2 synthetic "
-                          f"tasks; it needs stage: 2 and data.source: kjv (got stage {cfg.stage}, "
-                          f"source {d.source!r})")
-    if "book" in d.qa_tasks:
+                          f"tasks; it needs stage: 2 and data.source: kjv or synthetic_tokens (got "
+                          f"stage {cfg.stage}, source {d.source!r})")
+    if d.source == "kjv" and "book" in d.qa_tasks:
         raise ConfigError("data.qa_needle = 'middle': the 'book' task plants no needle; "
                           "use data.qa_tasks from [passkey, fact]")
+
+
+def _check_stage2_options(cfg: TrainConfig) -> None:
+    d = cfg.data
+    for key in ("qa_template", "hay_schedule", "qa_val_lengths"):
+        if getattr(d, key) is not None and cfg.stage != 2:
+            raise ConfigError(f"data.{key} shapes the stage-2 QA samples; it needs stage: 2 "
+                              f"(got stage {cfg.stage})")
+    for key in ("hay_schedule", "qa_val_lengths"):
+        if getattr(d, key) is not None and d.source not in ("kjv", "synthetic_tokens"):
+            raise ConfigError(f"data.{key} sets the context lengths of the synthetic tasks; it needs "
+                              f"data.source kjv or synthetic_tokens (got {d.source!r})")
+    if d.qa_template is not None and d.source != "kjv":
+        raise ConfigError(f"data.qa_template = {d.qa_template!r} applies to the synthetic tasks of "
+                          f"data.source: kjv (got {d.source!r})")
+
+
+def _check_batch(cfg: TrainConfig) -> None:
+    t = cfg.train
+    for key, on in (("contrast_weight", t.contrast_weight > 0),
+                    ("memory_grad_centering", t.memory_grad_centering)):
+        if on and t.batch_size < 2:
+            raise ConfigError(f"train.{key} = {_show(getattr(t, key))} compares or centres the "
+                              f"memories of a batch; it needs train.batch_size >= 2 (got "
+                              f"{t.batch_size})")
 
 
 def _check_distributed(cfg: TrainConfig) -> None:
@@ -500,7 +573,7 @@ def _check_tiny_base(cfg: TrainConfig) -> None:
 
 
 CROSS_RULES = (_check_stage, _check_source_paths, _check_segments, _check_validation, _check_needle,
-               _check_distributed, _check_tiny_base)
+               _check_stage2_options, _check_batch, _check_distributed, _check_tiny_base)
 
 
 # ---------------------------------------------------------------- structure

@@ -18,7 +18,7 @@ from lcirc_fast.training import config_from_dict, run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).parent / "kill_driver.py"
-TIMING = {"tokens_per_s", "rss_mb", "elapsed_s"}
+TIMING = {"tokens_per_s", "samples_per_s", "rss_mb", "elapsed_s"}
 
 
 def _records(out: Path) -> list[dict]:
