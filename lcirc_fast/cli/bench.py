@@ -172,6 +172,7 @@ def run(args) -> int:
     preset = get_preset(args.model or ("llama2-7b" if device.type == "cuda" else "cpu-small"),
                         args.window, args.segment_len)
     lengths = lengths or list(preset.lengths)
+    preset = preset.replace(lengths=tuple(lengths))    # position table sized for the sweep
     _check_fits(preset, dtype, device)
 
     from tqdm.auto import tqdm
