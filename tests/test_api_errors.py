@@ -39,7 +39,7 @@ def test_config_zero_is_not_the_default(name):
 @pytest.mark.parametrize("field,bad,words", [
     ("query_dependent", "no", "true or false"),
     ("query_dependent", 1, "true or false"),
-    ("backend", "cuda", "auto, torch, triton"),
+    ("backend", "gpu", "auto, torch, triton, cuda"),
     ("backend", None, "auto, torch, triton"),
     ("norm_eps", 0.0, "finite number > 0"),
     ("norm_eps", float("nan"), "finite number > 0"),
