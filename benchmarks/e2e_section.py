@@ -145,26 +145,50 @@ def _reuse_model(model):
         sweep.build_model = original
 
 
-def _estimate(prev: dict | None, n: int, llm, shape, decode_tokens: int = 0
-              ) -> tuple[float, float | None]:
-    """(seconds, peak bytes) of one sweep length, scaled from a measured length `prev` by the
-    analytic FLOPs (prefill) and linearly (peak memory); 20% margin."""
+def _runs(t: float, policy) -> int:
+    """Runs `lcirc_fast.bench.timing.measure` makes of a workload that takes `t` seconds:
+    uncounted warm-up (at least one run, `policy.warmup_s` in all) plus the timed repeats."""
+    return max(1, math.ceil(policy.warmup_s / max(t, 1e-9) - 1e-9)) + policy.repeats(t)
+
+
+def _estimate(prev: dict | None, n: int, llm, shape, decode_tokens: int = 0,
+              policy=None) -> tuple[float, float | None]:
+    """(seconds, peak bytes) of one sweep length, scaled from a measured length `prev`; 20%
+    margin. Each timed method of `prev` (its median, `prev["timing"]`) is scaled by the analytic
+    FLOPs (full attention: full prefill; decoding: linearly in the length; the rest: LCIRC
+    prefill) and counted as many times as the sweep's timing policy runs a workload of that
+    length (warm-up + repeats); what `prev` spent outside the timed methods (GEMM rate, setup)
+    is added unscaled. A `prev` without per-method timing: twice (warm-up + one run) the full
+    and LCIRC prefills plus the rest of its wall time. Peak memory: linear in the length."""
     from lcirc_fast import flops as fl
+    from lcirc_fast.bench.sweep import SweepOptions
 
     if prev is None:
         return 0.0, None
     n0 = prev["tokens"]
     r_full = fl.full_prefill(llm, n).flops / fl.full_prefill(llm, n0).flops
     r_lcirc = fl.lcirc_prefill(llm, shape, n).flops / fl.lcirc_prefill(llm, shape, n0).flops
-    prefill0 = 2 * (prev["full_s"] + prev["lcirc_s"])       # warm-up + timed run each
-    other = max(0.0, prev["wall_s"] - prefill0, 0.1 * decode_tokens)   # decode, bookkeeping
-    secs = 1.2 * (2 * (prev["full_s"] * r_full + prev["lcirc_s"] * r_lcirc) + other)
+    timing = prev.get("timing") or {}
+    if timing:
+        policy = policy or SweepOptions(lengths=[n]).timing_policy()
+        warm = prev.get("warmup_runs") or {}
+        spent0 = timed = 0.0
+        for name, st in timing.items():
+            t0 = float(st["median"])
+            spent0 += t0 * (int(st.get("n", 1)) + int(warm.get(name, 1)))
+            r = r_full if name == "full" else (n / n0 if name.startswith("decode") else r_lcirc)
+            timed += t0 * r * _runs(t0 * r, policy)
+        secs = 1.2 * (timed + max(0.0, prev["wall_s"] - spent0))
+    else:
+        prefill0 = 2 * (prev["full_s"] + prev["lcirc_s"])       # warm-up + timed run each
+        other = max(0.0, prev["wall_s"] - prefill0, 0.1 * decode_tokens)
+        secs = 1.2 * (2 * (prev["full_s"] * r_full + prev["lcirc_s"] * r_lcirc) + other)
     peak = prev.get("full_peak_bytes")
     return secs, None if peak is None else peak * n / n0
 
 
 def plan_lengths(first: dict, lengths: list[int], must: list[int], seconds: float, llm, shape,
-                 decode_tokens: int = 0) -> tuple[list[int], list[int]]:
+                 decode_tokens: int = 0, policy=None) -> tuple[list[int], list[int]]:
     """(lengths to run, ascending; lengths left out) after the first one was measured.
 
     `must` lengths (the longest, the decode point) are admitted first, then the rest from the
@@ -175,7 +199,7 @@ def plan_lengths(first: dict, lengths: list[int], must: list[int], seconds: floa
                                                     reverse=True)
     chosen, total = [], 0.0
     for n in order:
-        est = _estimate(first, n, llm, shape, decode_tokens)[0]
+        est = _estimate(first, n, llm, shape, decode_tokens, policy)[0]
         if total + est <= seconds:
             chosen.append(n)
             total += est
@@ -195,16 +219,24 @@ def _kv_projection_ms(model, memory_tokens: int, device, repeats: int = 5) -> fl
 def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "llama2-7b",
             device: str = "cuda", dtype: torch.dtype = torch.bfloat16, decode_tokens: int = 16,
             decode_memory: int = 3200, deadline: float | None = None, train: bool = False,
-            reference: bool = False, progress: Callable[[str], None] = print) -> dict:
+            reference: bool = False, progress: Callable[[str], None] = print,
+            sweep_options: dict | None = None, warm_up: bool = True) -> dict:
     """Sweep under `deadline` (a `time.perf_counter()` value). Returns {"correct", "rows",
-    "skipped", "errors", "decode", "meta"}; rows and the rest are empty when "correct" is not ok.
-    The shortest length runs first; the others are admitted by estimate, the longest and the
-    decode point first (`plan_lengths`), and run in increasing order.
-    Writes e2e.json / e2e.png under `out_dir` (when given) only after a green check."""
+    "skipped", "errors", "decode", "meta", "plot"}; rows and the rest are empty when "correct"
+    is not ok.
+    `warm_up`: one uncounted pass over the shortest length first (one run per method, no
+    memory or GEMM measurement), so that kernel compilation and autotuning stay out of the
+    first length's wall time, from which the others are estimated. The shortest length then
+    runs; the others are admitted by estimate, the longest and the decode point first
+    (`plan_lengths`), and run in increasing order. `sweep_options`: more `SweepOptions` fields
+    (e.g. memory=False).
+    Writes e2e.json / e2e.png under `out_dir` (when given) only after a green check; without
+    matplotlib there is no e2e.png, and "plot" says so (`lcirc_fast.plotting.written`)."""
     from lcirc_fast import flops as fl
     from lcirc_fast.bench.presets import get_preset
     from lcirc_fast.bench.report import measured_table, plot, write_json
     from lcirc_fast.bench.sweep import SweepOptions, build_model, run_sweep
+    from lcirc_fast.plotting import written
 
     t0 = time.perf_counter()
     tick = lambda m: progress(f"[e2e {time.perf_counter() - t0:6.1f}s] {m}")  # noqa: E731
@@ -218,7 +250,17 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
     _randomize_norms(model)
     tick(f"built {preset} ({sum(t.numel() for t in model.parameters()) / 1e9:.2f}B params)")
     result: dict = {"preset": preset, "rows": [], "skipped": [], "errors": [], "decode": None,
-                    "meta": None}
+                    "meta": None, "plot": None}
+    extra = dict(sweep_options or {})
+    policy = SweepOptions(lengths=[1], **extra).timing_policy()
+
+    def sweep(n: int, **over):
+        opts = dict(dict(lengths=[n], device=device, dtype=dtype, decode_tokens=decode_tokens,
+                         train=train, reference=reference), **extra)
+        opts.update(over)
+        with _reuse_model(model):
+            return run_sweep(p, SweepOptions(**opts), progress=tick)
+
     gen = torch.Generator().manual_seed(0)
     n_chk = p.window + 2 * s.segment_len
     ids = torch.randint(0, p.llm.vocab_size, (1, n_chk), generator=gen).to(dev)
@@ -232,10 +274,19 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
          f"torch-eager {log_chk['torch_vs_eager']:.2e}")
     if not result["correct"]["ok"]:
         return result
+    if warm_up:
+        tw = time.perf_counter()
+        try:
+            sweep(lengths[0], repeats=1, max_repeats=1, warmup_s=0.0, target_s=0.0,
+                  memory=False, gemm=False)
+            tick(f"warm-up pass at {lengths[0]} tokens: {time.perf_counter() - tw:.1f}s "
+                 f"(not counted)")
+        except Exception as exc:  # the measured pass below reports it
+            tick(f"warm-up pass at {lengths[0]} tokens: {type(exc).__name__}: {exc}")
     todo, prev = [lengths[0]], None
     while todo:
         n = todo.pop(0)
-        secs, peak = _estimate(prev, n, p.llm, s, decode_tokens)
+        secs, peak = _estimate(prev, n, p.llm, s, decode_tokens, policy)
         left = None if deadline is None else deadline - time.perf_counter()
         if left is not None and secs > left:
             result["skipped"].append({"tokens": n, "reason": "time budget",
@@ -247,10 +298,7 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
             continue
         tw = time.perf_counter()
         try:
-            with _reuse_model(model):
-                res = run_sweep(p, SweepOptions(lengths=[n], device=device, dtype=dtype,
-                                                decode_tokens=decode_tokens, train=train,
-                                                reference=reference), progress=tick)
+            res = sweep(n)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             longer = [m for m in [n] + todo if m >= n]
@@ -269,10 +317,10 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
         if prev is None:   # first (shortest) length measured: admit the rest by estimate
             budget = math.inf if deadline is None else deadline - time.perf_counter()
             todo, left_out = plan_lengths(row, lengths, [lengths[-1], n_dec], budget, p.llm, s,
-                                          decode_tokens)
+                                          decode_tokens, policy)
             result["skipped"].extend({"tokens": m, "reason": "time budget (plan)",
                                       "estimate_s": round(_estimate(row, m, p.llm, s,
-                                                                    decode_tokens)[0], 1)}
+                                                                    decode_tokens, policy)[0], 1)}
                                      for m in left_out)
             if left_out:
                 tick(f"planned {todo}; left out {left_out} (time budget)")
@@ -292,9 +340,11 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
         torch.cuda.empty_cache()
     if out_dir is not None and result["rows"]:
         out = Path(out_dir)
-        write_json(out / "e2e.json", result)
         name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
-        plot(out / "e2e.png", result["rows"], f"{preset} on {name}")
+        png = out / "e2e.png"
+        result["plot"] = written(png, plot(png, result["rows"], f"{preset} on {name}"))
+        write_json(out / "e2e.json", result)
+        tick(f"plot: {result['plot']}")
     if result["rows"]:
         progress(measured_table(result["rows"]))
     return result

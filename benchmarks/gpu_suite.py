@@ -1,4 +1,4 @@
-"""One-file GPU check for the LCIRC Triton kernels (meant for an H200; < 8 min).
+"""One-file GPU check for the LCIRC Triton kernels (meant for an H200; about 7 min).
 
 Sections run in order; each appends rows to the JSON written to --out:
   env          versions and device
@@ -20,8 +20,10 @@ Providers: triton (lcirc_fast.ops kernels), sdpa (torch SDPA + eager epilogue), 
 reference). Other sections plug in with `register_section(name, fn, budget_s)`, where
 fn(ctx: Suite) appends rows with `ctx.record(...)`.
 
-Time: the run stops starting sections once --budget-s (default 420 s) is spent; a section with a
-budget gets at most that much (`Suite.section_deadline`) and sizes its work to it. A section that
+Time: the run stops starting sections once --budget-s (default 420 s; scripts/gpu_check.sh passes
+its BUDGET_S) is spent; a section with a budget gets at most that much (`Suite.section_deadline`,
+never past the run's budget) and sizes its work to it (`--dry-run` lists the budgets).
+Correctness has none: it runs first and whole. A section that
 raises is recorded as an error row (and turns the run red) and the next one runs; the JSON is
 rewritten after every section. Measurements of the compress128k and e2e sections are recorded
 only when their correctness checks pass.
@@ -279,16 +281,29 @@ def _bench_attention(s: Suite, label: str, B: int, Lq: int, Lk: int, epilogue: b
                          gated_by_correctness=not s.green)
 
 
+def _out_of_time(s: Suite, label: str) -> bool:
+    """True (and the case recorded as skipped) once the section's own time is spent."""
+    if s.time_left() > 0:
+        return False
+    s.record(kind="skipped", what="case", case=label, reason="section budget")
+    print(f"{label}: skipped (section budget spent)", flush=True)
+    return True
+
+
 def section_perceiver(s: Suite) -> None:
     cases = [(1, 8, 60)] if s.smoke else [(b, 64, lk) for b in (1, 8) for lk in (2048, 4096)]
     for B, Lq, Lk in cases:
-        _bench_attention(s, f"perceiver_b{B}_{Lq}x{Lk}", B, Lq, Lk, epilogue=False)
+        label = f"perceiver_b{B}_{Lq}x{Lk}"
+        if not _out_of_time(s, label):
+            _bench_attention(s, label, B, Lq, Lk, epilogue=False)
 
 
 def section_gca(s: Suite) -> None:
     cases = [(1, 40, 70)] if s.smoke else [(1, 4096, m) for m in (512, 1024, 3200)] + [(1, 1, 3200)]
     for B, Lq, Lk in cases:
-        _bench_attention(s, f"gca_b{B}_{Lq}x{Lk}", B, Lq, Lk, epilogue=Lq > 1)
+        label = f"gca_b{B}_{Lq}x{Lk}"
+        if not _out_of_time(s, label):
+            _bench_attention(s, label, B, Lq, Lk, epilogue=Lq > 1)
 
 
 def section_epilogue(s: Suite) -> None:
@@ -312,6 +327,8 @@ def section_epilogue(s: Suite) -> None:
         ("layer_norm+pos", "torch"): (lambda: ref.layer_norm(x, w16, b16, 1e-5, pos), 2, (x, w16, b16, pos)),
     }
     for (op, prov), (fn, passes, ins) in cases.items():
+        if _out_of_time(s, f"{op}/{prov}"):
+            continue
         dout = torch.randn_like(x)
         p50, _, _ = s.bench(lambda: fn().detach())
         pb, _, _ = s.bench(lambda: torch.autograd.grad(fn(), ins, dout))
@@ -365,8 +382,9 @@ def section_e2e(s: Suite) -> None:
     from e2e_section import run_e2e
 
     if s.smoke:
+        # no forked memory probe (the CPU's way; CUDA reads the allocator's peak instead)
         kw = dict(lengths=(32, 64, 128), preset="tiny", device="cpu", dtype=torch.float32,
-                  decode_tokens=2, decode_memory=8)
+                  decode_tokens=2, decode_memory=8, sweep_options=dict(memory=False))
     else:
         kw = dict(preset="llama2-7b", device="cuda", dtype=torch.bfloat16, decode_tokens=16,
                   decode_memory=3200)
@@ -387,12 +405,17 @@ def section_e2e(s: Suite) -> None:
         s.record(kind="error", **r)
     if res["decode"] is not None:
         s.record(kind="e2e_decode", **res["decode"])
-    s.record(kind="e2e_meta", meta=res["meta"], crossover_flops=res.get("crossover_flops"))
+    s.record(kind="e2e_meta", meta=res["meta"], crossover_flops=res.get("crossover_flops"),
+             plot=res.get("plot"))
 
 
+# Correctness first (it gates every speed-up and is never cut short); the measuring sections
+# stop starting cases (perceiver, gca, epilogue) or lengths and variants (compress128k, e2e)
+# once their own budget or the run's --budget-s is spent.
 for _name, _fn, _budget in (("env", section_env, None), ("correctness", section_correctness, None),
-                            ("perceiver", section_perceiver, None), ("gca", section_gca, None),
-                            ("epilogue", section_epilogue, None),
+                            ("perceiver", section_perceiver, 45.0),
+                            ("gca", section_gca, 45.0),
+                            ("epilogue", section_epilogue, 20.0),
                             ("compress128k", section_compress128k, 90.0),
                             ("e2e", section_e2e, 240.0)):
     register_section(_name, _fn, _budget)
@@ -439,6 +462,8 @@ def _table(rows: list) -> str:
             lines.append(f"decode at {r['memory']} memory vectors: cached {r['cached_tok_s']:.1f} tok/s, "
                          f"re-projected {r['recompute_tok_s']:.1f} tok/s ({r['ratio']:.2f}x); "
                          f"memory K/V projection alone {r['kv_projection_ms']:.2f} ms/token")
+        elif r.get("kind") == "e2e_meta" and r.get("plot"):
+            lines.append(f"e2e plot: {r['plot']}")
         elif r.get("kind") == "skipped":
             what = {k: v for k, v in r.items() if k not in ("kind", "section")}
             lines.append(f"skipped: {what}")
