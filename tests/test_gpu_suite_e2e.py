@@ -124,6 +124,28 @@ def test_plan_prioritises_the_longest_and_decode_lengths(e2e):
     assert out == [] and run == lengths[1:]
 
 
+def test_estimate_counts_the_runs_the_timing_policy_makes(e2e):
+    from lcirc_fast.bench.presets import get_preset
+    from lcirc_fast.bench.sweep import SweepOptions
+
+    p = get_preset("llama2-7b")
+    s = p.shape()
+    policy = SweepOptions(lengths=[1]).timing_policy()      # >= 3 timed runs + a warm-up
+    t = {"full": 0.5, "lcirc": 0.2}
+    first = {"tokens": 4096, "full_s": t["full"], "lcirc_s": t["lcirc"],
+             "timing": {k: {"median": v, "n": 3} for k, v in t.items()},
+             "warmup_runs": {"full": 1, "lcirc": 1}, "wall_s": 4 * 0.7 + 2.0}
+    secs, _ = e2e._estimate(first, 8192, p.llm, s, 16, policy)
+    from lcirc_fast import flops as fl
+    r_full = fl.full_prefill(p.llm, 8192).flops / fl.full_prefill(p.llm, 4096).flops
+    r_lc = fl.lcirc_prefill(p.llm, s, 8192).flops / fl.lcirc_prefill(p.llm, s, 4096).flops
+    want = 1.2 * (4 * (t["full"] * r_full + t["lcirc"] * r_lc) + 2.0)
+    assert secs == pytest.approx(want)
+    # the old two-run rule (no per-method timing in the row) gives less
+    old = {k: v for k, v in first.items() if k not in ("timing", "warmup_runs")}
+    assert e2e._estimate(old, 8192, p.llm, s, 16, policy)[0] < secs
+
+
 def test_memory_oracle_catches_a_wrong_backend(e2e, monkeypatch):
     from lcirc_fast.modules import PerceiverCompressor
 
@@ -133,9 +155,9 @@ def test_memory_oracle_catches_a_wrong_backend(e2e, monkeypatch):
     assert good["ok"] and good["torch"]["ok"] and good["triton"]["ok"]
     real = PerceiverCompressor.step
 
-    def skewed(self, state, kvs, backend="torch"):
-        out = real(self, state, kvs, backend="torch")
-        return out * 1.001 if backend == "triton" else out
+    def skewed(self, state, kvs):
+        out = real(self, state, kvs)
+        return out * 1.001 if self.ops.backend == "triton" else out
 
     monkeypatch.setattr(PerceiverCompressor, "step", skewed)
     bad = e2e.memory_oracle(model, ids)
@@ -152,3 +174,98 @@ def test_red_check_withholds_compress_measurements(suite, e2e, monkeypatch, tmp_
     assert rc == 1
     rows = json.loads(out.read_text())["rows"]
     assert [r["kind"] for r in rows] == ["compress_check"] and rows[0]["ok"] is False
+
+
+# ------------------------------------------------------------------ scripts/gpu_check.sh budget
+_CHECK = _ROOT / "scripts" / "gpu_check.sh"
+
+
+def _gpu_check(tmp_path, *args, **env):
+    full = dict(os.environ, OUT=str(tmp_path / "out"), **{k: str(v) for k, v in env.items()})
+    t0 = time.perf_counter()
+    proc = subprocess.run(["bash", str(_CHECK), *args], cwd=tmp_path, env=full,
+                          capture_output=True, text=True, timeout=120)
+    return proc, time.perf_counter() - t0
+
+
+def test_gpu_check_default_plan_fits_a_ten_minute_command(tmp_path):
+    proc, _ = _gpu_check(tmp_path, "--plan")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "margin 60s" in proc.stdout and "plan: ok" in proc.stdout
+    text = _CHECK.read_text()
+    defaults = {k: int(text.split(f"{k}=${{{k}:-", 1)[1].split("}", 1)[0])
+                for k in ("LIMIT_S", "TOTAL_S", "SMI_S", "SUITE_S", "BUDGET_S", "KILL_S")}
+    assert defaults["LIMIT_S"] == 600 and defaults["LIMIT_S"] - defaults["TOTAL_S"] >= 60
+    # the worst case of every step, each ended by its timeout plus the kill grace
+    assert defaults["SMI_S"] + 2 + defaults["SUITE_S"] + defaults["KILL_S"] <= defaults["TOTAL_S"]
+    assert defaults["BUDGET_S"] < defaults["SUITE_S"]
+
+
+@pytest.mark.parametrize("env, why", [
+    (dict(TOTAL_S=590), "leaves less than 30s"),
+    (dict(BUDGET_S=500), "must be below SUITE_S"),
+    (dict(SUITE_S=600, BUDGET_S=300), "exceed TOTAL_S"),
+])
+def test_gpu_check_plan_refuses_budgets_that_do_not_fit(tmp_path, env, why):
+    proc, _ = _gpu_check(tmp_path, "--plan", **env)
+    assert proc.returncode == 2 and why in proc.stdout, proc.stdout
+    proc, _ = _gpu_check(tmp_path, **env)            # a real run refuses before it starts
+    assert proc.returncode == 2 and why in proc.stdout and not (tmp_path / "out").exists()
+
+
+def _stub_python(tmp_path, suite_s: float, ext_s: float):
+    """A $PYTHON for gpu_check.sh: 'runs' the suite for suite_s and check_ext for ext_s."""
+    stub = tmp_path / "py"
+    stub.write_text(f"#!/bin/sh\ncase \"$1\" in\n"
+                    f"  benchmarks/gpu_suite.py) echo suite \"$@\"; exec sleep {suite_s};;\n"
+                    f"  *) echo ext \"$@\"; exec sleep {ext_s};;\nesac\n")
+    stub.chmod(0o755)
+    return stub
+
+
+_FAST = dict(LIMIT_S=20, MIN_MARGIN_S=1, SMI_S=1, KILL_S=1)
+
+
+def test_gpu_check_kills_a_slow_suite_and_ends_by_its_deadline(tmp_path):
+    py = _stub_python(tmp_path, suite_s=60, ext_s=60)
+    proc, wall = _gpu_check(tmp_path, PYTHON=py, TOTAL_S=9, SUITE_S=4, BUDGET_S=2, EXT_MIN_S=2,
+                            **_FAST)
+    out = tmp_path / "out"
+    assert proc.returncode == 124, proc.stdout + proc.stderr
+    assert wall < 9 + 1.5, wall                      # the hard end holds, grace included
+    log = (out / "gpu_suite.log").read_text()
+    assert "--budget-s 2" in log and "killed after 4s" in log
+    assert "== csrc/check_ext.py: exit 124" in proc.stdout     # ran on what was left, killed
+
+
+def test_gpu_check_skips_the_extension_with_a_note_when_time_is_short(tmp_path):
+    py = _stub_python(tmp_path, suite_s=60, ext_s=60)
+    proc, wall = _gpu_check(tmp_path, PYTHON=py, TOTAL_S=9, SUITE_S=5, BUDGET_S=3, EXT_MIN_S=5,
+                            **_FAST)
+    assert proc.returncode == 124 and wall < 9 + 1.5
+    assert "== csrc/check_ext.py: skipped:" in proc.stdout and "EXT_MIN_S" in proc.stdout
+    assert not (tmp_path / "out" / "check_ext.log").exists()
+
+
+def test_gpu_check_green_suite_then_extension(tmp_path):
+    py = _stub_python(tmp_path, suite_s=0, ext_s=0)
+    proc, wall = _gpu_check(tmp_path, PYTHON=py, TOTAL_S=9, SUITE_S=5, BUDGET_S=3, EXT_MIN_S=2,
+                            **_FAST)
+    assert proc.returncode == 0 and wall < 4, (proc.stdout, wall)
+    assert "== csrc/check_ext.py: exit 0" in proc.stdout
+
+
+def test_sections_start_with_correctness_and_measuring_ones_have_budgets(suite):
+    names = list(suite.SECTIONS)
+    assert names[:2] == ["env", "correctness"]
+    assert "correctness" not in suite.SECTION_BUDGET_S
+    assert set(names[2:]) <= set(suite.SECTION_BUDGET_S)
+
+
+def test_kernel_sections_stop_starting_cases_when_their_budget_is_spent(suite, tmp_path):
+    suite.SECTION_BUDGET_S["perceiver"] = 0.0        # spent before the first case
+    out = tmp_path / "r.json"
+    rc = suite.main(["--cpu-smoke", "--section", "perceiver", "--out", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["kind"], r["case"]) for r in rows] == [("skipped", "perceiver_b1_8x60")]
