@@ -69,8 +69,11 @@ def _locked(path: Path):
 
 
 def _pip(py: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(py), "-m", "pip", *args], capture_output=True, text=True,
-                          timeout=PIP_TIMEOUT_S, env=_clean_env())
+    """pip in the environment; an unreachable index fails within minutes, not after pip's
+    default retries of long timeouts."""
+    return subprocess.run([str(py), "-m", "pip", *args[:1], "--retries", "2", "--timeout", "60",
+                           *args[1:]], capture_output=True, text=True, timeout=PIP_TIMEOUT_S,
+                          env=_clean_env())
 
 
 def _clean_env(**extra) -> dict:
