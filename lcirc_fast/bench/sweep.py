@@ -34,7 +34,8 @@ from .checks import MEMORY_METHODS, self_check
 from .measure import CUDA_MEMORY_METHOD, PeakMemory
 from .presets import Preset
 from .reference import reference_compress, reference_forward
-from .timing import CpuLoad, TimingPolicy, Workload, combine_loads, measure, physical_cores
+from .timing import (CpuLoad, TimingPolicy, Workload, choose_threads, combine_loads, measure,
+                     physical_cores)
 
 
 @dataclass
@@ -314,8 +315,8 @@ def run_sweep(preset: Preset, opts: SweepOptions,
     threads_reason = "set by the caller"
     if device.type == "cpu":
         if opts.threads is None:
-            torch.set_num_threads(physical_cores())
-            threads_reason = "physical cores available to this process"
+            n_threads, threads_reason = choose_threads()
+            torch.set_num_threads(n_threads)
         else:
             torch.set_num_threads(opts.threads)
             threads_reason = "--threads"

@@ -177,6 +177,26 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+def choose_threads(probe_s: float = 0.5, cores: int | None = None,
+                   other_cores: float | None = None) -> tuple[int, str]:
+    """(threads, why): the physical cores, less those other processes kept busy during a
+    `probe_s` look at /proc/stat before the run (OpenMP threads that share a core with another
+    process wait on each other). `other_cores` skips the look (tests)."""
+    cores = cores or physical_cores()
+    if other_cores is None:
+        with CpuLoad() as load:
+            time.sleep(probe_s)
+        other_cores = load.result.get("other_cores")
+    if other_cores is None:
+        return cores, f"{cores} physical cores"
+    free = int(math.floor(cores - other_cores + 0.5))
+    if free >= cores:
+        return cores, f"{cores} physical cores, idle before the run"
+    n = max(1, free)
+    return n, (f"{cores} physical cores, {other_cores:.2f} of them busy with other processes "
+               f"before the run")
+
+
 # ------------------------------------------------------------------------------------ load
 def _read_proc_stat() -> tuple[int, int] | None:
     """(busy jiffies incl. steal, steal jiffies) over all CPUs, or None off Linux."""

@@ -66,7 +66,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-repeats", type=int, default=30,
                    help="most timed runs per method and length (default: 30)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: the physical cores this process may use)")
+                   help="torch CPU threads (default: the physical cores this process may use, less "
+                        "those other processes keep busy when the run starts)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory measurements (one isolated run per method and "
                         "length)")
@@ -235,8 +236,9 @@ def _setup_text(meta: dict, device) -> str:
     lines = []
     th = meta["threads"]
     if device.type == "cpu":
-        lines.append(f"threads: {th['count']} ({th['reason']}; {th['physical_cores']} physical "
-                     f"cores, {th['cpu_count']} logical CPUs)")
+        where = (f"{th['physical_cores']} physical cores" if th["reason"] == "--threads"
+                 else f"{th['cpu_count']} logical CPUs")
+        lines.append(f"threads: {th['count']} ({th['reason']}; {where})")
     load = meta.get("load") or {}
     other = load.get("other_cores")
     if other is None:

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from lcirc_fast.bench.timing import (CpuLoad, TimingPolicy, Workload, combine_loads, measure,
-                                     physical_cores, summarize)
+from lcirc_fast.bench.timing import (CpuLoad, TimingPolicy, Workload, choose_threads,
+                                     combine_loads, measure, physical_cores, summarize)
 
 
 class FakeClock:
@@ -127,3 +127,13 @@ def test_cpu_load_on_this_machine_counts_our_own_work():
 def test_physical_cores_is_within_the_cpu_count():
     n = physical_cores()
     assert 1 <= n <= (os.cpu_count() or 1)
+
+
+def test_threads_are_the_physical_cores_less_the_busy_ones():
+    assert choose_threads(cores=2, other_cores=0.05) == (2, "2 physical cores, idle before the run")
+    n, why = choose_threads(cores=2, other_cores=1.5)
+    assert n == 1 and "1.50 of them busy" in why
+    assert choose_threads(cores=8, other_cores=2.4)[0] == 6
+    assert choose_threads(cores=2, other_cores=3.0)[0] == 1
+    n, why = choose_threads(probe_s=0.05)
+    assert 1 <= n <= physical_cores() and "physical cores" in why
