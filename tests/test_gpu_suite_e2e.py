@@ -32,7 +32,7 @@ def e2e():
     return _load("e2e_section")
 
 
-def test_cpu_smoke_whole_script_under_a_minute(tmp_path):
+def test_cpu_smoke_whole_script_in_two_minutes(tmp_path):
     out = tmp_path / "gpu.json"
     env = dict(os.environ, PYTHONPATH=str(_ROOT))
     t0 = time.perf_counter()
@@ -41,7 +41,7 @@ def test_cpu_smoke_whole_script_under_a_minute(tmp_path):
                           timeout=170)
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert wall < 60, f"--cpu-smoke took {wall:.1f}s"
+    assert wall < 120, f"--cpu-smoke took {wall:.1f}s"   # ~40 s on 2 idle cores; room for load
     res = json.loads(out.read_text())
     assert res["green"] is True
     rows = res["rows"]
