@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -44,8 +45,9 @@ def _kill_at_random_step(p: subprocess.Popen, log: Path, rng: random.Random) -> 
     p.send_signal(signal.SIGKILL)
 
 
-def test_kill_9_at_random_points_resumes_bit_identically(tiny_cfg, tmp_path):
-    train = {"max_steps": 6, "grad_accum": 2, "save_every": 2, "eval_every": 3}
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_kill_9_at_random_points_resumes_bit_identically(tiny_cfg, tmp_path, batch_size):
+    train = {"max_steps": 6, "grad_accum": 2, "save_every": 2, "eval_every": 3, "batch_size": batch_size}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the killed runs (--threads 1): the same reductions
     try:
