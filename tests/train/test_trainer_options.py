@@ -82,11 +82,11 @@ def test_a_batch_is_the_token_mean_of_its_samples(tiny_cfg):
         for micro in range(3):
             items = tr._qa_items(micro)
             n = int((items[0][3][1:] != -100).sum())
-            singles.append((float(tr._stage2_micro(micro)[0]), n))
+            singles.append((float(tr._stage2_micro(micro)[0].detach()), n))
         lengths = {tr._qa_items(m)[0][1].input_ids.numel() for m in range(3)}
         assert len(lengths) > 1     # the batch below pads and stacks
         tr.cfg.train.batch_size = 3
-        batch = float(tr._stage2_micro(0)[0])
+        batch = float(tr._stage2_micro(0)[0].detach())
     finally:
         tr.close()
     mean = sum(l * n for l, n in singles) / sum(n for _, n in singles)
