@@ -98,14 +98,18 @@ def repeated_passage_docs(docs: Sequence[torch.Tensor], passage_len: int) -> lis
 def stage1_stream(docs: Sequence[torch.Tensor], window: int, generator: torch.Generator,
                   segmenting: str = "random", segment_len: int = 256, min_len: int = 64,
                   max_len: int = 4032, shard: tuple[int, int] = (0, 1),
-                  repeat_passage: bool = False) -> Iterator[Stage1Step]:
+                  repeat_passage: bool = False, copy_mix: float = 0.0) -> Iterator[Stage1Step]:
     """Endless stream of steps over shuffled documents (epoch after epoch).
 
     `shard` = (rank, world): each rank takes every world-th document of each epoch's order.
     All randomness comes from `generator`, so the stream is reproducible from its state.
     `repeat_passage`: copy-task steps (`repeat_passage_steps`) instead of next-window steps.
+    `copy_mix`: the share of documents (drawn from `generator`, one draw per document) whose steps
+    are copy-task steps, the others next-window steps; 0 draws nothing.
     """
     rank, world = shard
+    if not 0.0 <= copy_mix <= 1.0:
+        raise ValueError(f"copy_mix must lie in [0, 1], got {copy_mix}")
     if not docs:
         raise ValueError("no documents to train on")
     while True:
@@ -116,7 +120,8 @@ def stage1_stream(docs: Sequence[torch.Tensor], window: int, generator: torch.Ge
             if ids.numel() < 2:
                 continue
             b = draw_boundaries(ids.numel(), segmenting, generator, segment_len, min_len, max_len)
-            make = repeat_passage_steps if repeat_passage else stage1_steps
+            copy = repeat_passage or (copy_mix > 0 and float(torch.rand(1, generator=generator)) < copy_mix)
+            make = repeat_passage_steps if copy else stage1_steps
             for s in make(ids, b, window, d):
                 yielded = True
                 yield s

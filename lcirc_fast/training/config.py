@@ -72,6 +72,8 @@ class DataSection:
     synthetic_len: int = 512         # synthetic_tokens: tokens per document
     cache_dir: str | None = None
     repeat_passage: bool = False     # stage 1 copy task: compress a passage, then predict it again
+    copy_mix: float = 0.0            # stage 1: share of documents trained on the copy task, the
+                                     # rest on next-window prediction (validation: next window)
 
 
 @dataclass
@@ -417,6 +419,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "data.synthetic_len": _at_least(2),
     "data.cache_dir": _text("a non-empty path", null="the default token cache"),
     "data.repeat_passage": BOOL,
+    "data.copy_mix": Check("a number in [0, 1] (0: next-window steps only)", lambda v: 0 <= v <= 1),
     "train.max_steps": _at_least(1),
     "train.grad_accum": _at_least(1),
     "train.batch_size": _at_least(1),
@@ -449,6 +452,10 @@ def _check_stage(cfg: TrainConfig) -> None:
     d = cfg.data
     if d.repeat_passage and cfg.stage != 1:
         raise ConfigError("data.repeat_passage = true is a stage-1 objective; it needs stage: 1")
+    if d.copy_mix > 0 and (cfg.stage != 1 or d.repeat_passage):
+        raise ConfigError(f"data.copy_mix = {d.copy_mix} mixes copy-task documents into stage-1 "
+                          "next-window training; it needs stage: 1 and data.repeat_passage: false "
+                          "(which is copy_mix 1 with copy-task validation)")
     if d.source not in STAGE_SOURCES[cfg.stage]:
         gives = "no QA samples" if cfg.stage == 2 else "no training documents"
         raise ConfigError(f"data.source = {d.source!r} gives {gives} for stage {cfg.stage}; "

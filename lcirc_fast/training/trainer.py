@@ -112,7 +112,7 @@ class Trainer:
             g = torch.Generator().manual_seed(self.cfg.seed)
             it = stage1_stream(self.data.train_docs, d.window, g, d.segmenting, self.segment_len,
                                d.segment_min, d.segment_max, shard=(self.rank * b + i, self.world * b),
-                               repeat_passage=d.repeat_passage)
+                               repeat_passage=d.repeat_passage, copy_mix=d.copy_mix)
             for _ in range(skip):
                 next(it)
             its.append(it)

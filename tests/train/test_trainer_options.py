@@ -170,3 +170,30 @@ def test_batched_resume_is_exact(tiny_cfg, tmp_path, stage):
         from lcirc_fast.training.checkpoint import load_state
         st = load_state(tmp_path / "b" / "checkpoints" / "step0000004", "trainer_rank0")
         assert isinstance(st["memory"], list) and len(st["memory"]) == 2
+
+
+def test_copy_mix_mixes_copy_documents_into_stage1(tiny_cfg):
+    from lcirc_fast.data import stage1_stream
+
+    docs = [torch.arange(i, i + 120) % 200 + 4 for i in range(12)]
+
+    def steps(**kw):
+        it = stage1_stream(docs, 16, torch.Generator().manual_seed(0), "fixed", 20, **kw)
+        return [next(it) for _ in range(60)]
+
+    plain = steps()
+    assert all(torch.equal(a.window, b.window) for a, b in zip(plain, steps(copy_mix=0.0)))
+    mixed = steps(copy_mix=0.5)
+    copies = [s for s in mixed if torch.equal(s.window, s.segment[:16]) and s.step == 0]
+    assert 0 < len(copies) < len(mixed)                # both kinds of document
+    assert not any(torch.equal(s.window, s.segment[:16]) for s in plain)
+    with pytest.raises(ValueError, match="copy_mix"):
+        steps(copy_mix=1.5)
+    with pytest.raises(ConfigError, match=r"^data\.copy_mix = 2: must be a number in \[0, 1\]"):
+        _cfg(tiny_cfg, data={"copy_mix": 2})
+    with pytest.raises(ConfigError, match=r"^data\.copy_mix = 0\.5 mixes .* stage: 1"):
+        _cfg(tiny_cfg, data={"copy_mix": 0.5, "repeat_passage": True})
+    res = run_training(_cfg(tiny_cfg, data={"copy_mix": 0.5}, train={"batch_size": 2, "eval_every": 0,
+                                                                     "save_every": 0, "max_steps": 2}),
+                       resume="none", quiet=True)
+    assert res["opt_step"] == 2 and all(math.isfinite(h["loss"]) for h in res["history"])
