@@ -96,3 +96,10 @@ def test_pad_batch():
     assert lab.tolist() == [[5, 6, 7], [8, -100, -100]]
     with pytest.raises(ValueError):
         pad_batch([], 0)
+
+
+def test_balanced_boundaries_for_training_documents():
+    assert draw_boundaries(100, "balanced", segment_len=32) == [0, 34, 67, 100]
+    assert draw_boundaries(5, "balanced", segment_len=32) == [0, 5]
+    with pytest.raises(ValueError, match="balanced"):
+        draw_boundaries(100, "even")
