@@ -1,4 +1,12 @@
-"""The LCIRC training loop (stage 1: LM on long documents; stage 2: QD long-form QA)."""
+"""The LCIRC training loop (stage 1: LM on long documents; stage 2: QD long-form QA).
+
+Each backward call (micro-step) takes `train.batch_size` samples: stage 2 draws that many QA
+samples (middles compressed together where their segment boundaries agree, memories stacked,
+LLM inputs right-padded), stage 1 advances that many document streams by one step each;
+`train.grad_accum` micro-steps make an optimizer step. Optional terms: the contrast hinge against
+the in-batch swapped memory (`train.contrast_weight`) and memory gradient centring. Stage-2
+validation scores every sample with its own memory, another sample's memory and none.
+"""
 from __future__ import annotations
 
 import json
