@@ -25,6 +25,7 @@ class Preset:
     lcirc: dict[str, Any] = field(default_factory=dict)
     window: int = 4096
     lengths: tuple[int, ...] = ()
+    hf_json: dict[str, Any] | None = None   # a config.json's fields: its own family is built
 
     def lcirc_config(self, **overrides) -> LCIRCConfig:
         """Resolved LCIRCConfig for this shape (overrides: any LCIRCConfig field)."""
@@ -36,11 +37,20 @@ class Preset:
                                       query_len=query_len)
 
     def hf_config(self, **kw):
-        """transformers.LlamaConfig of the LLM (kw: extra LlamaConfig arguments)."""
+        """The LLM's transformers config (kw: extra config arguments): the config.json's own
+        family for a preset read from one, else a LlamaConfig of the preset's shape."""
+        positions = max([self.window * 2, 8192, *self.lengths])
+        if self.hf_json is not None:
+            from transformers import AutoConfig
+
+            fields = {k: v for k, v in self.hf_json.items()
+                      if k not in ("model_type", "architectures", "transformers_version")}
+            fields["max_position_embeddings"] = max(positions,
+                                                    fields.get("max_position_embeddings") or 0)
+            return AutoConfig.for_model(self.hf_json["model_type"], **{**fields, **kw})
         from transformers import LlamaConfig
 
-        args = {**self.llm.to_hf_dict(), "max_position_embeddings": max(
-            [self.window * 2, 8192, *self.lengths]), **kw}
+        args = {**self.llm.to_hf_dict(), "max_position_embeddings": positions, **kw}
         return LlamaConfig(**args)
 
     def replace(self, **kw) -> "Preset":
@@ -89,7 +99,7 @@ def get_preset(name_or_path: str, window: int | None = None,
     elif Path(name_or_path).exists():
         llm = LLMShape.from_json(name_or_path)
         p = Preset(llm.name, llm, dict(PRESETS["llama2-7b"].lcirc), window=4096,
-                   lengths=PRESETS["llama2-7b"].lengths)
+                   lengths=PRESETS["llama2-7b"].lengths, hf_json=_config_json(name_or_path))
     else:
         raise ValueError(f"unknown model {name_or_path!r}: use one of {sorted(PRESETS)} or a "
                          f"path to a Hugging Face config.json")
@@ -104,3 +114,16 @@ def get_preset(name_or_path: str, window: int | None = None,
                   max_segment_len=max(p.lcirc.get("max_segment_len", 4096), 2 * segment_len))
         p = p.replace(lcirc=lc)
     return p
+
+
+def _config_json(path: str) -> dict[str, Any]:
+    """The fields of a Hugging Face config.json (file or directory; read and checked already by
+    `LLMShape.from_json`), its `model_type` named by `BASE_ADAPTERS` (ConfigError otherwise)."""
+    import json
+
+    from ..models.base_adapter import adapter_for_type
+
+    p = Path(path)
+    data = json.loads((p / "config.json" if p.is_dir() else p).read_text(encoding="utf-8"))
+    adapter_for_type(data.get("model_type", "llama"))
+    return {"model_type": "llama", **data}

@@ -151,3 +151,22 @@ def test_results_survive_without_matplotlib(tmp_path, capsys, monkeypatch):
     assert "no " + str(out / "bench.png") + " (matplotlib is not installed)" in capsys.readouterr().out
     assert plot_lines(tmp_path / "p.png", {"a": [(1, 2.0)]}, "x", "y", "t") is False
     assert not (tmp_path / "p.png").exists()
+
+
+def test_a_config_json_builds_its_own_family(tmp_path):
+    from lcirc_fast.bench.presets import get_preset
+    from lcirc_fast.bench.sweep import build_model
+    from lcirc_fast.errors import ConfigError
+
+    cfg = tmp_path / "config.json"
+    fields = dict(model_type="qwen2", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=128, vocab_size=300)
+    cfg.write_text(json.dumps(fields))
+    preset = get_preset(str(cfg), window=32, segment_len=16)
+    model = build_model(preset.replace(lcirc=dict(preset.lcirc, num_latents=4,
+                                                  compressor_layers=1)), "cpu", torch.float32)
+    assert type(model.base).__name__ == "Qwen2ForCausalLM"
+    assert model.base.config.vocab_size == 300 and model.base.model.layers[0].self_attn.q_proj.bias is not None
+    cfg.write_text(json.dumps({**fields, "model_type": "bert"}))
+    with pytest.raises(ConfigError, match="'bert' is not supported"):
+        get_preset(str(cfg))
