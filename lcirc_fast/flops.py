@@ -440,7 +440,7 @@ def grad_steps(policy: Any, num_steps: int) -> float:
     """
     if num_steps == 0:
         return 0.0
-    kind, arg, replace = _policy_parts(policy)
+    kind, arg, replace = policy_parts(policy)
     if kind == "full":
         return float(num_steps)
     if kind == "truncated":
@@ -450,7 +450,7 @@ def grad_steps(policy: Any, num_steps: int) -> float:
     return float(min(arg, num_steps))
 
 
-def _policy_parts(policy: Any) -> tuple[str, int, bool]:
+def policy_parts(policy: Any) -> tuple[str, int, bool]:
     if policy is None:
         return "full", 0, False
     if isinstance(policy, str):

@@ -94,7 +94,7 @@ def build_model(preset: Preset, device: str, dtype: torch.dtype, seed: int = 0):
 def _policy(name: str):
     from .. import bptt
 
-    kind, arg, replace = fl._policy_parts(name)
+    kind, arg, replace = fl.policy_parts(name)
     if kind == "full":
         return bptt.Full()
     if kind == "truncated":

@@ -86,9 +86,9 @@ def _check_args(args) -> None:
     if args.max_repeats < args.repeats:
         raise ConfigError(f"--max-repeats ({args.max_repeats}) must be >= --repeats "
                           f"({args.repeats})")
-    from ..flops import _policy_parts
+    from ..flops import policy_parts
 
-    _policy_parts(args.train_policy)
+    policy_parts(args.train_policy)
 
 
 def _flops_only(preset, lengths, out: Path) -> int:
