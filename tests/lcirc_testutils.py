@@ -40,15 +40,3 @@ def lcirc_params(model):
     if model.mixer is not None:
         ps += [("mixer." + n, p) for n, p in model.mixer.named_parameters()]
     return ps
-
-
-def load_train_script(name: str):
-    """Import train/<name>.py (a script, not a package module) as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "train" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
