@@ -12,7 +12,8 @@ CPU_MEMORY_METHOD = ("peak RSS growth: /proc/self/status VmHWM after resetting i
 CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated minus memory_allocated at the start"
 
 
-def _status_kb(field: str) -> int | None:
+def status_kb(field: str) -> int | None:
+    """A /proc/self/status field in kB (VmRSS, VmHWM, ...), None where it cannot be read."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -48,7 +49,7 @@ class PeakMemory:
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")
-                self._start = _status_kb("VmRSS")
+                self._start = status_kb("VmRSS")
             except OSError:
                 self._start = None
         return self
@@ -58,7 +59,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.bytes = int(torch.cuda.max_memory_allocated(self.device) - self._start)
         elif self._start is not None:
-            hwm = _status_kb("VmHWM")
+            hwm = status_kb("VmHWM")
             self.bytes = None if hwm is None else max(0, hwm - self._start) * 1024
         return False
 

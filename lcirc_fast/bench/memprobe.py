@@ -22,20 +22,11 @@ import subprocess
 import sys
 from typing import Any
 
+from .measure import status_kb
+
 METHOD = ("peak RSS growth of one run in a fresh process (forked from a helper that holds the "
           "model): VmHWM - VmRSS before the run, after returning freed heap to the system; "
           "activations and workspaces, not weights")
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def _malloc_trim() -> None:
@@ -54,9 +45,9 @@ def peak_rss_growth(fn) -> int | None:
             f.write("5")
     except OSError:
         return None
-    start = _status_kb("VmRSS")
+    start = status_kb("VmRSS")
     out = fn()
-    hwm = _status_kb("VmHWM")
+    hwm = status_kb("VmHWM")
     del out
     if start is None or hwm is None:
         return None
