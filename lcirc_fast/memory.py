@@ -328,8 +328,8 @@ class CompressedMemory:
         """
         path = os.fspath(path)
         meta, tensors = _read_file(path)
-        meta = _check_file(path, meta, tensors)
-        return cls.from_state_dict(_unflatten_state(path, meta, tensors), model, source=path)
+        info = _check_file(path, meta, tensors)
+        return cls.from_state_dict(_unflatten_state(info, tensors), model, source=path)
 
 
 # ---------------------------------------------------------------------- memory files
@@ -365,17 +365,17 @@ def _flatten_state(state: dict[str, Any]) -> tuple[dict[str, str], dict[str, tor
     return meta, tensors
 
 
-def _unflatten_state(path: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]
-                     ) -> dict[str, Any]:
-    """A checked file's metadata and tensors -> the `state_dict()` layout."""
-    info = _parse_meta(path, meta)
+def _unflatten_state(info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A checked file's parsed metadata (`_check_file`) and tensors -> the `state_dict()`
+    layout."""
+    info = dict(info)
     state: dict[str, Any] = {name: tensors.get(name) for name in _KNOWN_TENSORS}
     state["records"] = []
     for j, step in enumerate(info.pop("record_steps")):
         ids_name, state_name = _record_names(j)
         state["records"].append({"segment_ids": tensors[ids_name],
                                  "input_state": tensors.get(state_name), "step": step})
-    state.update(info, fingerprint=meta["fingerprint"])
+    state.update(info)
     return state
 
 
@@ -456,8 +456,8 @@ def _read_file(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
 
 
 def _check_file(path: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> dict:
-    """Check format, version, metadata keys, tensor names and checksum; return the metadata
-    (a version-2 file's completed with its empty `record_steps`)."""
+    """Check format, version, metadata keys, tensor names and checksum; return the parsed
+    metadata (`_parse_meta`, with the fingerprint; a version-2 file has no `record_steps`)."""
     if meta.get("format") != FORMAT:
         raise MemoryFileError(f"{path} is not an lcirc_fast memory (metadata format="
                               f"{meta.get('format')!r}, expected {FORMAT!r})")
@@ -475,7 +475,8 @@ def _check_file(path: str, meta: dict[str, str], tensors: dict[str, torch.Tensor
     if missing:
         raise MemoryFileError(f"{path} lacks the metadata key(s) {missing}; the file is "
                               f"incomplete: {_REWRITE}")
-    steps = _parse_meta(path, meta)["record_steps"]
+    info = _parse_meta(path, meta)
+    steps = info["record_steps"]
     known = set(_KNOWN_TENSORS).union(*(_record_names(j) for j in range(len(steps))))
     absent = [k for k in _REQUIRED_TENSORS if k not in tensors]
     absent += [_record_names(j)[0] for j in range(len(steps)) if _record_names(j)[0] not in tensors]
@@ -489,7 +490,7 @@ def _check_file(path: str, meta: dict[str, str], tensors: dict[str, torch.Tensor
     if content_checksum(signed, tensors) != meta["checksum"]:
         raise MemoryFileError(f"{path} fails its checksum: its content changed after it was "
                               f"written (a corrupt copy or an edit); {_REWRITE}")
-    return meta
+    return {**info, "fingerprint": meta["fingerprint"]}
 
 
 def _parse_meta(path: str, meta: dict[str, str]) -> dict:
