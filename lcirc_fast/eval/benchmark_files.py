@@ -90,7 +90,7 @@ def find_task_files(bench: str, data: str, tasks: list[str] | None) -> dict[str,
     .json or .parquet) or a comma list of files named after their tasks."""
     known = known_tasks(bench)
     if tasks:
-        tasks = [infinitebench.task_name(t) if bench == "infinitebench" else t for t in tasks]
+        tasks = [infinitebench.ALIASES.get(t, t) if bench == "infinitebench" else t for t in tasks]
         bad = [t for t in tasks if t not in known]
         if bad:
             raise ConfigError(f"--tasks {','.join(bad)}: not {bench} task(s); known: {', '.join(known)}")

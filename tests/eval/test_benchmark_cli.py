@@ -140,6 +140,8 @@ def test_bad_rows_are_named(tmp_path, capsys, bench, name, rows, says):
     (["infinitebench", "--data", str(FIXTURES / "longbench" / "hotpotqa.jsonl")],
      "hotpotqa.jsonl: infinitebench files are named after their tasks (<task>.jsonl); known tasks: passkey,"),
     (["ppl", "--tasks", "x"], "--tasks is for longbench, infinitebench and leval, not ppl"),
+    (["infinitebench", "--data", str(FIXTURES / "infinitebench"), "--tasks", "En.MC,Foo"],
+     "--tasks Foo: not infinitebench task(s); known: passkey,"),
 ])
 def test_bad_arguments_in_one_line(tmp_path, capsys, argv, says):
     rc, out, err = _eval(capsys, *argv, "--base", "tiny_random", "--out", str(tmp_path / "out"))
