@@ -22,11 +22,21 @@ import subprocess
 import sys
 from typing import Any
 
-from .measure import status_kb
-
 METHOD = ("peak RSS growth of one run in a fresh process (forked from a helper that holds the "
           "model): VmHWM - VmRSS before the run, after returning freed heap to the system; "
           "activations and workspaces, not weights")
+
+
+def status_kb(field: str) -> int | None:
+    """A /proc/self/status field in kB (VmRSS, VmHWM, ...), None where it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def _malloc_trim() -> None:

@@ -366,9 +366,6 @@ def _run(preset, opts, lengths, device, tick, probe, threads_reason) -> dict[str
                 elif probe is not None:
                     tick(f"{n} tokens: peak memory of {name}")
                     row[f"{name}_peak_bytes"] = probe.measure(name, n)
-        if "compress" in stats and gemm:
-            row["compressor"]["gemm_fraction"] = (row["compressor"]["flop_s"]
-                                                  / gemm["start"]["flop_s"])
         rows.append(row)
         del wls
         model.zero_grad(set_to_none=True)
