@@ -4,8 +4,9 @@ Each measurement runs in a fresh process whose ``sys.path`` starts with one chec
 same seeded model (SmolLM2-135M's width and heads, 4 layers, random weights, fp32) through the
 public API both versions share (`LCIRCForCausalLM.from_base`, `compress`, `forward`,
 `generate`), and times, after one warm-up: compressing a context, a window forward over the
-memory, and cached greedy decoding. Checkouts alternate A, B, A, B, ... so drifting machine
-load hits both alike; the table gives each one's median (min-max) and the ratio B / A.
+memory, and cached greedy decoding. Rounds run A, B then B, A, ... so drifting machine load
+hits both alike; the table gives each one's median (min-max) and the ratio B / A. Every run's
+memory is hashed (sha256 of its bytes): different memories exit 1.
 
     python benchmarks/ab_compare.py --a /path/to/old/checkout --b . --tokens 4096 --rounds 5
 """
@@ -19,7 +20,7 @@ import subprocess
 import sys
 
 WORKER = r"""
-import json, sys, time
+import hashlib, json, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(int(sys.argv[2]))
@@ -48,8 +49,9 @@ with torch.no_grad():
         t = time.perf_counter(); model(win, memory=mem); f = time.perf_counter() - t
         t = time.perf_counter(); model.generate(win[:, :64], memory=mem, max_new_tokens=new)
         d = time.perf_counter() - t
-    out = {"compress_s": c, "window_s": f, "decode_s": d,
-           "memory_sum": float(mem.hidden.double().sum()), "file": lcirc_fast.__file__}
+    h = mem.hidden.detach().contiguous()
+    out = {"compress_s": c, "window_s": f, "decode_s": d, "file": lcirc_fast.__file__,
+           "memory_sha256": hashlib.sha256(h.view(torch.uint8).numpy().tobytes()).hexdigest()}
 print(json.dumps(out))
 """
 
@@ -84,8 +86,9 @@ def main(argv=None) -> int:
             runs[name].append(run_one(getattr(args, name.lower()), args))
     for name in ("A", "B"):
         print(f"{name}: {runs[name][0]['file']}")
-    same = runs["A"][0]["memory_sum"] == runs["B"][0]["memory_sum"]
-    print(f"same memory from both: {same} ({runs['A'][0]['memory_sum']:.6e})")
+    digests = {r["memory_sha256"] for name in ("A", "B") for r in runs[name]}
+    same = len(digests) == 1
+    print(f"same memory from both: {same} (sha256 {sorted(digests)[0][:16]}...)")
     print(f"{'':10s} {'A median (min-max)':>26s} {'B median (min-max)':>26s} {'B / A':>7s}")
     for m in METRICS:
         cols = []
@@ -98,6 +101,10 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "runs": runs}, f, indent=2)
+    if not same:
+        print("ab_compare: the two checkouts compress the context to different memories",
+              file=sys.stderr)
+        return 1
     return 0
 
 

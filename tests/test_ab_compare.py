@@ -20,6 +20,7 @@ def test_same_checkout_twice_gives_the_same_memory_and_a_full_table(tmp_path):
     runs = json.loads(out.read_text())["runs"]
     assert len(runs["A"]) == len(runs["B"]) == 1
     assert all(r["compress_s"] > 0 and r["file"].startswith(str(ROOT)) for r in runs["A"])
+    assert runs["A"][0]["memory_sha256"] == runs["B"][0]["memory_sha256"]
 
 
 def test_a_broken_checkout_is_one_line(tmp_path):
