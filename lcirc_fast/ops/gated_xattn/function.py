@@ -115,4 +115,7 @@ def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) ->
         raise ValueError(f"gate must be a one-element float tensor, got shape {tuple(gate.shape)}, {gate.dtype}")
     check_device(x, branch, gate)
     x, branch = x.contiguous(), branch.contiguous()
+    grads = torch.is_grad_enabled() and (x.requires_grad or branch.requires_grad or gate.requires_grad)
+    if not grads and not torch.compiler.is_compiling():
+        return gated_forward(x, branch, gate)   # no graph to record: skip the custom op's dispatch
     return gated_residual_fwd(x, branch, gate)
