@@ -21,7 +21,7 @@ from .registry import register
 
 def _setup_context(ctx, inputs, output):
     _, branch, gate = inputs
-    ctx.save_for_backward(branch, gate)
+    ctx.save_for_backward(branch if ctx.needs_input_grad[2] else None, gate)   # d_gate needs it
 
 
 def _backward(ctx, grad_y):
@@ -30,7 +30,8 @@ def _backward(ctx, grad_y):
     grad_y = grad_y.contiguous()
     d_branch = d_gate = None
     if need_branch or need_gate:
-        d_branch, d_gate = torch.ops.lcirc.cuda_gated_residual_backward(grad_y, branch, gate)
+        d_branch, d_gate = torch.ops.lcirc.cuda_gated_residual_backward(
+            grad_y, branch if branch is not None else grad_y, gate)
     return ((grad_y if need_x else None), (d_branch if need_branch else None),
             (d_gate if need_gate else None))
 

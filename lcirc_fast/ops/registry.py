@@ -32,9 +32,10 @@ from typing import Callable, Mapping
 
 import torch
 
+from ..config import BACKENDS as _REQUESTABLE
 from .utils.runtime import interpreting, resolve_tf32
 
-BACKENDS = ("torch", "triton", "cuda")
+BACKENDS = tuple(b for b in _REQUESTABLE if b != "auto")   # concrete: "torch", "triton", "cuda"
 OPS = ("cross_attention", "gated_residual", "layer_norm")  # the ops an OpSet carries
 FALLBACK = {"cuda": "triton"}                                # per op, when no kernel is registered
 BIND_OPTIONS = {"cross_attention": ("allow_tf32",)}          # keywords `bind` fixes per op
