@@ -175,7 +175,7 @@ def load_ds_config(path: str | None, cfg, on_gpu: bool) -> dict:
             raise FileNotFoundError(f"DeepSpeed config {p} not found")
         ds = json.loads(p.read_text())
     ds = dict(ds)
-    ds["train_micro_batch_size_per_gpu"] = 1
+    ds["train_micro_batch_size_per_gpu"] = cfg.train.batch_size   # samples per backward call
     ds["gradient_accumulation_steps"] = cfg.train.grad_accum
     ds.pop("train_batch_size", None)
     ds["gradient_clipping"] = float(cfg.train.grad_clip or 0.0)
