@@ -180,11 +180,15 @@ def _load(args):
     cfg.base.name = args.base
     cfg.seed = args.seed
     base, tok = build_base(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    model = None
-    if args.lcirc:
-        from ..models import LCIRCForCausalLM
+    if args.lcirc or args.official_checkpoint is not None:
+        if args.lcirc:
+            from ..models import LCIRCForCausalLM
 
-        model = LCIRCForCausalLM.from_pretrained(args.lcirc, base=base)
+            model = LCIRCForCausalLM.from_pretrained(args.lcirc, base=base)
+        else:
+            from .convert import official_model
+
+            model = official_model(base, args.official_checkpoint)
         if args.memory_cap >= 0:
             model.config.memory_cap = args.memory_cap or None
     else:
@@ -194,16 +198,6 @@ def _load(args):
         model = LCIRCForCausalLM.from_base(base, LCIRCConfig(num_latents=1, compressor_layers=1))
     model.eval()
     return model, tok
-
-
-def _official(args, loaded):
-    """The model of --official-checkpoint around the base model that `_load` built."""
-    from .convert import official_model
-
-    model = official_model(loaded.base, args.official_checkpoint)
-    if args.memory_cap >= 0:
-        model.config.memory_cap = args.memory_cap or None
-    return model.eval()
 
 
 def _kjv_split(name: str):
@@ -300,8 +294,6 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     model, tok = _load(args)
-    if args.official_checkpoint is not None:
-        model = _official(args, model)
     if tok is None:
         raise ConfigError(f"{args.task} needs a base model with a tokenizer; --base {args.base} has none")
     has_lcirc = args.lcirc is not None or args.official_checkpoint is not None
