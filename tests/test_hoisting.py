@@ -16,9 +16,9 @@ def products(monkeypatch):
     real_product = PerceiverCompressor._kv_product
     real_fold = PerceiverCompressor.folded_kv_weight
 
-    def product(xhat, w, bias):
+    def product(xhat, w, bias, out=None):
         rows.append(xhat.numel() // xhat.shape[-1])
-        return real_product(xhat, w, bias)
+        return real_product(xhat, w, bias, out)
 
     def fold(self):
         folds.append(torch.is_grad_enabled())
@@ -168,3 +168,45 @@ def test_segments_kv_matches_segment_kv_and_checks_shapes():
         comp.segments_kv(torch.randn(1, 1, 3, comp.dim + 1))
     with pytest.raises(ValueError, match="position table"):
         comp.segments_kv(torch.randn(1, 2, comp.max_segment_len + 1, comp.dim))
+
+
+def test_cpu_products_reuse_one_workspace():
+    """Hoisted CPU products write into the recurrence's workspace: one buffer, reused across
+    chunks and calls, never read after its chunk, freed by release()."""
+    model = tiny_lcirc(randomize_gates=True)
+    ws = model.recurrence.workspace
+    ids = torch.randint(0, 256, (2, 7 * SEG))
+    c = model.compressor
+    per_segment = 2 * SEG * len(c.layers) * 2 * c.heads * c.head_dim
+    with torch.no_grad():
+        model.configure(kv_hoist_max_segments=1)
+        ref = model.compress(ids, segment_len=SEG).hidden           # no hoisting: no workspace
+        assert ws.nbytes == 0
+        model.configure(kv_hoist_max_segments=3)                    # chunks of 3, 3 and 1
+        a = model.compress(ids, segment_len=SEG).hidden
+        assert ws.nbytes == 3 * per_segment * 4
+        ptr = ws.take(1, torch.float32, torch.device("cpu")).data_ptr()
+        b = model.compress(ids, segment_len=SEG).hidden
+        assert ws.take(1, torch.float32, torch.device("cpu")).data_ptr() == ptr
+        ws.take(1, torch.float32, torch.device("cpu")).fill_(float("nan"))   # stale contents
+        c2 = model.compress(ids, segment_len=SEG).hidden
+    for got in (a, b, c2):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    ws.release()
+    assert ws.nbytes == 0
+    assert ws.take(4, torch.float32, torch.device("meta")) is None      # off the CPU: none
+
+
+def test_segments_kv_into_a_buffer_checks_its_size():
+    comp = PerceiverCompressor(16, 2, 2, 8, 32, 8)
+    emb = torch.randn(1, 2, 4, 16)
+    n = 1 * 2 * 4 * 2 * 2 * 2 * 8
+    with torch.no_grad():
+        ref = comp.segments_kv(emb)
+        got = comp.segments_kv(emb, out=torch.empty(n))
+        with pytest.raises(ValueError, match="contiguous buffer of 512 elements"):
+            comp.segments_kv(emb, out=torch.empty(n + 1))
+    for rs, gs in zip(ref, got):
+        for (rk, rv), (gk, gv) in zip(rs, gs):
+            torch.testing.assert_close(gk, rk)
+            torch.testing.assert_close(gv, rv)

@@ -67,7 +67,7 @@ class LCIRCForCausalLM(nn.Module):
                                                  cfg.gca_ffn, cfg.norm_eps, dev, dt)
         self.gca = nn.ModuleDict({str(i): block() for i in cfg.gca_layers})
         self.mixer = (GatedCrossAttentionBlock(d, cfg.mixer_heads, cfg.mixer_head_dim, cfg.mixer_ffn,
-                                               cfg.norm_eps, dev, dt)
+                                               cfg.norm_eps, dev, dt, packed=True)
                       if cfg.query_dependent else None)
         self.uid = uuid.uuid4().hex            # identifies memories made by this object
         self.cache_kwarg = self.adapter.cache_kwarg(base)

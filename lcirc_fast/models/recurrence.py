@@ -49,11 +49,46 @@ class FoldedKV:
         return self._plain
 
 
+class KVWorkspace:
+    """One reusable output buffer for the hoisted K/V products on the CPU.
+
+    A fresh output of a large product has its pages faulted in as the product writes them (on
+    the development CPU about a fifth of the time of a [4096 x 576] x [576 x 4608] product;
+    docs/perf/cpu-packed-gemm.md). The buffer is kept between products and calls, grown to the
+    largest product (at most `kv_hoist_budget_bytes`), and freed by `release()`. CUDA needs none:
+    its caching allocator already reuses memory.
+    """
+
+    def __init__(self):
+        self._buf: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._buf is None else self._buf.numel() * self._buf.element_size()
+
+    def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """A contiguous [numel] view of the buffer, or None where no buffer is used (off CPU)."""
+        if device.type != "cpu":
+            return None
+        buf = self._buf
+        if buf is None or buf.dtype != dtype or buf.numel() < numel:
+            self._buf = None                      # free the old one before allocating
+            buf = self._buf = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel]
+
+    def release(self) -> None:
+        self._buf = None
+
+
 class Recurrence:
-    """Compression and streaming for `model` (an `LCIRCForCausalLM`)."""
+    """Compression and streaming for `model` (an `LCIRCForCausalLM`).
+
+    ``workspace`` (a `KVWorkspace`) holds the CPU K/V products' output buffer between calls.
+    """
 
     def __init__(self, model):
         self.model = model
+        self.workspace = KVWorkspace()
 
     # ------------------------------------------------------------------ plans
     def segment_plan(self, n: int, segment_len, boundaries) -> list[int]:
@@ -150,7 +185,10 @@ class Recurrence:
         with torch.no_grad():
             seg_ids = ids[:, bounds[first]:bounds[last]].reshape(ids.shape[0], count, length)
             emb = self.model.inputs(seg_ids)
-            kvs = self.model.compressor.segments_kv(emb, folds.get(False))
+            c = self.model.compressor
+            numel = emb.numel() // c.dim * len(c.layers) * 2 * c.heads * c.head_dim
+            out = self.workspace.take(numel, emb.dtype, emb.device)
+            kvs = c.segments_kv(emb, folds.get(False), out=out)
         return {first + j: kv for j, kv in enumerate(kvs)}
 
     def prune(self, memory: CompressedMemory) -> None:

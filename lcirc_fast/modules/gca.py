@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .binding import UsesOps
 from .feedforward import FeedForward
+from .linear import PackedLinear
 from .zero import whole
 
 
@@ -33,28 +34,32 @@ def gates_to_1d(state: dict) -> dict:
 
 
 class GCAAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, head_dim: int, eps: float, device=None, dtype=None):
+    def __init__(self, dim: int, heads: int, head_dim: int, eps: float, device=None, dtype=None,
+                 packed: bool = False):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
         inner = heads * head_dim
+        linear = PackedLinear if packed else nn.Linear
         self.heads, self.head_dim = heads, head_dim
         self.norm = nn.LayerNorm(dim, eps=eps, **kw)
-        self.to_q = nn.Linear(dim, inner, bias=False, **kw)
+        self.to_q = linear(dim, inner, bias=False, **kw)
         self.to_kv = nn.Linear(dim, 2 * inner, bias=False, **kw)  # rows [0, inner): K; rest: V
-        self.to_out = nn.Linear(inner, dim, bias=False, **kw)
+        self.to_out = linear(inner, dim, bias=False, **kw)
 
 
 class GatedCrossAttentionBlock(UsesOps, nn.Module):
     """One GCA block. Shapes: x [B, T, d]; memory [B, M, d]; K/V [B, M, heads, head_dim].
-    Ops: ``self.ops`` (see `lcirc_fast.modules.bind_ops`)."""
+    Ops: ``self.ops`` (see `lcirc_fast.modules.bind_ops`). ``packed=True`` (the QD mixer: K rows
+    per call, a call per segment) makes the row-wise projections `PackedLinear`."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, ffn: int, eps: float = 1e-5,
-                 device=None, dtype=None):
+                 device=None, dtype=None, packed: bool = False):
         super().__init__()
         self.attn_gate = nn.Parameter(torch.zeros(1, device=device, dtype=torch.float32))
         self.ff_gate = nn.Parameter(torch.zeros(1, device=device, dtype=torch.float32))
-        self.attn = GCAAttention(dim, heads, head_dim, eps, device=device, dtype=dtype)
-        self.ff = FeedForward(dim, ffn, eps, device=device, dtype=dtype)
+        self.attn = GCAAttention(dim, heads, head_dim, eps, device=device, dtype=dtype,
+                                 packed=packed)
+        self.ff = FeedForward(dim, ffn, eps, device=device, dtype=dtype, packed=packed)
         self._init_ops()
 
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

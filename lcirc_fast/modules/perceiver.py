@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .binding import UsesOps
 from .feedforward import FeedForward
+from .linear import PackedLinear
 from .zero import whole
 
 
@@ -27,9 +28,9 @@ class PerceiverAttention(UsesOps, nn.Module):
         self.heads, self.head_dim = heads, head_dim
         self.norm_x = nn.LayerNorm(dim, eps=eps, **kw)
         self.norm_latents = nn.LayerNorm(dim, eps=eps, **kw)
-        self.to_q = nn.Linear(dim, inner, bias=False, **kw)
+        self.to_q = PackedLinear(dim, inner, bias=False, **kw)      # K rows per call
         self.to_kv = nn.Linear(dim, 2 * inner, bias=False, **kw)  # rows [0, inner): K; rest: V
-        self.to_out = nn.Linear(inner, dim, bias=False, **kw)
+        self.to_out = PackedLinear(inner, dim, bias=False, **kw)
         self._init_ops()
 
     def forward(self, z: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,7 @@ class PerceiverLayer(nn.Module):
     def __init__(self, dim, heads, head_dim, ffn, eps, device=None, dtype=None):
         super().__init__()
         self.attn = PerceiverAttention(dim, heads, head_dim, eps, device=device, dtype=dtype)
-        self.ff = FeedForward(dim, ffn, eps, device=device, dtype=dtype)
+        self.ff = FeedForward(dim, ffn, eps, device=device, dtype=dtype, packed=True)
 
 
 class PerceiverCompressor(UsesOps, nn.Module):
@@ -103,13 +104,16 @@ class PerceiverCompressor(UsesOps, nn.Module):
         return self.segments_kv(embeds[:, None], folded)[0]
 
     def segments_kv(self, embeds: torch.Tensor,
-                    folded: tuple[torch.Tensor, torch.Tensor] | None = None
+                    folded: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    out: torch.Tensor | None = None
                     ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """K/V of every layer for C segments of equal length, from one matrix product.
 
         Args:
             embeds: [B, C, L, d] token embeddings of C consecutive segments of L tokens each.
             folded: optional precomputed `folded_kv_weight()`.
+            out: optional contiguous buffer of B * C * L * layers * 2 * inner elements (embeds'
+                dtype and device) that the product writes into (no autograd graph through it).
         Returns:
             list over the C segments of `segment_kv`-style lists: per layer (k, v), each
             [B, L, heads, head_dim] (views into one [B, C, L, layers, 2, heads, head_dim] tensor).
@@ -126,15 +130,24 @@ class PerceiverCompressor(UsesOps, nn.Module):
         pos, = whole(self.pos_emb)
         xhat = self.ops.layer_norm(embeds, None, None, self.eps, add=pos[:length])
         w, bias = folded if folded is not None else self.folded_kv_weight()
-        kv = self._kv_product(xhat, w, bias).view(b, c, length, len(self.layers), 2,
-                                                  self.heads, self.head_dim)
+        kv = self._kv_product(xhat, w, bias, out).view(b, c, length, len(self.layers), 2,
+                                                       self.heads, self.head_dim)
         return [[(kv[:, j, :, n, 0], kv[:, j, :, n, 1]) for n in range(len(self.layers))]
                 for j in range(c)]
 
     @staticmethod
-    def _kv_product(xhat: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """The K/V matrix product: xhat [..., d] -> [..., layers * 2 * inner]."""
-        return F.linear(xhat, w, bias)
+    def _kv_product(xhat: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        """The K/V matrix product: xhat [..., d] -> [..., layers * 2 * inner] (into `out`)."""
+        if out is None:
+            return F.linear(xhat, w, bias)
+        rows = xhat.numel() // xhat.shape[-1]
+        if out.numel() != rows * w.shape[0] or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous buffer of {rows * w.shape[0]} elements, "
+                             f"got {tuple(out.shape)}")
+        flat = out.view(rows, w.shape[0])
+        torch.addmm(bias, xhat.reshape(rows, -1), w.t(), out=flat)
+        return flat.view(*xhat.shape[:-1], w.shape[0])
 
     def step(self, state: torch.Tensor, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """One recurrence step: state [B, K, d] and the segment's K/V -> LN_final(Z) [B, K, d]."""

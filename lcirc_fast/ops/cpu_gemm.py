@@ -1,0 +1,94 @@
+"""Linear layers on the CPU with weights packed once for MKL's GEMM.
+
+A plain ``F.linear`` on the CPU repacks its weight into MKL's internal layout on every call. For
+the compressor's latent step (K rows per call, the same weights for every segment) that packing
+can cost more than the product itself (figures in docs/perf/cpu-packed-gemm.md).
+`packed_linear` packs a weight once (``torch.ops.mkl._mkl_reorder_linear_weight``) and reuses
+it while the weight is unchanged; results are the same GEMM's.
+
+It serves fp32 CPU tensors whose product needs no autograd graph (inference, and the graph-free
+steps of training) outside ``torch.compile``; `can_pack` says when. Everything else goes through
+``F.linear`` unchanged.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.lru_cache(maxsize=None)
+def mkl_packing_available() -> bool:
+    """True when this torch has MKL and its packed-GEMM ops."""
+    if not torch.backends.mkl.is_available():
+        return False
+    try:
+        return hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight") and \
+            hasattr(torch.ops.mkl, "_mkl_linear")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def can_pack(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``linear(x, weight)`` may use a packed weight: fp32 CPU tensors, no autograd graph
+    needed, not being compiled, MKL present."""
+    if x.device.type != "cpu" or weight.device.type != "cpu":
+        return False
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or weight.dim() != 2:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return mkl_packing_available()
+
+
+def _pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """MKL's packed copy of `weight` [out, in] for products of `rows` rows."""
+    return torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
+
+
+class PackCache:
+    """One weight's packed copy for one row count (the M of the product).
+
+    The copy is keyed by the weight's storage address, its in-place version counter and the row
+    count; any change repacks. The cache holds the weight tensor it packed, so that address can
+    not be reused by another tensor while the copy is alive.
+    """
+
+    __slots__ = ("key", "packed", "source")
+
+    def __init__(self):
+        self.key = None
+        self.packed = None
+        self.source = None
+
+    def clear(self) -> None:
+        self.key = self.packed = self.source = None
+
+    def get(self, weight: torch.Tensor, rows: int) -> torch.Tensor:
+        w = weight.detach()
+        key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), rows)
+        if key != self.key:
+            self.clear()
+            self.packed = _pack_weight(w.contiguous(), rows)
+            self.key, self.source = key, w
+        return self.packed
+
+
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  cache: PackCache) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` through `cache`'s packed weight when `can_pack` holds.
+
+    Args:
+        x: [..., in] fp32; weight: [out, in]; bias: [out] or None; cache: this weight's `PackCache`.
+    Returns:
+        [..., out], x's dtype.
+    """
+    if not can_pack(x, weight) or x.numel() == 0:
+        return F.linear(x, weight, bias)
+    rows = x.numel() // x.shape[-1]
+    packed = cache.get(weight, rows)
+    b = None if bias is None else bias.detach()
+    return torch.ops.mkl._mkl_linear(x.detach(), packed, weight.detach(), b, rows)

@@ -1,0 +1,123 @@
+"""Packed-weight CPU GEMM (`lcirc_fast.ops.cpu_gemm`) and `PackedLinear`: the same products as
+``F.linear``, packed only where no autograd graph is needed, repacked when the weight changes."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lcirc_fast.modules import FeedForward
+from lcirc_fast.modules.linear import PackedLinear
+from lcirc_fast.ops import cpu_gemm
+
+needs_mkl = pytest.mark.skipif(not cpu_gemm.mkl_packing_available(),
+                               reason="this torch build has no MKL packed GEMM")
+
+
+@pytest.fixture
+def pack_calls(monkeypatch):
+    """Records the row count of every weight packing."""
+    calls = []
+    real = cpu_gemm._pack_weight
+
+    def counting(w, rows):
+        calls.append(rows)
+        return real(w, rows)
+
+    monkeypatch.setattr(cpu_gemm, "_pack_weight", counting)
+    return calls
+
+
+@needs_mkl
+@pytest.mark.parametrize("shape", [(8, 24), (2, 8, 24), (1, 3, 5, 24)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_matches_f_linear(shape, bias):
+    torch.manual_seed(0)
+    lin = PackedLinear(24, 40, bias=bias)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        got = lin(x)
+        want = F.linear(x, lin.weight, lin.bias)
+    assert got.shape == want.shape == (*shape[:-1], 40)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_mkl
+def test_packs_once_and_again_after_an_update(pack_calls):
+    torch.manual_seed(0)
+    lin = PackedLinear(16, 32, bias=False)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        for _ in range(3):
+            lin(x)
+        assert pack_calls == [4]                       # one packing for three calls
+        lin.weight.mul_(2.0)                            # in place: the version counter moves
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight), rtol=1e-5, atol=1e-5)
+        assert pack_calls == [4, 4]
+        lin(torch.randn(7, 16))                         # another row count repacks
+        assert pack_calls == [4, 4, 7]
+        lin.weight.data = torch.randn(32, 16)           # a new tensor: repacks, right result
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight), rtol=1e-5, atol=1e-5)
+        assert pack_calls[-1] == 4 and len(pack_calls) == 4
+    lin.drop_packed()
+    assert lin._pack.packed is None
+
+
+@needs_mkl
+def test_autograd_path_is_plain_linear(pack_calls):
+    """With a graph to record, no packing: gradients are F.linear's."""
+    torch.manual_seed(0)
+    lin = PackedLinear(16, 8, bias=True)
+    ref = copy.deepcopy(lin)
+    x = torch.randn(5, 16, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    lin(x).square().sum().backward()
+    F.linear(x2, ref.weight, ref.bias).square().sum().backward()
+    assert pack_calls == []
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(lin.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(lin.bias.grad, ref.bias.grad)
+
+
+def test_can_pack_only_fp32_cpu_without_graph():
+    w = torch.randn(8, 4)
+    x = torch.randn(2, 4)
+    avail = cpu_gemm.mkl_packing_available()
+    with torch.no_grad():
+        assert cpu_gemm.can_pack(x, w) is avail
+        assert not cpu_gemm.can_pack(x.double(), w.double())
+        assert not cpu_gemm.can_pack(x.bfloat16(), w.bfloat16())
+    assert not cpu_gemm.can_pack(x, w.requires_grad_(True))     # grad mode on, a leaf to train
+    with torch.no_grad():
+        assert cpu_gemm.can_pack(x, w) is avail
+
+
+def test_other_dtypes_and_empty_inputs_fall_back():
+    lin = PackedLinear(4, 6, bias=False).double()
+    with torch.no_grad():
+        x = torch.randn(3, 4, dtype=torch.float64)
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight))
+        assert lin._pack.packed is None
+        lin32 = PackedLinear(4, 6)
+        assert lin32(torch.randn(0, 4)).shape == (0, 6)
+
+
+@needs_mkl
+def test_moving_the_module_drops_the_copy():
+    lin = PackedLinear(8, 8, bias=False)
+    with torch.no_grad():
+        lin(torch.randn(2, 8))
+    assert lin._pack.packed is not None
+    lin.double()
+    assert lin._pack.packed is None and lin._pack.source is None
+
+
+def test_state_dict_keys_are_nn_linear_s():
+    ff = FeedForward(8, 16, packed=True)
+    plain = FeedForward(8, 16)
+    assert isinstance(ff.w1, PackedLinear) and not isinstance(plain.w1, PackedLinear)
+    assert list(ff.state_dict()) == list(plain.state_dict())
+    plain.load_state_dict(ff.state_dict())
+    x = torch.randn(2, 3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(ff(x), plain(x), rtol=1e-5, atol=1e-5)
