@@ -121,3 +121,18 @@ def test_state_dict_keys_are_nn_linear_s():
     x = torch.randn(2, 3, 8)
     with torch.no_grad():
         torch.testing.assert_close(ff(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_mkl
+def test_benchmark_script_runs_and_reports_every_method():
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_gemm.py"
+    proc = subprocess.run([sys.executable, str(script), "--dim", "32", "--inner", "32", "--ffn", "64",
+                           "--layers", "1", "--rows", "2", "--kv-rows", "16", "--rounds", "2",
+                           "--kv-rounds", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.count("packed_linear") == 4 and out.count("F.linear (fresh output)") == 1
+    assert "K/V product [16 x 32] x [32 x 64]" in out
