@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     d, inner, f = args.dim, args.inner, args.ffn
     with torch.no_grad():
         for rows in (int(r) for r in args.rows.split(",")):
-            for k_in, n_out in ((d, inner), (inner, d), (d, f), (f, d)):
+            for name, k_in, n_out in (("to_q", d, inner), ("to_out", inner, d),
+                                      ("FFN w1", d, f), ("FFN w2", f, d)):
                 w = torch.randn(n_out, k_in) / k_in ** 0.5
                 x = torch.randn(rows, k_in)
                 cache = PackCache()
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
                 times = interleaved({"F.linear": lambda: F.linear(x, w),
                                      "packed_linear": lambda: packed_linear(x, w, None, cache)},
                                     args.rounds)
-                report(f"[{rows} x {k_in}] x [{k_in} x {n_out}] (max |diff| {diff:.1e})", times,
+                report(f"{name}: [{rows} x {k_in}] x [{k_in} x {n_out}] (max |diff| {diff:.1e})",
+                       times,
                        2 * rows * k_in * n_out)
         n = args.layers * 2 * inner
         for rows in (int(r) for r in args.kv_rows.split(",")):
