@@ -210,3 +210,21 @@ def test_segments_kv_into_a_buffer_checks_its_size():
         for (rk, rv), (gk, gv) in zip(rs, gs):
             torch.testing.assert_close(gk, rk)
             torch.testing.assert_close(gv, rv)
+
+
+def test_release_buffers_frees_the_workspace_and_the_packed_weights():
+    from lcirc_fast.modules.linear import PackedLinear
+    from lcirc_fast.ops.cpu_gemm import mkl_packing_available
+    model = tiny_lcirc()
+    ids = torch.randint(0, 256, (1, 4 * SEG))
+    with torch.no_grad():
+        ref = model.compress(ids, segment_len=SEG).hidden
+    packed = [m for m in model.compressor.modules() if isinstance(m, PackedLinear)]
+    assert len(packed) == 4 * len(model.compressor.layers)      # to_q, to_out, FFN w1, w2
+    assert model.recurrence.workspace.nbytes > 0
+    assert all(m._pack.packed is not None for m in packed) is mkl_packing_available()
+    model.release_buffers()
+    assert model.recurrence.workspace.nbytes == 0
+    assert all(m._pack.packed is None for m in packed)
+    with torch.no_grad():
+        torch.testing.assert_close(model.compress(ids, segment_len=SEG).hidden, ref)

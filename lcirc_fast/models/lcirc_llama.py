@@ -26,6 +26,7 @@ from ..errors import CheckpointError, DataError
 from ..memory import CompressedMemory
 from ..modules import GatedCrossAttentionBlock, PerceiverCompressor, bind_ops
 from ..modules.gca import gates_to_1d
+from ..modules.linear import PackedLinear
 from ..ops.registry import bind
 from . import generation, official, pretrained
 from .base_adapter import BaseAdapter, resolve_adapter
@@ -132,6 +133,15 @@ class LCIRCForCausalLM(nn.Module):
         if getattr(self, "ops", None) is not None:   # "auto" follows the device
             self._bind_ops()
         return out
+
+    def release_buffers(self) -> None:
+        """Free what CPU compression keeps between calls: the K/V products' workspace and the
+        packed copies of the latent-step weights (both are rebuilt on the next call)."""
+        self.recurrence.workspace.release()
+        for module in self.lcirc_modules():
+            for sub in module.modules():
+                if isinstance(sub, PackedLinear):
+                    sub.drop_packed()
 
     def resolved_backend(self) -> str:
         """The concrete backend the bound op set asked for ("torch", "triton" or "cuda")."""
