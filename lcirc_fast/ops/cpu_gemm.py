@@ -32,8 +32,9 @@ def mkl_packing_available() -> bool:
 
 def can_pack(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``linear(x, weight)`` may use a packed weight: fp32 CPU tensors, no autograd graph
-    needed, not being compiled, MKL present."""
-    if x.device.type != "cpu" or weight.device.type != "cpu":
+    needed, not being compiled, MKL present, and not a DeepSpeed ZeRO-3 parameter (whose storage
+    is gathered and released around every call)."""
+    if x.device.type != "cpu" or weight.device.type != "cpu" or hasattr(weight, "ds_id"):
         return False
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or weight.dim() != 2:
         return False

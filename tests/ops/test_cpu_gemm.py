@@ -90,6 +90,8 @@ def test_can_pack_only_fp32_cpu_without_graph():
     assert not cpu_gemm.can_pack(x, w.requires_grad_(True))     # grad mode on, a leaf to train
     with torch.no_grad():
         assert cpu_gemm.can_pack(x, w) is avail
+        w.ds_id = 3                                              # a ZeRO-3 parameter
+        assert not cpu_gemm.can_pack(x, w)
 
 
 def test_other_dtypes_and_empty_inputs_fall_back():
