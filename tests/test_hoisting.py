@@ -228,3 +228,31 @@ def test_release_buffers_frees_the_workspace_and_the_packed_weights():
     assert all(m._pack.packed is None for m in packed)
     with torch.no_grad():
         torch.testing.assert_close(model.compress(ids, segment_len=SEG).hidden, ref)
+
+
+def test_threads_compressing_at_once_get_their_own_workspace():
+    import threading
+    model = tiny_lcirc(randomize_gates=True)
+    model.configure(kv_hoist_max_segments=4)
+    docs = [torch.randint(0, 256, (2, 8 * SEG)) for _ in range(2)]
+    with torch.no_grad():
+        refs = [model.compress(d, segment_len=SEG).hidden for d in docs]
+    model.release_buffers()
+    results: dict = {}
+    start = threading.Barrier(2)
+
+    def work(i):
+        start.wait()
+        with torch.no_grad():
+            results[i] = [model.compress(docs[i], segment_len=SEG).hidden for _ in range(5)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        for got in results[i]:
+            torch.testing.assert_close(got, refs[i], rtol=1e-5, atol=1e-6)
+    ws = model.recurrence.workspace
+    assert len(ws._bufs) == 2 and ws.nbytes == 2 * ws._bufs[threads[0].ident].numel() * 4

@@ -9,6 +9,7 @@ graphs. It reads only public attributes of the model it serves: `latents`, `comp
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Sequence
 
 import torch
@@ -50,34 +51,43 @@ class FoldedKV:
 
 
 class KVWorkspace:
-    """One reusable output buffer for the hoisted K/V products on the CPU.
+    """Reusable output buffers for the hoisted K/V products on the CPU, one per thread.
 
-    A fresh output of a large product has its pages faulted in as the product writes them (on
-    the development CPU about a fifth of the time of a [4096 x 576] x [576 x 4608] product;
-    docs/perf/cpu-packed-gemm.md). The buffer is kept between products and calls, grown to the
-    largest product (at most `kv_hoist_budget_bytes`), and freed by `release()`. CUDA needs none:
-    its caching allocator already reuses memory.
+    A fresh output of a large product has its pages faulted in as the product writes them
+    (docs/perf/cpu-packed-gemm.md). Each thread that compresses keeps one buffer between
+    products and calls, grown to its largest product (at most `kv_hoist_budget_bytes`);
+    threads compressing with the same model at once never share one. `release()` frees them
+    all. CUDA needs none: its caching allocator already reuses memory.
     """
 
     def __init__(self):
-        self._buf: torch.Tensor | None = None
+        self._bufs: dict[int, torch.Tensor] = {}
+        self._lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
-        return 0 if self._buf is None else self._buf.numel() * self._buf.element_size()
+        """Bytes held, over all threads."""
+        with self._lock:
+            return sum(b.numel() * b.element_size() for b in self._bufs.values())
 
     def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-        """A contiguous [numel] view of the buffer, or None where no buffer is used (off CPU)."""
+        """A contiguous [numel] view of this thread's buffer; None off the CPU."""
         if device.type != "cpu":
             return None
-        buf = self._buf
-        if buf is None or buf.dtype != dtype or buf.numel() < numel:
-            self._buf = None                      # free the old one before allocating
-            buf = self._buf = torch.empty(numel, dtype=dtype, device=device)
-        return buf[:numel]
+        tid = threading.get_ident()
+        with self._lock:
+            buf = self._bufs.get(tid)
+            if buf is not None and buf.dtype == dtype and buf.numel() >= numel:
+                return buf[:numel]
+            self._bufs.pop(tid, None)             # free the old one before allocating
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        with self._lock:
+            self._bufs[tid] = buf
+        return buf
 
     def release(self) -> None:
-        self._buf = None
+        with self._lock:
+            self._bufs.clear()
 
 
 class Recurrence:

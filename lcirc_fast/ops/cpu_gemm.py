@@ -53,29 +53,35 @@ def _pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
 class PackCache:
     """One weight's packed copy for one row count (the M of the product).
 
-    The copy is keyed by the weight's storage address, its in-place version counter and the row
-    count; any change repacks. The cache holds the weight tensor it packed, so that address can
-    not be reused by another tensor while the copy is alive.
+    The copy is keyed by the weight's storage address, its in-place version counter, its shape
+    and strides, and the row count; any change repacks. The entry holds the weight tensor it
+    packed, so that address cannot be reused by another tensor while the copy is alive. Entries
+    are replaced whole, so concurrent callers each get a copy packed for their own key.
     """
 
-    __slots__ = ("key", "packed", "source")
+    __slots__ = ("entry",)
 
     def __init__(self):
-        self.key = None
-        self.packed = None
-        self.source = None
+        self.entry: tuple | None = None       # (key, packed copy, the weight it was made from)
+
+    @property
+    def packed(self) -> torch.Tensor | None:
+        entry = self.entry
+        return None if entry is None else entry[1]
 
     def clear(self) -> None:
-        self.key = self.packed = self.source = None
+        self.entry = None
 
     def get(self, weight: torch.Tensor, rows: int) -> torch.Tensor:
         w = weight.detach()
         key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), rows)
-        if key != self.key:
-            self.clear()
-            self.packed = _pack_weight(w.contiguous(), rows)
-            self.key, self.source = key, w
-        return self.packed
+        entry = self.entry
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        self.entry = None                     # drop the old copy before packing a new one
+        packed = _pack_weight(w.contiguous(), rows)
+        self.entry = (key, packed, w)
+        return packed
 
 
 def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

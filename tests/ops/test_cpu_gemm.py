@@ -111,7 +111,7 @@ def test_moving_the_module_drops_the_copy():
         lin(torch.randn(2, 8))
     assert lin._pack.packed is not None
     lin.double()
-    assert lin._pack.packed is None and lin._pack.source is None
+    assert lin._pack.entry is None
 
 
 def test_state_dict_keys_are_nn_linear_s():
