@@ -48,7 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=4096, help="LLM window in tokens")
     p.add_argument("--segment-len", type=int, default=2048, help="~segment length for compression")
     p.add_argument("--modes", type=_strs, default=None,
-                   help="comma list of base,lcirc,qd,full (ppl also: lcirc_swapped, a control)")
+                   help="comma list of base,lcirc,qd,full (ppl and passkey also: lcirc_swapped, a "
+                        "control: another document's / sample's memory)")
     p.add_argument("--data", default="kjv-test",
                    help="kjv-test | kjv-validation | jsonl/parquet/txt file(s); benchmarks: a directory of "
                         "<task>.jsonl files or a comma list of them")
@@ -78,7 +79,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def resolve_modes(task: str, requested: list[str] | None, has_lcirc: bool, query_dependent: bool) -> list[str]:
     """The modes to evaluate: `requested`, or by default the truncated base plus the trained model
     (lcirc, or qd for a QD-LCIRC model). Raises on a mode the task or the model cannot run."""
-    allowed = ("base", "lcirc", "lcirc_swapped", "full") if task == "ppl" else ("base", "lcirc", "qd", "full")
+    allowed = {"ppl": ("base", "lcirc", "lcirc_swapped", "full"),
+               "passkey": ("base", "lcirc", "lcirc_swapped", "qd", "full")}.get(
+        task, ("base", "lcirc", "qd", "full"))
     compressed = "qd" if query_dependent else "lcirc"
     default = "lcirc" if task == "ppl" else compressed     # ppl refuses a QD model below
     modes = requested or (["base", default] if has_lcirc else ["base"])
@@ -127,6 +130,9 @@ def check_args(args) -> None:
         _positive_list("--lengths", args.lengths)
     if not args.depths:
         raise ConfigError("--depths needs at least one value")
+    if args.task == "passkey" and args.modes and "lcirc_swapped" in args.modes and args.samples < 2:
+        raise ConfigError("--modes lcirc_swapped answers each sample with another sample's memory: "
+                          "it needs --samples >= 2")
     bad = [d for d in args.depths if not 0.0 <= d <= 1.0]
     if bad:
         raise ConfigError(f"--depths must lie in [0, 1], got {bad}")
@@ -330,8 +336,10 @@ def run(args) -> int:
         res = passkey_eval(model, tok, docs, args.window, lengths, args.depths, modes, args.samples,
                            args.seed, args.segment_len, min(_max_new(args), 16),
                            max_full_tokens=args.max_full_tokens)
-        table = format_table(res["rows"], ["mode", "length", "depth", "accuracy", "digit_accuracy", "n",
-                                           "failed"])
+        cols = ["mode", "length", "depth", "accuracy", "digit_accuracy", "n", "failed"]
+        if "lcirc_swapped" in modes:
+            cols.insert(5, "partner_accuracy")
+        table = format_table(res["rows"], cols)
         series = {}
         for m in modes:
             for length in lengths:

@@ -12,6 +12,8 @@ from .generate import generate_answer
 from .harness import ScoreBoard, run_scored
 from .metrics import contains_answer, digit_accuracy
 
+SWAPPED_MODES = {"lcirc_swapped": "lcirc"}    # control mode -> the mode it runs with a partner's memory
+
 
 def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], window: int,
                  lengths: Sequence[int], depths: Sequence[float], modes: Sequence[str],
@@ -21,9 +23,14 @@ def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], win
     digit accuracy (the key's digits matched in place; chance 0.1), failures counting as 0.
 
     Every mode sees the same samples; mode "full" refuses (as a failure) a prompt longer than
-    `max_full_tokens`. Returns {"rows": [...], "failures": [...]}; each row keeps
-    its answers under "predictions".
+    `max_full_tokens`. Mode "lcirc_swapped" is a control: sample j of a cell is answered by the
+    LCIRC model with sample j+1's middle compressed (another key; cyclic within the cell, which
+    needs at least 2 samples); its answers are scored against sample j's own key, and its rows
+    add "partner_accuracy", the share of answers holding sample j+1's key. Returns
+    {"rows": [...], "failures": [...]}; each row keeps its answers under "predictions".
     """
+    if any(m in SWAPPED_MODES for m in modes) and samples < 2:
+        raise ValueError("mode lcirc_swapped takes another sample's memory: it needs samples >= 2")
     qa = SyntheticQA(tokenizer, docs, tasks=("passkey",))
     tmpl = get_template("passage_only")
     rows, failures = [], []
@@ -31,13 +38,17 @@ def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], win
         for depth in depths:
             rng = random.Random(f"{seed}-{length}-{depth}")
             cell = [qa.passkey(rng, length, depth, tmpl) for _ in range(samples)]
+            partner = {id(s): cell[(j + 1) % len(cell)] for j, s in enumerate(cell)}
             for mode in modes:
                 board = ScoreBoard(f"{mode}/{length}/{depth}")
                 preds: dict[int, str] = {}
 
                 def score(s):
-                    pred = generate_answer(model, tokenizer, s.prompt_ids, window, max_new_tokens, mode,
-                                           s.query_ids, segment_len, max_full_tokens)
+                    swapped = mode in SWAPPED_MODES
+                    pred = generate_answer(model, tokenizer, s.prompt_ids, window, max_new_tokens,
+                                           SWAPPED_MODES.get(mode, mode), s.query_ids, segment_len,
+                                           max_full_tokens,
+                                           memory_from=partner[id(s)].prompt_ids if swapped else None)
                     preds[id(s)] = pred
                     if progress is not None:
                         progress()
@@ -48,6 +59,12 @@ def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], win
                 r.update(mode=mode, length=length, depth=depth, accuracy=r["score_counting_failures_as_zero"],
                          digit_accuracy=sum(digits) / len(cell),
                          predictions=[{"answer": s.answer, "prediction": preds.get(id(s))} for s in cell])
+                if mode in SWAPPED_MODES:       # answers that hold the key of the memory read
+                    r["partner_accuracy"] = sum(
+                        id(s) in preds and contains_answer(preds[id(s)], partner[id(s)].answer)
+                        for s in cell) / len(cell)
+                    for p, s in zip(r["predictions"], cell):
+                        p["memory_answer"] = partner[id(s)].answer
                 rows.append(r)
                 failures += [{"cell": board.name, **f} for f in board.failures]
     return {"rows": rows, "failures": failures}

@@ -163,6 +163,8 @@ def test_cli_empty_file_and_bad_json(tmp_path, capsys):
     (["passkey", "--lengths", "0,64"], "--lengths values must be >= 1, got [0]"),
     (["passkey", "--depths", "0.5,1.5"], "--depths must lie in [0, 1], got [1.5]"),
     (["passkey", "--depths", "nan"], "--depths must lie in [0, 1], got [nan]"),
+    (["passkey", "--modes", "lcirc,lcirc_swapped", "--samples", "1"],
+     "--modes lcirc_swapped answers each sample with another sample's memory: it needs --samples >= 2"),
     (["ppl", "--threads", "0"], "--threads must be an integer >= 1, got 0"),
     (["ppl", "--memory-cap", "-2"], "--memory-cap must be an integer >= -1, got -2"),
     (["longbench", "--window", "40", "--max-new-tokens", "39"],

@@ -85,3 +85,64 @@ def test_longbench_eval_counts_failures(tiny32k, sp_tok, tmp_path):
     assert "no gold answers" in res2["failures"][0]["error"]
     assert len(preds) == 4 and {p["mode"] for p in preds} == {"base", "full"}
     assert json.dumps(res)  # serialisable
+
+
+@pytest.fixture(scope="module")
+def tiny32k_plain():
+    base = tiny_llama(vocab=32000, hidden=32, layers=2, heads=2, kv_heads=1, ffn=64)
+    return tiny_lcirc(base, num_latents=4, compressor_layers=1, max_segment_len=256,
+                      segment_len=128, randomize_gates=True).eval()
+
+
+def test_generation_with_another_prompt_s_memory(tiny32k_plain, sp_tok):
+    """memory_from compresses the other prompt's middle and keeps this prompt's head and tail."""
+    a, b = torch.arange(5, 205), torch.arange(1000, 1230)
+    spy = _Spy(tiny32k_plain)
+    seen = []
+    real = spy.compress
+
+    def compress(ids, **kw):
+        seen.append(ids.clone())
+        return real(ids, **kw)
+
+    spy.compress = compress
+    own = generate_answer(spy, sp_tok, a, 64, 4, "lcirc", segment_len=64)
+    swapped = generate_answer(spy, sp_tok, a, 64, 4, "lcirc", segment_len=64, memory_from=b)
+    assert torch.equal(seen[0][0], head_tail(a, 60).middle)
+    assert torch.equal(seen[1][0], head_tail(b, 60).middle)
+    assert [c for c in spy.calls if c[0] == "generate"] == [("generate", 60, True)] * 2
+    assert isinstance(own, str) and isinstance(swapped, str)
+    with pytest.raises(ValueError, match="both prompts longer than the 60-token window"):
+        generate_answer(spy, sp_tok, a, 64, 4, "lcirc", memory_from=torch.arange(5, 30))
+    with pytest.raises(ValueError, match="memory_from needs mode"):
+        generate_answer(spy, sp_tok, a, 64, 4, "base", memory_from=b)
+
+
+def test_passkey_swapped_control_reads_the_next_sample_s_memory(tiny32k_plain, sp_tok, monkeypatch):
+    import lcirc_fast.eval.passkey as pk
+    docs = [(f"B{i}", torch.randint(100, 30000, (600,))) for i in range(3)]
+    calls = []
+    real = pk.generate_answer
+
+    def spy(model, tok, prompt, *a, memory_from=None, **kw):
+        calls.append((prompt.clone(), memory_from))
+        return real(model, tok, prompt, *a, memory_from=memory_from, **kw)
+
+    monkeypatch.setattr(pk, "generate_answer", spy)
+    res = passkey_eval(tiny32k_plain, sp_tok, docs, window=96, lengths=[200], depths=[0.5],
+                       modes=["lcirc", "lcirc_swapped"], samples=3, segment_len=64,
+                       max_new_tokens=3)
+    own, swapped = calls[:3], calls[3:]
+    assert all(m is None for _, m in own) and len(swapped) == 3
+    for j, (prompt, mem) in enumerate(swapped):
+        assert torch.equal(prompt, own[j][0])                    # the sample's own head and tail
+        assert torch.equal(mem, own[(j + 1) % 3][0])             # the next sample's prompt
+    rows = {r["mode"]: r for r in res["rows"]}
+    sw = rows["lcirc_swapped"]
+    assert sw["failed"] == 0 and 0.0 <= sw["partner_accuracy"] <= 1.0
+    assert "partner_accuracy" not in rows["lcirc"]
+    keys = [p["answer"] for p in rows["lcirc"]["predictions"]]
+    assert [p["memory_answer"] for p in sw["predictions"]] == keys[1:] + keys[:1]
+    with pytest.raises(ValueError, match="samples >= 2"):
+        passkey_eval(tiny32k_plain, sp_tok, docs, window=96, lengths=[200], depths=[0.5],
+                     modes=["lcirc_swapped"], samples=1)
