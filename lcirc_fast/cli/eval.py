@@ -338,7 +338,7 @@ def run(args) -> int:
                            max_full_tokens=args.max_full_tokens)
         cols = ["mode", "length", "depth", "accuracy", "digit_accuracy", "n", "failed"]
         if "lcirc_swapped" in modes:
-            cols.insert(5, "partner_accuracy")
+            cols[5:5] = ["partner_accuracy", "partner_digit_accuracy"]
         table = format_table(res["rows"], cols)
         series = {}
         for m in modes:

@@ -26,7 +26,8 @@ def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], win
     `max_full_tokens`. Mode "lcirc_swapped" is a control: sample j of a cell is answered by the
     LCIRC model with sample j+1's middle compressed (another key; cyclic within the cell, which
     needs at least 2 samples); its answers are scored against sample j's own key, and its rows
-    add "partner_accuracy", the share of answers holding sample j+1's key. Returns
+    add "partner_accuracy" and "partner_digit_accuracy", the same scores against sample j+1's
+    key (the key in the memory read). Returns
     {"rows": [...], "failures": [...]}; each row keeps its answers under "predictions".
     """
     if any(m in SWAPPED_MODES for m in modes) and samples < 2:
@@ -62,6 +63,9 @@ def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], win
                 if mode in SWAPPED_MODES:       # answers that hold the key of the memory read
                     r["partner_accuracy"] = sum(
                         id(s) in preds and contains_answer(preds[id(s)], partner[id(s)].answer)
+                        for s in cell) / len(cell)
+                    r["partner_digit_accuracy"] = sum(
+                        digit_accuracy(preds[id(s)], partner[id(s)].answer) if id(s) in preds else 0.0
                         for s in cell) / len(cell)
                     for p, s in zip(r["predictions"], cell):
                         p["memory_answer"] = partner[id(s)].answer

@@ -140,6 +140,7 @@ def test_passkey_swapped_control_reads_the_next_sample_s_memory(tiny32k_plain, s
     rows = {r["mode"]: r for r in res["rows"]}
     sw = rows["lcirc_swapped"]
     assert sw["failed"] == 0 and 0.0 <= sw["partner_accuracy"] <= 1.0
+    assert 0.0 <= sw["partner_digit_accuracy"] <= 1.0
     assert "partner_accuracy" not in rows["lcirc"]
     keys = [p["answer"] for p in rows["lcirc"]["predictions"]]
     assert [p["memory_answer"] for p in sw["predictions"]] == keys[1:] + keys[:1]
