@@ -81,7 +81,10 @@ def test_eval_modes_fit_the_task_and_the_model():
         resolve_modes("ppl", ["qd"], True, True)
     with pytest.raises(ValueError, match="need --lcirc"):
         resolve_modes("ppl", ["lcirc_swapped"], False, False)
-    with pytest.raises(ValueError, match=r"\['lcirc_swapped'\] are not available for passkey"):
-        resolve_modes("passkey", ["lcirc_swapped"], True, False)
+    assert resolve_modes("passkey", ["lcirc", "lcirc_swapped"], True, False) == ["lcirc", "lcirc_swapped"]
+    with pytest.raises(ValueError, match=r"\['lcirc_swapped'\] are not available for longbench"):
+        resolve_modes("longbench", ["lcirc_swapped"], True, False)
+    with pytest.raises(ValueError, match=r"\['lcirc_swapped'\] do not fit a QD-LCIRC model"):
+        resolve_modes("passkey", ["lcirc_swapped"], True, True)
     with pytest.raises(ValueError, match="not available"):
         resolve_modes("passkey", ["fulll"], True, False)

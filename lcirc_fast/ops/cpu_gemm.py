@@ -41,9 +41,17 @@ def can_pack(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _dispatch_mode_active():
         return False
     return mkl_packing_available()
+
+
+def _dispatch_mode_active() -> bool:
+    """True under a TorchDispatchMode (FLOP counters, fake tensors, tracing): they see the plain
+    ``aten`` product rather than MKL's packed op."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
 
 
 def _pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
@@ -72,6 +80,12 @@ class PackCache:
 
     def clear(self) -> None:
         self.entry = None
+
+    def __deepcopy__(self, memo) -> "PackCache":
+        return PackCache()           # a copy repacks its own weight (MKL's copy is not copyable)
+
+    def __reduce__(self):
+        return PackCache, ()         # pickled empty, for the same reason
 
     def get(self, weight: torch.Tensor, rows: int) -> torch.Tensor:
         w = weight.detach()

@@ -138,3 +138,23 @@ def test_benchmark_script_runs_and_reports_every_method():
     out = proc.stdout
     assert out.count("packed_linear") == 4 and out.count("F.linear (fresh output)") == 1
     assert "K/V product [16 x 32] x [32 x 64]" in out
+
+
+@needs_mkl
+def test_a_packed_module_deep_copies_and_counts_flops():
+    """deepcopy gets an empty cache (MKL's packed tensor cannot be copied); FlopCounterMode (a
+    dispatch mode) sees the plain aten product."""
+    from torch.utils.flop_counter import FlopCounterMode
+    ff = FeedForward(8, 16, packed=True)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        want = ff(x)
+        assert ff.w1._pack.packed is not None
+        twin = copy.deepcopy(ff)
+        assert twin.w1._pack.packed is None
+        import pickle
+        assert pickle.loads(pickle.dumps(ff.w1._pack)).packed is None
+        torch.testing.assert_close(twin(x), want)
+        with FlopCounterMode(display=False) as counter:
+            ff(x)
+    assert counter.get_total_flops() == 2 * 3 * 8 * 16 * 2
