@@ -330,16 +330,21 @@ def run(args) -> int:
                    f"perplexity by context length (window {args.window})")
     elif args.task == "passkey":
         from ..eval import passkey_eval
+        from ..eval.passkey import by_length
 
         lengths = args.lengths or [args.window, 2 * args.window, 4 * args.window]
         docs = list(zip([n for n, _ in data], ids))
         res = passkey_eval(model, tok, docs, args.window, lengths, args.depths, modes, args.samples,
                            args.seed, args.segment_len, min(_max_new(args), 16),
                            max_full_tokens=args.max_full_tokens)
-        cols = ["mode", "length", "depth", "accuracy", "digit_accuracy", "n", "failed"]
-        if "lcirc_swapped" in modes:
-            cols[5:5] = ["partner_accuracy", "partner_digit_accuracy"]
-        table = format_table(res["rows"], cols)
+        partner = ["partner_accuracy", "partner_digit_accuracy"] if "lcirc_swapped" in modes else []
+        table = format_table(res["rows"], ["mode", "length", "depth", "accuracy", "digit_accuracy",
+                                           *partner, "n", "failed"])
+        res["by_length"] = by_length(res["rows"])
+        table += ("\n\npooled over depths (digit accuracy per key position in order):\n"
+                  + format_table(res["by_length"], ["mode", "length", "n", "failed", "accuracy",
+                                                   "digit_accuracy", "digit_accuracy_by_pos",
+                                                   *partner]))
         series = {}
         for m in modes:
             for length in lengths:

@@ -48,14 +48,21 @@ def best_over(metric, prediction: str, golds: Iterable[str]) -> float:
     return max(metric(prediction, g) for g in golds)
 
 
-def digit_accuracy(prediction: str, gold: str) -> float:
-    """Share of the gold key's digits matched position by position by the first digits of the
-    prediction (missing digits count as wrong); chance for a uniform guess is 0.1."""
+def digit_hits(prediction: str, gold: str) -> list[bool]:
+    """Per digit of the gold key: whether the prediction's digit at that place (its digits read
+    in order, others skipped) matches; missing digits are misses."""
     want = [c for c in gold if c.isdigit()]
     if not want:
         raise ValueError(f"gold answer {gold!r} has no digits")
     got = [c for c in prediction if c.isdigit()][:len(want)]
-    return sum(a == b for a, b in zip(got, want)) / len(want)
+    return [i < len(got) and got[i] == w for i, w in enumerate(want)]
+
+
+def digit_accuracy(prediction: str, gold: str) -> float:
+    """Share of the gold key's digits matched position by position by the first digits of the
+    prediction (missing digits count as wrong); chance for a uniform guess is 0.1."""
+    hits = digit_hits(prediction, gold)
+    return sum(hits) / len(hits)
 
 
 def contains_answer(prediction: str, gold: str) -> float:

@@ -10,7 +10,7 @@ from ..data.qa import SyntheticQA
 from ..data.templates import get_template
 from .generate import generate_answer
 from .harness import ScoreBoard, run_scored
-from .metrics import contains_answer, digit_accuracy
+from .metrics import contains_answer, digit_accuracy, digit_hits
 
 SWAPPED_MODES = {"lcirc_swapped": "lcirc"}    # control mode -> the mode it runs with a partner's memory
 
@@ -57,8 +57,12 @@ def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], win
                 run_scored(board, cell, score)
                 r = board.row()
                 digits = [digit_accuracy(preds[id(s)], s.answer) if id(s) in preds else 0.0 for s in cell]
+                hits = [digit_hits(preds[id(s)], s.answer) if id(s) in preds
+                        else [False] * len(digit_hits(s.answer, s.answer)) for s in cell]
                 r.update(mode=mode, length=length, depth=depth, accuracy=r["score_counting_failures_as_zero"],
                          digit_accuracy=sum(digits) / len(cell),
+                         digit_accuracy_by_pos=[sum(h[i] for h in hits) / len(cell)
+                                                for i in range(min(map(len, hits)))],
                          predictions=[{"answer": s.answer, "prediction": preds.get(id(s))} for s in cell])
                 if mode in SWAPPED_MODES:       # answers that hold the key of the memory read
                     r["partner_accuracy"] = sum(
@@ -72,3 +76,27 @@ def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], win
                 rows.append(r)
                 failures += [{"cell": board.name, **f} for f in board.failures]
     return {"rows": rows, "failures": failures}
+
+
+def by_length(rows: list[dict]) -> list[dict]:
+    """`passkey_eval` rows pooled over depths, per (mode, length): samples, failures, accuracy,
+    digit accuracy, digit accuracy per key position and (swapped control) partner scores, each
+    a mean over the pooled samples."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["mode"], r["length"]), []).append(r)
+    out = []
+    for (mode, length), cells in groups.items():
+        n = sum(c["n"] for c in cells)
+        mean = (lambda key: sum(c[key] * c["n"] for c in cells) / n) if n else (lambda key: 0.0)
+        row = {"mode": mode, "length": length, "n": n, "failed": sum(c["failed"] for c in cells),
+               "accuracy": mean("accuracy"), "digit_accuracy": mean("digit_accuracy")}
+        width = min(len(c["digit_accuracy_by_pos"]) for c in cells)
+        row["digit_accuracy_by_pos"] = [
+            round(sum(c["digit_accuracy_by_pos"][i] * c["n"] for c in cells) / max(n, 1), 4)
+            for i in range(width)]
+        for key in ("partner_accuracy", "partner_digit_accuracy"):
+            if all(key in c for c in cells):
+                row[key] = mean(key)
+        out.append(row)
+    return out

@@ -141,9 +141,30 @@ def test_passkey_swapped_control_reads_the_next_sample_s_memory(tiny32k_plain, s
     sw = rows["lcirc_swapped"]
     assert sw["failed"] == 0 and 0.0 <= sw["partner_accuracy"] <= 1.0
     assert 0.0 <= sw["partner_digit_accuracy"] <= 1.0
+    assert all(len(r["digit_accuracy_by_pos"]) == 5 for r in res["rows"])
+    for r in res["rows"]:
+        assert abs(sum(r["digit_accuracy_by_pos"]) / 5 - r["digit_accuracy"]) < 1e-9
     assert "partner_accuracy" not in rows["lcirc"]
     keys = [p["answer"] for p in rows["lcirc"]["predictions"]]
     assert [p["memory_answer"] for p in sw["predictions"]] == keys[1:] + keys[:1]
     with pytest.raises(ValueError, match="samples >= 2"):
         passkey_eval(tiny32k_plain, sp_tok, docs, window=96, lengths=[200], depths=[0.5],
                      modes=["lcirc_swapped"], samples=1)
+
+
+def test_digit_hits_and_pooling_by_length():
+    from lcirc_fast.eval.metrics import digit_accuracy, digit_hits
+    from lcirc_fast.eval.passkey import by_length
+    assert digit_hits(" 1907909", "19079") == [True] * 5
+    assert digit_hits("key: 1 2 x 7", "12345") == [True, True, False, False, False]
+    assert digit_hits("", "123") == [False] * 3
+    assert digit_accuracy("12x45", "12345") == 0.4                 # digits 1,2,4,5 against 1,2,3,4,5
+    rows = [{"mode": "lcirc", "length": 256, "depth": d, "n": 2, "failed": f, "accuracy": a,
+             "digit_accuracy": da, "digit_accuracy_by_pos": pos}
+            for d, f, a, da, pos in ((0.25, 0, 0.5, 0.6, [1.0, 0.5]), (0.75, 1, 0.0, 0.2, [0.5, 0.0]))]
+    rows.append({**rows[0], "length": 512})
+    pooled = {r["length"]: r for r in by_length(rows)}
+    p = pooled[256]
+    assert (p["n"], p["failed"], p["accuracy"]) == (4, 1, 0.25)
+    assert abs(p["digit_accuracy"] - 0.4) < 1e-12 and p["digit_accuracy_by_pos"] == [0.75, 0.25]
+    assert pooled[512]["n"] == 2 and "partner_accuracy" not in p
