@@ -4,8 +4,8 @@ A plain ``F.linear`` on the CPU repacks its weight into MKL's internal layout on
 the compressor's latent step (K rows per call, the same weights for every segment) that packing
 can cost more than the product itself (figures in docs/perf/cpu-packed-gemm.md).
 `packed_linear` packs a weight once (``torch.ops.mkl._mkl_reorder_linear_weight``) and reuses
-it while the weight is unchanged. Results are MKL's GEMM's, up to summation order (bit for
-bit at 64 rows in the measurements; within 2e-6 at 8 rows).
+it while the weight is unchanged. Results are MKL's GEMM's up to summation order (within
+2.1e-6 at 8 rows in the measurements, mostly bit for bit at 64 rows).
 
 It serves fp32 CPU tensors whose product needs no autograd graph (inference, and the graph-free
 steps of training) outside ``torch.compile``; `can_pack` says when. Everything else goes through
