@@ -56,9 +56,8 @@ def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], win
                     return contains_answer(pred, s.answer)
                 run_scored(board, cell, score)
                 r = board.row()
-                digits = [digit_accuracy(preds[id(s)], s.answer) if id(s) in preds else 0.0 for s in cell]
-                hits = [digit_hits(preds[id(s)], s.answer) if id(s) in preds
-                        else [False] * len(digit_hits(s.answer, s.answer)) for s in cell]
+                hits = [digit_hits(preds.get(id(s), ""), s.answer) for s in cell]   # failed: no digits
+                digits = [sum(h) / len(h) for h in hits]
                 r.update(mode=mode, length=length, depth=depth, accuracy=r["score_counting_failures_as_zero"],
                          digit_accuracy=sum(digits) / len(cell),
                          digit_accuracy_by_pos=[sum(h[i] for h in hits) / len(cell)

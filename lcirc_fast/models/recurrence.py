@@ -172,7 +172,7 @@ class Recurrence:
     def hoist_limit(self, batch: int, length: int) -> int:
         """How many segments of `length` tokens one hoisted K/V product may cover."""
         cfg, c = self.model.config, self.model.compressor
-        width = len(c.layers) * 2 * c.heads * c.head_dim + 2 * c.dim   # K/V + embeds + LN out
+        width = c.kv_width + 2 * c.dim                 # K/V + embeds + LN out
         per_segment = batch * length * width * self.model.dtype.itemsize
         return max(1, min(cfg.kv_hoist_max_segments,
                           cfg.kv_hoist_budget_bytes // max(per_segment, 1)))
@@ -196,8 +196,7 @@ class Recurrence:
             seg_ids = ids[:, bounds[first]:bounds[last]].reshape(ids.shape[0], count, length)
             emb = self.model.inputs(seg_ids)
             c = self.model.compressor
-            numel = emb.numel() // c.dim * len(c.layers) * 2 * c.heads * c.head_dim
-            out = self.workspace.take(numel, emb.dtype, emb.device)
+            out = self.workspace.take(emb.numel() // c.dim * c.kv_width, emb.dtype, emb.device)
             kvs = c.segments_kv(emb, folds.get(False), out=out)
         return {first + j: kv for j, kv in enumerate(kvs)}
 

@@ -74,6 +74,11 @@ class PerceiverCompressor(UsesOps, nn.Module):
     def max_segment_len(self) -> int:
         return self._max_segment_len
 
+    @property
+    def kv_width(self) -> int:
+        """Columns of the K/V product: layers x 2 (K, V) x heads x head_dim."""
+        return len(self.layers) * 2 * self.heads * self.head_dim
+
     def folded_kv_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All layers' K/V projections with their norm_x affine folded in.
 

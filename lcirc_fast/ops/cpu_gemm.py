@@ -17,6 +17,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,8 +50,6 @@ def can_pack(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def _dispatch_mode_active() -> bool:
     """True under a TorchDispatchMode (FLOP counters, fake tensors, tracing): they see the plain
     ``aten`` product rather than MKL's packed op."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return _get_current_dispatch_mode() is not None
 
 
