@@ -29,6 +29,15 @@ def products(monkeypatch):
     return rows, folds
 
 
+def _randomize_norms(model):
+    """Give every K/V LayerNorm a non-trivial affine, so the folded K/V product has a bias."""
+    with torch.no_grad():
+        for layer in model.compressor.layers:
+            layer.attn.norm_x.weight.uniform_(0.5, 1.5)
+            layer.attn.norm_x.bias.normal_(0.0, 0.5)
+    return model
+
+
 def _run(model, ids, hoist, proj=None, **kw):
     """compress (+ backward of a fixed loss when proj is given) with hoisting on or off."""
     model.configure(kv_hoist_max_segments=16 if hoist else 1)
@@ -44,7 +53,7 @@ def _run(model, ids, hoist, proj=None, **kw):
 
 def test_no_grad_compress_equals_per_step_with_fewer_products(products):
     rows, folds = products
-    model = tiny_lcirc(randomize_gates=True)
+    model = _randomize_norms(tiny_lcirc(randomize_gates=True))
     ids = torch.randint(0, 256, (2, 6 * SEG + 5))               # 6 segments of 8, then 5
     with torch.no_grad():
         ref, _ = _run(model, ids, hoist=False, segment_len=SEG)
@@ -99,7 +108,7 @@ def test_unequal_lengths_split_the_runs(products):
 ])
 def test_graph_steps_keep_per_step_kv_and_gradients_match(products, policy, expect_rows):
     rows, folds = products
-    model = tiny_lcirc(randomize_gates=True)
+    model = _randomize_norms(tiny_lcirc(randomize_gates=True))
     ids = torch.randint(0, 256, (2, 8 * SEG))
     proj = torch.randn(2, 8 * model.config.num_latents, model.config.hidden_size)
     ref, gref = _run(model, ids, hoist=False, proj=proj, segment_len=SEG, bptt=policy)
@@ -168,6 +177,58 @@ def test_segments_kv_matches_segment_kv_and_checks_shapes():
         comp.segments_kv(torch.randn(1, 1, 3, comp.dim + 1))
     with pytest.raises(ValueError, match="position table"):
         comp.segments_kv(torch.randn(1, 2, comp.max_segment_len + 1, comp.dim))
+
+
+def test_product_without_bias_gives_the_same_step():
+    """segments_kv(bias=False) + step(v_bias=...) equals the product with its bias: the K bias
+    cancels in the softmax and the V bias moves after the attention."""
+    comp = _randomize_norms(tiny_lcirc()).compressor
+    emb = torch.randn(2, 3, 7, comp.dim)
+    state = torch.randn(2, 4, comp.dim)
+    with torch.no_grad():
+        folded = comp.folded_kv_weight()
+        assert folded[1].abs().max() > 0.1                    # there is a bias to leave out
+        full = comp.segments_kv(emb, folded)
+        plain = comp.segments_kv(emb, folded, bias=False)
+        vb = comp.v_bias(folded)
+        assert vb.shape == (len(comp.layers), comp.heads * comp.head_dim)
+        for j in range(3):
+            (k_full, v_full), (k_plain, v_plain) = full[j][0], plain[j][0]
+            torch.testing.assert_close(v_plain + vb[0].view(comp.heads, comp.head_dim), v_full)
+            assert (k_full - k_plain).abs().max() > 0.1
+            ref = comp.step(state, full[j])
+            torch.testing.assert_close(comp.step(state, plain[j], v_bias=vb), ref,
+                                       rtol=1e-5, atol=1e-5)
+            assert (comp.step(state, plain[j]) - ref).abs().max() > 1e-3   # v_bias is needed
+    with pytest.raises(ValueError, match=r"v_bias must be \[2, 64\]"):
+        comp.step(state, plain[0], v_bias=vb[0])
+
+
+def test_cpu_hoisted_product_leaves_the_bias_out(monkeypatch):
+    """On the CPU the hoisted product is a plain one (no bias), per-step products keep theirs,
+    and with cuda_graphs (whose captured steps expect K/V with their bias) hoisted ones do too."""
+    biased = []
+    real_product = PerceiverCompressor._kv_product
+
+    def product(xhat, w, bias, out=None):
+        biased.append(bias is not None)
+        return real_product(xhat, w, bias, out)
+
+    monkeypatch.setattr(PerceiverCompressor, "_kv_product", staticmethod(product))
+    model = _randomize_norms(tiny_lcirc(randomize_gates=True))
+    ids = torch.randint(0, 256, (2, 4 * SEG + 5))
+    with torch.no_grad():
+        ref, _ = _run(model, ids, hoist=False, segment_len=SEG)
+        assert biased == [True] * 5
+        biased.clear()
+        got, _ = _run(model, ids, hoist=True, segment_len=SEG)
+        assert biased == [False, True]                   # the run of 4, then the last step
+        biased.clear()
+        model.configure(cuda_graphs=True)
+        graphs, _ = _run(model, ids, hoist=True, segment_len=SEG)
+        assert biased == [True, True]
+    torch.testing.assert_close(got.hidden, ref.hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(graphs.hidden, ref.hidden, rtol=1e-5, atol=1e-5)
 
 
 def test_cpu_products_reuse_one_workspace():
