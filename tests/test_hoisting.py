@@ -179,58 +179,6 @@ def test_segments_kv_matches_segment_kv_and_checks_shapes():
         comp.segments_kv(torch.randn(1, 2, comp.max_segment_len + 1, comp.dim))
 
 
-def test_product_without_bias_gives_the_same_step():
-    """segments_kv(bias=False) + step(v_bias=...) equals the product with its bias: the K bias
-    cancels in the softmax and the V bias moves after the attention."""
-    comp = _randomize_norms(tiny_lcirc()).compressor
-    emb = torch.randn(2, 3, 7, comp.dim)
-    state = torch.randn(2, 4, comp.dim)
-    with torch.no_grad():
-        folded = comp.folded_kv_weight()
-        assert folded[1].abs().max() > 0.1                    # there is a bias to leave out
-        full = comp.segments_kv(emb, folded)
-        plain = comp.segments_kv(emb, folded, bias=False)
-        vb = comp.v_bias(folded)
-        assert vb.shape == (len(comp.layers), comp.heads * comp.head_dim)
-        for j in range(3):
-            (k_full, v_full), (k_plain, v_plain) = full[j][0], plain[j][0]
-            torch.testing.assert_close(v_plain + vb[0].view(comp.heads, comp.head_dim), v_full)
-            assert (k_full - k_plain).abs().max() > 0.1
-            ref = comp.step(state, full[j])
-            torch.testing.assert_close(comp.step(state, plain[j], v_bias=vb), ref,
-                                       rtol=1e-5, atol=1e-5)
-            assert (comp.step(state, plain[j]) - ref).abs().max() > 1e-3   # v_bias is needed
-    with pytest.raises(ValueError, match=r"v_bias must be \[2, 64\]"):
-        comp.step(state, plain[0], v_bias=vb[0])
-
-
-def test_cpu_hoisted_product_leaves_the_bias_out(monkeypatch):
-    """On the CPU the hoisted product is a plain one (no bias), per-step products keep theirs,
-    and with cuda_graphs (whose captured steps expect K/V with their bias) hoisted ones do too."""
-    biased = []
-    real_product = PerceiverCompressor._kv_product
-
-    def product(xhat, w, bias, out=None):
-        biased.append(bias is not None)
-        return real_product(xhat, w, bias, out)
-
-    monkeypatch.setattr(PerceiverCompressor, "_kv_product", staticmethod(product))
-    model = _randomize_norms(tiny_lcirc(randomize_gates=True))
-    ids = torch.randint(0, 256, (2, 4 * SEG + 5))
-    with torch.no_grad():
-        ref, _ = _run(model, ids, hoist=False, segment_len=SEG)
-        assert biased == [True] * 5
-        biased.clear()
-        got, _ = _run(model, ids, hoist=True, segment_len=SEG)
-        assert biased == [False, True]                   # the run of 4, then the last step
-        biased.clear()
-        model.configure(cuda_graphs=True)
-        graphs, _ = _run(model, ids, hoist=True, segment_len=SEG)
-        assert biased == [True, True]
-    torch.testing.assert_close(got.hidden, ref.hidden, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(graphs.hidden, ref.hidden, rtol=1e-5, atol=1e-5)
-
-
 def test_cpu_products_reuse_one_workspace():
     """Hoisted CPU products write into the recurrence's workspace: one buffer, reused across
     chunks and calls, never read after its chunk, freed by release()."""

@@ -177,15 +177,12 @@ class StepGraphCache:
             entry.kv[:, :, j, 0].copy_(k)
             entry.kv[:, :, j, 1].copy_(v)
 
-    def step(self, state: torch.Tensor, kvs: KVs, v_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """`compressor.step(state, kvs, v_bias)`, replayed from a graph where allowed (never
-        with a `v_bias`: graphs are captured for K/V that hold their bias)."""
+    def step(self, state: torch.Tensor, kvs: KVs) -> torch.Tensor:
+        """`compressor.step(state, kvs)`, replayed from a graph where allowed."""
         reason = self.bypass_reason(state, kvs)
-        if reason is None and v_bias is not None:
-            reason = "v-bias"
         if reason is not None:
             self.stats["bypass:" + reason] += 1
-            return self.compressor.step(state, kvs, v_bias)
+            return self.compressor.step(state, kvs)
         self._check_weights()
         key = self.key(state, kvs)
         entry = self.graphs.get(key)
@@ -222,12 +219,10 @@ def graph_cache(model: torch.nn.Module, capturer=None, max_graphs: int | None = 
     return cache
 
 
-def graphed_step(model: torch.nn.Module, state: torch.Tensor, kvs: KVs,
-                 v_bias: torch.Tensor | None = None) -> torch.Tensor:
+def graphed_step(model: torch.nn.Module, state: torch.Tensor, kvs: KVs) -> torch.Tensor:
     """One graph-free compressor step of `model`: state [B, K, d], per-layer K/V
-    [B, L, H, Dh] (and their V bias when the product left it out, [layers, H * Dh]) -> new
-    state [B, K, d]; replayed when the policy allows, eager otherwise."""
-    return graph_cache(model).step(state, kvs, v_bias)
+    [B, L, H, Dh] -> new state [B, K, d]; replayed when the policy allows, eager otherwise."""
+    return graph_cache(model).step(state, kvs)
 
 
 def stats(model: torch.nn.Module) -> Counter:

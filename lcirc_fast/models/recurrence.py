@@ -146,11 +146,11 @@ class Recurrence:
         return whole(self.model.latents)[0][None].expand(batch, -1, -1)
 
     # ------------------------------------------------------------------ one step
-    def step(self, state, segment_ids, mode, is_h0, query_kv, folds, kvs=None, v_bias=None):
+    def step(self, state, segment_ids, mode, is_h0, query_kv, folds, kvs=None):
         """One recurrence step under a BPTT mode; returns the new state [B, K, d].
 
         `folds` is the call's `FoldedKV`; `kvs` optionally the segment's precomputed K/V
-        (only for steps without a graph), `v_bias` their V bias when the product left it out.
+        (only for steps without a graph).
         """
         m = self.model
         graph = mode != bptt_mod.NONE and torch.is_grad_enabled()
@@ -165,8 +165,8 @@ class Recurrence:
                 emb = m.inputs(segment_ids)
                 kvs = m.compressor.segment_kv(emb, folds.get(graph))
             if not graph and m.config.cuda_graphs:
-                return cuda_graph.graphed_step(m, state, kvs, v_bias)
-            return m.compressor.step(state, kvs, v_bias)
+                return cuda_graph.graphed_step(m, state, kvs)
+            return m.compressor.step(state, kvs)
 
     # ------------------------------------------------------------------ hoisting
     def hoist_limit(self, batch: int, length: int) -> int:
@@ -180,12 +180,8 @@ class Recurrence:
     def hoisted_kv(self, ids, bounds, graph_free, first, folds) -> dict:
         """K/V of the run of graph-free, equal-length steps starting at `first`, from one product.
 
-        Returns {step: (kvs, v_bias)} for up to `hoist_limit` steps; {} when the run has one
-        step (that step then projects its own K/V). On the CPU the product is a plain matrix
-        product into this thread's workspace and `v_bias` the V bias it left out (`addmm` would
-        first copy the broadcast bias into the whole output; docs/perf/cpu-packed-gemm.md).
-        Elsewhere, and with `cuda_graphs` (graphs are captured for K/V that hold their bias),
-        the bias stays in the product and `v_bias` is None.
+        Returns {step: kvs} for up to `hoist_limit` steps; {} when the run has one step (that
+        step then projects its own K/V).
         """
         length = bounds[first + 1] - bounds[first]
         limit = self.hoist_limit(ids.shape[0], length)
@@ -201,11 +197,8 @@ class Recurrence:
             emb = self.model.inputs(seg_ids)
             c = self.model.compressor
             out = self.workspace.take(emb.numel() // c.dim * c.kv_width, emb.dtype, emb.device)
-            plain = emb.device.type == "cpu" and not self.model.config.cuda_graphs
-            folded = folds.get(False)
-            kvs = c.segments_kv(emb, folded, out=out, bias=not plain)
-            v_bias = c.v_bias(folded) if plain else None
-        return {first + j: (kv, v_bias) for j, kv in enumerate(kvs)}
+            kvs = c.segments_kv(emb, folds.get(False), out=out)
+        return {first + j: kv for j, kv in enumerate(kvs)}
 
     def prune(self, memory: CompressedMemory) -> None:
         """Drop slots that lie wholly outside the memory cap."""
@@ -238,9 +231,8 @@ class Recurrence:
         for i in range(num_steps):
             if graph_free[i] and i not in hoisted:
                 hoisted = self.hoisted_kv(ids, bounds, graph_free, i, folds)
-            kvs, v_bias = hoisted.pop(i, (None, None))
             state = self.step(state, ids[:, bounds[i]:bounds[i + 1]], plan[i], i == 0,
-                              None if qinfo is None else qinfo[2], folds, kvs, v_bias)
+                              None if qinfo is None else qinfo[2], folds, hoisted.pop(i, None))
             slots.append(state)
         records = []
         if isinstance(policy, bptt_mod.Truncated):

@@ -5,11 +5,6 @@ so `segment_kv` produces all layers' K/V with one shared LayerNorm normalisation
 product (each layer's LN affine is folded into its K/V weight); `segments_kv` does the same for
 several equal-length segments at once. `step` is the small sequential part: the latent queries,
 attention over the precomputed K/V, output projection and MLP.
-
-The folded LayerNorm shift gives the K/V product a bias. `segments_kv(..., bias=False)` leaves
-it out: the K bias shifts every score of a query by the same amount, which the softmax cancels,
-and since the attention weights sum to 1 the V bias can be added to the attention output
-instead (`step(..., v_bias=...)`), so the product is a plain matrix product.
 """
 from __future__ import annotations
 
@@ -38,20 +33,13 @@ class PerceiverAttention(UsesOps, nn.Module):
         self.to_out = PackedLinear(inner, dim, bias=False, **kw)
         self._init_ops()
 
-    def forward(self, z: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                v_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """z: [B, K, d]; k, v: [B, L, H, Dh] -> attention output after to_out, [B, K, d].
-
-        v_bias: optional [H * Dh], added to the attention output before to_out (the same as
-        adding it to every value row).
-        """
+    def forward(self, z: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """z: [B, K, d]; k, v: [B, L, H, Dh] -> attention output after to_out, [B, K, d]."""
         b, n, _ = z.shape
         zn = self.ops.layer_norm(z, self.norm_latents.weight, self.norm_latents.bias, self.norm_latents.eps)
         q = self.to_q(zn).view(b, n, self.heads, self.head_dim)
-        o = self.ops.cross_attention(q, k, v).reshape(b, n, self.heads * self.head_dim)
-        if v_bias is not None:
-            o = o + v_bias
-        return self.to_out(o)
+        o = self.ops.cross_attention(q, k, v)
+        return self.to_out(o.reshape(b, n, self.heads * self.head_dim))
 
 
 class PerceiverLayer(nn.Module):
@@ -122,7 +110,7 @@ class PerceiverCompressor(UsesOps, nn.Module):
 
     def segments_kv(self, embeds: torch.Tensor,
                     folded: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    out: torch.Tensor | None = None, bias: bool = True
+                    out: torch.Tensor | None = None
                     ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """K/V of every layer for C segments of equal length, from one matrix product.
 
@@ -131,9 +119,6 @@ class PerceiverCompressor(UsesOps, nn.Module):
             folded: optional precomputed `folded_kv_weight()`.
             out: optional contiguous buffer of B * C * L * layers * 2 * inner elements (embeds'
                 dtype and device) that the product writes into (no autograd graph through it).
-            bias: False leaves the folded bias out of the product: then pass
-                ``v_bias=self.v_bias(folded)`` to `step` (the K bias is not needed, see the
-                module doc).
         Returns:
             list over the C segments of `segment_kv`-style lists: per layer (k, v), each
             [B, L, heads, head_dim] (views into one [B, C, L, layers, 2, heads, head_dim] tensor).
@@ -149,22 +134,16 @@ class PerceiverCompressor(UsesOps, nn.Module):
                              f"({self.max_segment_len} rows; raise LCIRCConfig.max_segment_len)")
         pos, = whole(self.pos_emb)
         xhat = self.ops.layer_norm(embeds, None, None, self.eps, add=pos[:length])
-        w, shift = folded if folded is not None else self.folded_kv_weight()
-        kv = self._kv_product(xhat, w, shift if bias else None, out)
-        kv = kv.view(b, c, length, len(self.layers), 2, self.heads, self.head_dim)
+        w, bias = folded if folded is not None else self.folded_kv_weight()
+        kv = self._kv_product(xhat, w, bias, out).view(b, c, length, len(self.layers), 2,
+                                                       self.heads, self.head_dim)
         return [[(kv[:, j, :, n, 0], kv[:, j, :, n, 1]) for n in range(len(self.layers))]
                 for j in range(c)]
 
-    def v_bias(self, folded: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Each layer's V bias from the folded K/V weight: [layers, heads * head_dim]."""
-        _, shift = folded if folded is not None else self.folded_kv_weight()
-        return shift.view(len(self.layers), 2, -1)[:, 1]
-
     @staticmethod
-    def _kv_product(xhat: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+    def _kv_product(xhat: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
                     out: torch.Tensor | None = None) -> torch.Tensor:
-        """The K/V matrix product: xhat [..., d] -> [..., layers * 2 * inner] (into `out`);
-        bias None: the plain product."""
+        """The K/V matrix product: xhat [..., d] -> [..., layers * 2 * inner] (into `out`)."""
         if out is None:
             return F.linear(xhat, w, bias)
         rows = xhat.numel() // xhat.shape[-1]
@@ -172,24 +151,14 @@ class PerceiverCompressor(UsesOps, nn.Module):
             raise ValueError(f"out must be a contiguous buffer of {rows * w.shape[0]} elements, "
                              f"got {tuple(out.shape)}")
         flat = out.view(rows, w.shape[0])
-        if bias is None:
-            torch.mm(xhat.reshape(rows, -1), w.t(), out=flat)
-        else:
-            torch.addmm(bias, xhat.reshape(rows, -1), w.t(), out=flat)
+        torch.addmm(bias, xhat.reshape(rows, -1), w.t(), out=flat)
         return flat.view(*xhat.shape[:-1], w.shape[0])
 
-    def step(self, state: torch.Tensor, kvs: list[tuple[torch.Tensor, torch.Tensor]],
-             v_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """One recurrence step: state [B, K, d] and the segment's K/V -> LN_final(Z) [B, K, d].
-
-        v_bias: [layers, heads * head_dim] when the K/V came from ``segments_kv(bias=False)``.
-        """
-        if v_bias is not None and tuple(v_bias.shape) != (len(self.layers), self.heads * self.head_dim):
-            raise ValueError(f"v_bias must be [{len(self.layers)}, {self.heads * self.head_dim}] "
-                             f"(compressor.v_bias()), got {tuple(v_bias.shape)}")
+    def step(self, state: torch.Tensor, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One recurrence step: state [B, K, d] and the segment's K/V -> LN_final(Z) [B, K, d]."""
         z = state
-        for n, (layer, (k, v)) in enumerate(zip(self.layers, kvs)):
-            z = z + layer.attn(z, k, v, None if v_bias is None else v_bias[n])
+        for layer, (k, v) in zip(self.layers, kvs):
+            z = z + layer.attn(z, k, v)
             z = z + layer.ff(z)
         weight, bias = whole(self.norm.weight, self.norm.bias)
         return self.ops.layer_norm(z, weight, bias, self.norm.eps)
