@@ -72,8 +72,9 @@ def workloads(preset, model, ctx, tokens: int) -> tuple[dict[str, Workload], dic
     calls[name], flop[name] = ctx.shape[1] / rows, 2 * rows * d * n
 
     attn, ff = c.layers[0].attn, c.layers[0].ff
-    for label, lin, width in (("to_q", attn.to_q, c.dim), ("to_out", attn.to_out, attn.to_q.out_features),
-                              ("FFN w1", ff.w1, c.dim), ("FFN w2", ff.w2, ff.w1.out_features)):
+    inner, hidden = attn.to_q.out_features, ff.w1.out_features
+    for label, lin, width in (("to_q", attn.to_q, c.dim), ("to_out", attn.to_out, inner),
+                              ("FFN w1", ff.w1, c.dim), ("FFN w2", ff.w2, hidden)):
         xin = torch.randn(1, k, width, generator=gen)
         name = f"{label} [{k} x {width}] x [{width} x {lin.out_features}]"
         work[name] = Workload(lambda lin=lin, xin=xin: _no_grad(lin, xin))
