@@ -63,7 +63,7 @@ def workloads(preset, model, ctx, tokens: int) -> tuple[dict[str, Workload], dic
     work["compress"], calls["compress"] = Workload(compress), 1
     flop["compress"] = fl.compress(preset.shape(), ctx.shape[1], wbytes=4).matmul
 
-    rows, d, n = gemm_shape(model, preset, tokens, torch.float32)
+    rows, d, n = gemm_shape(model, preset, tokens)
     x = torch.randn(rows, d, generator=gen)
     wt = torch.randn(n, d, generator=gen)
     out = torch.empty(rows, n)

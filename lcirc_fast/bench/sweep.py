@@ -221,36 +221,15 @@ def workloads(model, preset: Preset, n: int, opts: SweepOptions) -> dict[str, Wo
 
 
 # ------------------------------------------------------------------------------------ GEMM
-def _hoisted_segments(model, segment_len: int, segments: int, itemsize: int) -> int:
-    """Segments per compressor K/V product: `kv_hoist_max_segments`, bounded by
-    `kv_hoist_budget_bytes` (K/V + embeddings + normalised input per segment) and by the
-    segments of the longest length."""
-    def knob(name, default):
-        v = getattr(model.config, name, None)
-        return getattr(model, name, default) if v is None else v
-
-    most, budget = knob("kv_hoist_max_segments", 1), knob("kv_hoist_budget_bytes", 0)
-    c = model.config
-    width = c.compressor_layers * 2 * c.compressor_heads * c.compressor_head_dim \
-        + 2 * c.hidden_size
-    per_segment = segment_len * width * itemsize
-    try:
-        limit = max(1, min(int(most), int(budget) // max(per_segment, 1)))
-    except (TypeError, ValueError):
-        limit = 1
-    return max(1, min(limit, segments))
-
-
-def gemm_shape(model, preset: Preset, longest: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(M, K, N) of the compressor's K/V product at the longest length: M rows (hoisted
-    segments x segment length) of width K = d, times all layers' folded K/V weight (N)."""
+def gemm_shape(model, preset: Preset, longest: int) -> tuple[int, int, int]:
+    """(M, K, N) of the compressor's largest K/V product at the longest length: M rows (the
+    segments one product covers, `Recurrence.hoist_limit`, x the segment length) of width K = d,
+    times all layers' folded K/V weight (N columns)."""
     shape = preset.shape()
     sp = fl.split(shape, longest)
     seg = max(sp.segments) if sp.segments else shape.segment_len
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    rows = seg * _hoisted_segments(model, seg, max(1, len(sp.segments)), itemsize)
-    n = shape.compressor_layers * 2 * shape.compressor_heads * shape.compressor_head_dim
-    return rows, shape.hidden_size, n
+    per_product = min(model.recurrence.hoist_limit(1, seg), max(1, len(sp.segments)))
+    return seg * per_product, shape.hidden_size, model.compressor.kv_width
 
 
 def gemm_rate(shape: tuple[int, int, int], device, dtype: torch.dtype,
@@ -343,7 +322,7 @@ def _run(preset, opts, lengths, device, tick, probe, threads_reason) -> dict[str
     sync = _sync_fn(device)
     gemm: dict[str, Any] = {}
     if opts.gemm:
-        shape = gemm_shape(model, preset, lengths[-1], opts.dtype)
+        shape = gemm_shape(model, preset, lengths[-1])
         tick(f"GEMM rate {shape[0]}x{shape[1]}x{shape[2]}")
         gemm["start"] = gemm_rate(shape, device, opts.dtype, policy)
     rows, loads = [], []

@@ -170,3 +170,27 @@ def test_a_config_json_builds_its_own_family(tmp_path):
     cfg.write_text(json.dumps({**fields, "model_type": "bert"}))
     with pytest.raises(ConfigError, match="'bert' is not supported"):
         get_preset(str(cfg))
+
+
+@pytest.mark.parametrize("max_segments,rows", [(16, 96), (4, 64)])
+def test_gemm_reference_has_the_largest_kv_products_shape(monkeypatch, max_segments, rows):
+    """The GEMM the compressor is compared with has the shape of its largest K/V product."""
+    from lcirc_fast.bench.presets import get_preset
+    from lcirc_fast.bench.sweep import build_model, gemm_shape, sweep_ids
+    from lcirc_fast.modules import PerceiverCompressor
+
+    seen = []
+    real = PerceiverCompressor._kv_product
+
+    def product(xhat, w, bias, out=None):
+        seen.append((xhat.numel() // xhat.shape[-1], xhat.shape[-1], w.shape[0]))
+        return real(xhat, w, bias, out)
+
+    monkeypatch.setattr(PerceiverCompressor, "_kv_product", staticmethod(product))
+    preset = get_preset("tiny")
+    model = build_model(preset, "cpu", torch.float32)
+    model.configure(kv_hoist_max_segments=max_segments)
+    n = 128                                       # 96 compressed tokens: 6 segments of 16
+    with torch.no_grad():
+        model.compress(sweep_ids(preset, n, 0, "cpu")[:, : n - preset.window])
+    assert gemm_shape(model, preset, n) == max(seen) == (rows, 64, model.compressor.kv_width)
