@@ -122,11 +122,11 @@ def main(argv=None) -> int:
     work, calls, flop = workloads(preset, model, ctx, args.tokens)
     res = measure(work, TimingPolicy(min_repeats=args.repeats, max_repeats=max(30, args.repeats),
                                      warmup_s=0.2, target_s=0.5)).stats()
-    report(preset, model, ctx, args, res, calls, flop)
+    report(model, ctx, args, res, calls, flop)
     return 0
 
 
-def report(preset, model, ctx, args, res, calls, flop) -> dict:
+def report(model, ctx, args, res, calls, flop) -> dict:
     """Print the table; returns the two fractions (measured, ceiling) and the GEMM rate."""
     names = [n for n in res if n != "compress"]
     gemm = next(n for n in names if n.startswith("K/V product"))
