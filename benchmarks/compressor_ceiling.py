@@ -26,7 +26,7 @@ import torch
 
 from lcirc_fast import flops as fl
 from lcirc_fast.bench.presets import get_preset
-from lcirc_fast.bench.sweep import build_model, gemm_shape, sweep_ids
+from lcirc_fast.bench.sweep import build_model, gemm_shape, gemm_workload, sweep_ids
 from lcirc_fast.bench.timing import TimingPolicy, Workload, measure
 
 
@@ -64,11 +64,8 @@ def workloads(preset, model, ctx, tokens: int) -> tuple[dict[str, Workload], dic
     flop["compress"] = fl.compress(preset.shape(), ctx.shape[1], wbytes=4).matmul
 
     rows, d, n = gemm_shape(model, preset, tokens)
-    x = torch.randn(rows, d, generator=gen)
-    wt = torch.randn(n, d, generator=gen)
-    out = torch.empty(rows, n)
     name = f"K/V product [{rows} x {d}] x [{d} x {n}] (GEMM reference)"
-    work[name] = Workload(lambda: torch.mm(x, wt.t(), out=out))
+    work[name] = gemm_workload((rows, d, n), "cpu", torch.float32)
     calls[name], flop[name] = ctx.shape[1] / rows, 2 * rows * d * n
 
     attn, ff = c.layers[0].attn, c.layers[0].ff
@@ -126,8 +123,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def report(model, ctx, args, res, calls, flop) -> dict:
-    """Print the table; returns the two fractions (measured, ceiling) and the GEMM rate."""
+def report(model, ctx, args, res, calls, flop) -> None:
+    """Print the table: every part, their sum (the ceiling) and compress, against the GEMM."""
     names = [n for n in res if n != "compress"]
     gemm = next(n for n in names if n.startswith("K/V product"))
     rate = flop[gemm] / res[gemm]["median"]
@@ -160,7 +157,6 @@ def report(model, ctx, args, res, calls, flop) -> dict:
           f"{rate / 1e9:.1f} GFLOP/s; fraction of it: measured {measured:.2f}, ceiling of the "
           f"parts {ceiling:.2f} (LayerNorms, residual adds, SiLU and the embedding lookup "
           f"not counted)")
-    return {"measured": measured, "ceiling": ceiling, "gemm_flop_s": rate, "counted": counted}
 
 
 def _ms(s: float) -> str:

@@ -232,18 +232,23 @@ def gemm_shape(model, preset: Preset, longest: int) -> tuple[int, int, int]:
     return seg * per_product, shape.hidden_size, model.compressor.kv_width
 
 
-def gemm_rate(shape: tuple[int, int, int], device, dtype: torch.dtype,
-              policy: TimingPolicy) -> dict[str, Any]:
-    """FLOP/s of the plain product x [M, K] @ W[N, K]^T (the K/V product's operands and
-    layout, without its bias: the machine's matrix-multiply rate at that shape), written into
-    a preallocated output, so that the figure is the product's alone (no page faults of a
-    fresh output)."""
+def gemm_workload(shape: tuple[int, int, int], device, dtype: torch.dtype) -> Workload:
+    """The plain product x [M, K] @ W[N, K]^T (the K/V product's operands and layout, without
+    its bias), written into a preallocated output, so that its time is the product's alone (no
+    page faults of a fresh output)."""
     m, k, n = shape
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(m, k, generator=gen).to(device, dtype)
     wt = torch.randn(n, k, generator=gen).to(device, dtype)
     out = torch.empty(m, n, device=device, dtype=dtype)
-    res = measure({"gemm": Workload(lambda: torch.mm(x, wt.t(), out=out))}, policy,
+    return Workload(lambda: torch.mm(x, wt.t(), out=out))
+
+
+def gemm_rate(shape: tuple[int, int, int], device, dtype: torch.dtype,
+              policy: TimingPolicy) -> dict[str, Any]:
+    """FLOP/s of `gemm_workload(shape)`: the machine's matrix-multiply rate at that shape."""
+    m, k, n = shape
+    res = measure({"gemm": gemm_workload(shape, device, dtype)}, policy,
                   sync=_sync_fn(torch.device(device)))
     st = res.stats()["gemm"]
     flops = 2 * m * k * n

@@ -87,15 +87,18 @@ def by_length(rows: list[dict]) -> list[dict]:
     out = []
     for (mode, length), cells in groups.items():
         n = sum(c["n"] for c in cells)
-        mean = (lambda key: sum(c[key] * c["n"] for c in cells) / n) if n else (lambda key: 0.0)
+
+        def mean(value, cells=cells, n=n):          # over the pooled samples
+            return sum(value(c) * c["n"] for c in cells) / n if n else 0.0
+
         row = {"mode": mode, "length": length, "n": n, "failed": sum(c["failed"] for c in cells),
-               "accuracy": mean("accuracy"), "digit_accuracy": mean("digit_accuracy")}
+               "accuracy": mean(lambda c: c["accuracy"]),
+               "digit_accuracy": mean(lambda c: c["digit_accuracy"])}
         width = min(len(c["digit_accuracy_by_pos"]) for c in cells)
-        row["digit_accuracy_by_pos"] = [
-            round(sum(c["digit_accuracy_by_pos"][i] * c["n"] for c in cells) / max(n, 1), 4)
-            for i in range(width)]
+        row["digit_accuracy_by_pos"] = [round(mean(lambda c, i=i: c["digit_accuracy_by_pos"][i]), 4)
+                                        for i in range(width)]
         for key in ("partner_accuracy", "partner_digit_accuracy"):
             if all(key in c for c in cells):
-                row[key] = mean(key)
+                row[key] = mean(lambda c, key=key: c[key])
         out.append(row)
     return out
