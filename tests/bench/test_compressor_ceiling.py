@@ -54,3 +54,18 @@ def test_script_prints_both_fractions_and_refuses_an_empty_context():
     assert proc.returncode != 0
     assert proc.stderr.startswith("compressor_ceiling: 16 tokens fit in the 32-token window")
     assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--tokens", "0"], "compressor_ceiling: --tokens must be >= 1, got 0"),
+    (["--latents", "-1"], "compressor_ceiling: --latents must be >= 1, got -1"),
+    (["--model", "nope"], "compressor_ceiling: unknown model 'nope'"),
+])
+def test_bad_arguments_are_one_line_errors(argv, message):
+    mod = _load()
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert mod.main(argv) == 2
+    assert err.getvalue().startswith(message) and err.getvalue().count("\n") == 1
