@@ -130,9 +130,9 @@ class Suite:
 # ---------------------------------------------------------------------------------------------
 def _ops():
     """(registry.bind, triton cross_attention, naive references of the three ops)."""
-    from lcirc_fast.ops.gated_xattn import naive_gated_residual
+    from lcirc_fast.ops.tanh_gate import naive_gated_residual
     from lcirc_fast.ops.layernorm import naive_layer_norm
-    from lcirc_fast.ops.perceiver_xattn import cross_attention, naive_cross_attention
+    from lcirc_fast.ops.cross_attn import cross_attention, naive_cross_attention
     from lcirc_fast.ops.registry import bind
     return bind, cross_attention, naive_cross_attention, naive_gated_residual, naive_layer_norm
 

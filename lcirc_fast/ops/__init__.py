@@ -14,12 +14,12 @@ import importlib
 from .registry import BACKENDS, OPS, BackendUnavailableError, OpSet, bind, lookup, register
 
 _LAZY = {
-    "cross_attention": ".perceiver_xattn.function",
-    "cross_attention_varlen": ".perceiver_xattn.function",
-    "gated_residual": ".gated_xattn.function",
+    "cross_attention": ".cross_attn.function",
+    "cross_attention_varlen": ".cross_attn.function",
+    "gated_residual": ".tanh_gate.function",
     "layer_norm": ".layernorm.function",
-    "naive_cross_attention": ".perceiver_xattn.naive",
-    "naive_gated_residual": ".gated_xattn.naive",
+    "naive_cross_attention": ".cross_attn.naive",
+    "naive_gated_residual": ".tanh_gate.naive",
     "naive_layer_norm": ".layernorm.naive",
 }
 

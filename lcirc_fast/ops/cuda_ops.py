@@ -7,7 +7,7 @@ and registers:
 * ``gated_residual`` (backend "cuda");
 * ``split_kv_combine`` (backend "cuda"): ``(o_partial [S, *rows, D] fp32, lse_partial [S, *rows]
   fp32 natural-log, out_dtype=None) -> (out [*rows, D], lse [*rows] fp32)``; the "torch" backend
-  has the reference (`lcirc_fast.ops.torch_ops.split_kv_combine`).
+  has the reference (`lcirc_fast.ops.torch_ops.torch_split_kv_combine`).
 
 ``cross_attention`` and ``layer_norm`` have no CUDA kernel and fall back to "triton" (the Triton
 split-KV forward merges its partials in its own fused combine kernel).

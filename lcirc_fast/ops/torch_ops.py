@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .gated_xattn.naive import naive_gated_residual
+from .tanh_gate.naive import naive_gated_residual
 from .layernorm.naive import naive_layer_norm
 from .registry import register
 
@@ -18,7 +18,7 @@ def _key_mask(kv_lengths: torch.Tensor, lk: int) -> torch.Tensor:
 
 
 @register("cross_attention", "torch")
-def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def sdpa_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     kv_lengths: torch.Tensor | None = None, softmax_scale: float | None = None,
                     deterministic: bool = False, *, allow_tf32: bool | None = None) -> torch.Tensor:
     """SDPA over [B, L, H, D] inputs; kv_lengths int [B] (each >= 1) masks padded keys.
@@ -32,20 +32,20 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 @register("gated_residual", "torch")
-def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+def torch_gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + tanh(gate) * branch; gate: one-element fp32 (used 0-dim, so it does not promote x)."""
     return naive_gated_residual(x, branch, gate.reshape(()))
 
 
 @register("layer_norm", "torch")
-def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+def torch_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                eps: float = 1e-5, add: torch.Tensor | None = None) -> torch.Tensor:
     """LayerNorm(x + add) over the last dim; add broadcastable to x."""
     return naive_layer_norm(x, weight, bias, eps, add)
 
 
 @register("split_kv_combine", "torch")
-def split_kv_combine(o_partial: torch.Tensor, lse_partial: torch.Tensor,
+def torch_split_kv_combine(o_partial: torch.Tensor, lse_partial: torch.Tensor,
                      out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge split-KV partials: o_partial [S, *rows, D] fp32 (each chunk normalised), lse_partial
     [S, *rows] fp32 natural-log LSE (-inf: a chunk without keys) -> (out [*rows, D] in

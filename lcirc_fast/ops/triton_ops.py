@@ -4,9 +4,9 @@ Importing this touches no GPU driver. Unsupported inputs (a head dim above 256, 
 dtype, CPU tensors without TRITON_INTERPRET=1) raise NotImplementedError or RuntimeError naming
 the reason.
 """
-from .gated_xattn.function import gated_residual
+from .tanh_gate.function import gated_residual
 from .layernorm.function import layer_norm
-from .perceiver_xattn.function import cross_attention
+from .cross_attn.function import cross_attention
 from .registry import register
 
 register("cross_attention", "triton", cross_attention)

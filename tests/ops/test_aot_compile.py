@@ -1,7 +1,7 @@
 """Ahead-of-time compile check for sm_90 / sm_80 without a GPU, plus the folded launch grid.
 
 The compile runs in a subprocess with TRITON_INTERPRET unset (this session sets it before import):
-`lcirc_fast.ops.utils.aot` runs the host wrappers on CPU tensors, intercepts each launch and
+`tools/aot_compile.py` runs the host wrappers on CPU tensors, intercepts each launch and
 compiles every autotune config the GPU path can pick. The default run covers every kernel at the
 paper's shape (bf16, D=128, sm_90) plus one fp32 and one sm_80 case; ``-m aot_full`` compiles the
 whole matrix (bf16/fp16/fp32/fp32-ieee, D 64 and 128, sm_90 and sm_80).
@@ -11,14 +11,18 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from lcirc_fast.ops.perceiver_xattn import cross_attention, cross_attention_varlen, naive_cross_attention
-from lcirc_fast.ops.perceiver_xattn import function as attn_fn
-from lcirc_fast.ops.perceiver_xattn import kernels as attn_k
-from lcirc_fast.ops.utils import aot
+from lcirc_fast.ops.cross_attn import cross_attention, cross_attention_varlen, naive_cross_attention
+from lcirc_fast.ops.cross_attn import function as attn_fn
+from lcirc_fast.ops.cross_attn import kernels as attn_k
+import aot_compile as aot
 from ops_oracle import leaf, max_err
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 ATTN_KERNELS = {"_fwd_kernel", "_fwd_combine_kernel", "_bwd_preprocess_kernel", "_bwd_dkdv_kernel",
                 "_bwd_dq_kernel", "_dq_reduce_kernel"}
@@ -30,7 +34,7 @@ KIND = {"_fwd_kernel": "fwd", "_bwd_dkdv_kernel": "dkdv", "_bwd_dq_kernel": "dq"
 def run_tool(tmp_path, *args, timeout=3000):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "rows.json"
-    proc = subprocess.run([sys.executable, "-m", "lcirc_fast.ops.utils.aot", "--quiet", "--json", str(out), *args],
+    proc = subprocess.run([sys.executable, str(TOOLS / "aot_compile.py"), "--quiet", "--json", str(out), *args],
                           env=env, capture_output=True, text=True, timeout=timeout)
     assert out.exists(), proc.stderr[-4000:]
     return json.loads(out.read_text())

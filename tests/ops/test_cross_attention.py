@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lcirc_fast.ops.registry import bind
-from lcirc_fast.ops.perceiver_xattn import (cross_attention, cross_attention_varlen,
+from lcirc_fast.ops.cross_attn import (cross_attention, cross_attention_varlen,
                                             naive_cross_attention)
 from lcirc_fast.ops.utils.runtime import LAUNCHES
 from ops_oracle import assert_close_ratio, leaf, max_err, ref_dtype

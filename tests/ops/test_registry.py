@@ -138,7 +138,7 @@ def cpu_extension_ops(cuda_available):
 
     lib.impl("cuda_gated_residual", fwd, "CPU")
     lib.impl("cuda_gated_residual_backward", bwd, "CPU")
-    lib.impl("cuda_split_kv_combine", torch_ops.split_kv_combine, "CPU")
+    lib.impl("cuda_split_kv_combine", torch_ops.torch_split_kv_combine, "CPU")
     cuda_ops.register_extension_ops()
     yield
     unregister("gated_residual", "cuda")

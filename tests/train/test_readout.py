@@ -1,8 +1,8 @@
-"""The linear read-out of pass keys from the memory (lcirc_fast.training.readout)."""
+"""The linear read-out of pass keys from the memory (tools/passkey_readout.py)."""
 import pytest
 import torch
 
-from lcirc_fast.training.readout import parse_args, passkey_memories, ridge_readout
+from passkey_readout import parse_args, passkey_memories, ridge_readout
 
 
 def _digits(n, g):

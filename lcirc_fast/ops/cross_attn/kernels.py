@@ -35,7 +35,7 @@ def _cfgs(entries):
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) the GPU autotuner may pick, by kernel, dot mode and
 # head-dim bucket (BLOCK_D <= 64, 128, 256). Chosen with the compile check
-# (`python -m lcirc_fast.ops.utils.aot`, docs/perf/aot-sm90.md): on sm_80 and sm_90 none spills,
+# (`python tools/aot_compile.py`, docs/perf/aot-sm90.md): on sm_80 and sm_90 none spills,
 # none needs more than 240 of the 255 registers and none uses more than 95% of the shared memory.
 # Modes: "16bit" (fp16/bf16 tensor-core dots), "tf32" (fp32 on tensor cores), "ieee" (fp32 or
 # fp64 on the FMA units: small tiles, since the operands live in registers).

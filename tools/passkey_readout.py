@@ -9,7 +9,7 @@ digit (`by_pos`, chance about 0.1; a bag of digits without order gives about 0.3
 per-digit regression says correctly whether a digit occurs in the key (`bag`, against
 `bag_majority`, the best constant answer). One JSON line goes to stdout.
 
-    OMP_NUM_THREADS=1 python -m lcirc_fast.training.readout \\
+    OMP_NUM_THREADS=1 python tools/passkey_readout.py \\
         --config train/configs/smollm2_kjv_passkey_probe.yaml --set lcirc.compressor_input_layers=6
 """
 from __future__ import annotations
@@ -60,9 +60,9 @@ def passkey_memories(model, tokenizer, docs, n: int, hay: int, window: int, segm
     """(flattened memories float [n, M * d], key digits int64 [n, 5]) of n pass-key samples of
     `hay` haystack tokens from `docs` [(name, ids)], the key in the middle a `window` cut
     compresses (equal segments of ~`segment_len` tokens)."""
-    from ..data.qa import SyntheticQA, prepare_training
-    from ..data.templates import get_template
-    from ..segmenting import balanced_boundaries
+    from lcirc_fast.data.qa import SyntheticQA, prepare_training
+    from lcirc_fast.data.templates import get_template
+    from lcirc_fast.segmenting import balanced_boundaries
 
     qa = SyntheticQA(tokenizer, docs, tasks=("passkey",), needle_window=window)
     tmpl, rng = get_template("passage_only"), random.Random(seed)
@@ -82,7 +82,7 @@ def passkey_memories(model, tokenizer, docs, n: int, hay: int, window: int, segm
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m lcirc_fast.training.readout",
+    ap = argparse.ArgumentParser(prog="python tools/passkey_readout.py",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="training YAML: model, window and segments")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
@@ -100,11 +100,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from ..data import kjv_splits, tokenize_documents
-    from ..models import LCIRCForCausalLM
-    from ..models.init_recipe import center_positions
-    from .builders import _cache_dir, build_base, build_model
-    from .config import load_config
+    from lcirc_fast.data import kjv_splits, tokenize_documents
+    from lcirc_fast.models import LCIRCForCausalLM
+    from lcirc_fast.models.init_recipe import center_positions
+    from lcirc_fast.training.builders import _cache_dir, build_base, build_model
+    from lcirc_fast.training.config import load_config
 
     torch.set_num_threads(a.threads)
     cfg = load_config(a.config, a.set)

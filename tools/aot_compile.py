@@ -8,9 +8,9 @@ gives shared memory, and the PTX gives the instruction mix (tensor-core MMAs, ve
 
 Must run with ``TRITON_INTERPRET`` unset (the test suite calls it in a subprocess)::
 
-    python -m lcirc_fast.ops.utils.aot --arch 90 --out docs/perf/aot-sm90.md
-    python -m lcirc_fast.ops.utils.aot --subset default --json out.json
-    python -m lcirc_fast.ops.utils.aot --launches-only --scenario grid_4096x32 --json grid.json
+    python tools/aot_compile.py --arch 90 --out docs/perf/aot-sm90.md
+    python tools/aot_compile.py --subset default --json out.json
+    python tools/aot_compile.py --launches-only --scenario grid_4096x32 --json grid.json
 
 Results are cached (JSON per variant) under ``$LCIRC_AOT_CACHE`` (default
 ``~/.cache/lcirc_fast/aot``), keyed by the kernel's source hash, its specialisation, the
@@ -83,9 +83,9 @@ def intercept(arch: int, sms: int):
     from triton.compiler import make_backend
     from triton.runtime import autotuner, jit
 
-    from lcirc_fast.ops.gated_xattn import function as gated_fn
+    from lcirc_fast.ops.tanh_gate import function as gated_fn
     from lcirc_fast.ops.layernorm import function as ln_fn
-    from lcirc_fast.ops.perceiver_xattn import function as attn_fn
+    from lcirc_fast.ops.cross_attn import function as attn_fn
 
     backend = make_backend(_target(arch))
     records: list[Launch] = []
@@ -144,7 +144,7 @@ def _tdt(name: str):
 
 
 def _attn_kwargs(dtype: str) -> dict:
-    from lcirc_fast.ops.perceiver_xattn import function as attn_fn
+    from lcirc_fast.ops.cross_attn import function as attn_fn
     if dtype != "fp32-ieee":
         return {}
     if "allow_tf32" not in inspect.signature(attn_fn.cross_attention).parameters:
@@ -154,7 +154,7 @@ def _attn_kwargs(dtype: str) -> dict:
 
 def _attention(B, Lq, Lk, H, D, dtype, deterministic=False, varlen=False):
     import torch
-    from lcirc_fast.ops.perceiver_xattn import function as attn_fn
+    from lcirc_fast.ops.cross_attn import function as attn_fn
     dt = _tdt(dtype)
     q = torch.zeros(B, Lq, H, D, dtype=dt, requires_grad=True)
     kw = dict(deterministic=deterministic, **_attn_kwargs(dtype))
@@ -172,7 +172,7 @@ def _attention(B, Lq, Lk, H, D, dtype, deterministic=False, varlen=False):
 
 def _gated(dtype, T=4096, d=4096):
     import torch
-    from lcirc_fast.ops.gated_xattn import function as gated_fn
+    from lcirc_fast.ops.tanh_gate import function as gated_fn
     dt = _tdt(dtype)
     x = torch.zeros(1, T, d, dtype=dt, requires_grad=True)
     y = torch.zeros(1, T, d, dtype=dt, requires_grad=True)
@@ -511,7 +511,7 @@ def _commit() -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lcirc_fast.ops.utils.aot", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/aot_compile.py", description=__doc__.split("\n")[0])
     p.add_argument("--subset", choices=("default", "full"), default="full")
     p.add_argument("--arch", type=int, action="append", choices=sorted(SHARED_LIMIT))
     p.add_argument("--dtype", action="append", choices=ATTN_DTYPES)
@@ -544,7 +544,7 @@ def main(argv=None) -> int:
         Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
     if a.out:
         before = json.loads(Path(a.before).read_text()) if a.before else None
-        cmd = "python -m lcirc_fast.ops.utils.aot " + " ".join(argv if argv is not None else sys.argv[1:])
+        cmd = "python tools/aot_compile.py " + " ".join(argv if argv is not None else sys.argv[1:])
         notes = Path(a.notes).read_text() if a.notes else ""
         Path(a.out).write_text(markdown(rows, before, cmd, _commit(), a.before_commit, a.before_command, notes))
     bad = grid_problems(rows) + ([] if a.launches_only else problems(rows))
