@@ -335,7 +335,7 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
             "kv_projection_ms": _kv_projection_ms(model, dec["memory"], dev)}
     result["crossover_flops"] = {c: fl.crossover(p.llm, s, c) for c in fl.CAUSAL_CONVENTIONS}
     result["seconds"] = time.perf_counter() - t0
-    del model
+    model = None    # frees the weights before the next preset
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     if out_dir is not None and result["rows"]:

@@ -130,10 +130,10 @@ class Suite:
 # ---------------------------------------------------------------------------------------------
 def _ops():
     """(registry.bind, triton cross_attention, naive references of the three ops)."""
-    from lcirc_fast.ops.tanh_gate import naive_gated_residual
-    from lcirc_fast.ops.layernorm import naive_layer_norm
     from lcirc_fast.ops.cross_attn import cross_attention, naive_cross_attention
+    from lcirc_fast.ops.layernorm import naive_layer_norm
     from lcirc_fast.ops.registry import bind
+    from lcirc_fast.ops.tanh_gate import naive_gated_residual
     return bind, cross_attention, naive_cross_attention, naive_gated_residual, naive_layer_norm
 
 
@@ -422,7 +422,8 @@ for _name, _fn, _budget in (("env", section_env, None), ("correctness", section_
 
 
 def _table(rows: list) -> str:
-    lines = [f"{'case':28s} {'provider':8s} {'mode':8s} {'ms':>9s} {'TFLOP/s':>8s} {'GB/s':>8s} {'%peak':>6s} {'MiB':>8s}"]
+    lines = [f"{'case':28s} {'provider':8s} {'mode':8s} {'ms':>9s} {'TFLOP/s':>8s} {'GB/s':>8s} "
+             f"{'%peak':>6s} {'MiB':>8s}"]
     for r in rows:
         if r.get("kind") != "bench" or "ms_p50" not in r:
             continue

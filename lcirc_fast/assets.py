@@ -218,9 +218,8 @@ def llama_sp_tokenizer():
     Built once from ``mistral_common/data/tokenizer.model.v1`` (BPE with byte fallback) into the
     cache; encodes exactly like ``sentencepiece`` on that model.
     """
-    from transformers import AutoTokenizer
-
     from tokenizers import normalizers
+    from transformers import AutoTokenizer
 
     final = cache_root() / LLAMA_SP_CACHE_NAME
     if not (final / "tokenizer.json").is_file():

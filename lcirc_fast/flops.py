@@ -538,7 +538,9 @@ def crossover(llm: LLMShape, s: LCIRCShape, causal: str = "half",
               hi: int | None = None) -> int | None:
     """Smallest context length where LCIRC prefill FLOPs < full attention's (None if > hi)."""
     hi = hi or max(1 << 20, 256 * s.window)
-    cheaper = lambda n: lcirc_prefill(llm, s, n, causal).flops < full_prefill(llm, n, causal).flops
+    def cheaper(n: int) -> bool:
+        return lcirc_prefill(llm, s, n, causal).flops < full_prefill(llm, n, causal).flops
+
     lo = s.window + 1
     if cheaper(lo):
         return lo

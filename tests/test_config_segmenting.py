@@ -6,8 +6,7 @@ from lcirc_testutils import tiny_llama
 from lcirc_fast import LCIRCConfig
 from lcirc_fast.backend import ENV_VAR, resolve_backend
 from lcirc_fast.config import default_gca_layers
-from lcirc_fast.segmenting import (balanced_boundaries, check_boundaries, fixed_boundaries,
-                                   random_boundaries)
+from lcirc_fast.segmenting import balanced_boundaries, check_boundaries, fixed_boundaries, random_boundaries
 
 
 def test_default_gca_layers_match_paper():

@@ -327,8 +327,8 @@ def test_build_base_reads_a_gemma_directory_and_tiny_random(gemma_dir):
 
 @pytest.mark.parametrize("name", ["smollm2", "smollm2-135m"])
 def test_smollm2_aliases_load_the_bundled_model(name, monkeypatch):
-    from lcirc_fast.cli.compress import BUNDLED_BASE, check_base
     from lcirc_fast.assets import SMOLLM2_ALIASES, SMOLLM2_NAME
+    from lcirc_fast.cli.compress import BUNDLED_BASE, check_base
 
     calls = []
 
@@ -388,9 +388,9 @@ def test_cli_compress_refuses_unsupported_or_tokenizerless_base(gemma_dir, tmp_p
 
 def test_cache_keyword_follows_the_installed_transformers():
     """transformers releases name the KV-cache keyword `cache` or `past_key_values`."""
-    import torch.nn as nn
-
     import inspect
+
+    import torch.nn as nn
 
     base = tiny_base("llama")
     adapter = BASE_ADAPTERS["llama"]

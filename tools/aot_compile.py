@@ -83,9 +83,9 @@ def intercept(arch: int, sms: int):
     from triton.compiler import make_backend
     from triton.runtime import autotuner, jit
 
-    from lcirc_fast.ops.tanh_gate import function as gated_fn
-    from lcirc_fast.ops.layernorm import function as ln_fn
     from lcirc_fast.ops.cross_attn import function as attn_fn
+    from lcirc_fast.ops.layernorm import function as ln_fn
+    from lcirc_fast.ops.tanh_gate import function as gated_fn
 
     backend = make_backend(_target(arch))
     records: list[Launch] = []
@@ -154,6 +154,7 @@ def _attn_kwargs(dtype: str) -> dict:
 
 def _attention(B, Lq, Lk, H, D, dtype, deterministic=False, varlen=False):
     import torch
+
     from lcirc_fast.ops.cross_attn import function as attn_fn
     dt = _tdt(dtype)
     q = torch.zeros(B, Lq, H, D, dtype=dt, requires_grad=True)
@@ -172,6 +173,7 @@ def _attention(B, Lq, Lk, H, D, dtype, deterministic=False, varlen=False):
 
 def _gated(dtype, T=4096, d=4096):
     import torch
+
     from lcirc_fast.ops.tanh_gate import function as gated_fn
     dt = _tdt(dtype)
     x = torch.zeros(1, T, d, dtype=dt, requires_grad=True)
@@ -183,6 +185,7 @@ def _gated(dtype, T=4096, d=4096):
 
 def _layernorm(dtype, L=2048, d=4096):
     import torch
+
     from lcirc_fast.ops.layernorm import function as ln_fn
     dt = _tdt(dtype)
     x = torch.zeros(1, L, d, dtype=dt, requires_grad=True)

@@ -21,12 +21,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .. import flops as fl
 from . import memprobe
@@ -34,8 +32,7 @@ from .checks import MEMORY_METHODS, self_check
 from .measure import CUDA_MEMORY_METHOD, PeakMemory
 from .presets import Preset
 from .reference import reference_compress, reference_forward
-from .timing import (CpuLoad, TimingPolicy, Workload, choose_threads, combine_loads, measure,
-                     physical_cores)
+from .timing import CpuLoad, TimingPolicy, Workload, choose_threads, combine_loads, measure, physical_cores
 
 
 @dataclass

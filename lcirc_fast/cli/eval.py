@@ -41,7 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="perplexity by length, pass-key retrieval, LongBench, InfiniteBench, "
                               "L-Eval", description=__doc__)
     p.add_argument("task", choices=["ppl", "passkey", *BENCHMARKS])
-    p.add_argument("--base", default="smollm2", help="smollm2-135m (bundled; alias smollm2) | tiny_random | Hugging Face model directory of a supported family")
+    p.add_argument("--base", default="smollm2",
+                   help="smollm2-135m (bundled; alias smollm2) | tiny_random | Hugging Face model directory "
+                   "of a supported family")
     p.add_argument("--lcirc", default=None, help="LCIRC directory from save_pretrained (training's best/ or final/)")
     p.add_argument("--official-checkpoint", default=None,
                    help="the reference implementation's .pt checkpoint, instead of --lcirc")
@@ -291,7 +293,7 @@ def run(args) -> int:
     import torch
 
     from ..data import tokenize_documents
-    from ..eval import format_table, plot_lines, write_json
+    from ..eval import format_table, plot_lines
 
     check_args(args)
     out = _check_out_dir(Path(args.out))

@@ -2,8 +2,14 @@
 from .collate import pad_batch
 from .qa import QASample, SyntheticQA, build_qa_sample, prepare_training
 from .splits import kjv_splits, split_by_name
-from .stage1 import (Stage1Step, draw_boundaries, repeat_passage_steps, repeated_passage_docs,
-                     stage1_steps, stage1_stream)
+from .stage1 import (
+                     Stage1Step,
+                     draw_boundaries,
+                     repeat_passage_steps,
+                     repeated_passage_docs,
+                     stage1_steps,
+                     stage1_stream,
+)
 from .templates import TEMPLATES, Template, get_template, query_text
 from .tokenized import chunk_documents, encode, tokenize_documents
 from .truncation import HeadTail, head_tail, truncate_with_labels

@@ -16,7 +16,7 @@ def pad_batch(seqs: Sequence[torch.Tensor], pad_id: int, labels: Sequence[torch.
         raise ValueError("pad_batch needs at least one sequence")
     if any(s.dim() != 1 or s.numel() == 0 for s in seqs):
         raise ValueError("every sequence must be a non-empty 1-D tensor")
-    if labels is not None and [l.shape for l in labels] != [s.shape for s in seqs]:
+    if labels is not None and [y.shape for y in labels] != [s.shape for s in seqs]:
         raise ValueError("labels must match the sequences' shapes")
     t = max(s.numel() for s in seqs)
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)

@@ -32,7 +32,8 @@ def generate_answer(model, tokenizer, prompt_ids: torch.Tensor, window: int, max
     memory = None
     if mode == "full":
         if prompt_ids.numel() + max_new_tokens > max_full_tokens:
-            raise ValueError(f"full attention over {prompt_ids.numel()} tokens exceeds max_full_tokens={max_full_tokens}")
+            raise ValueError(f"full attention over {prompt_ids.numel()} tokens exceeds "
+                             f"max_full_tokens={max_full_tokens}")
         llm = prompt_ids
     else:
         ht = head_tail(prompt_ids, w)
@@ -57,4 +58,6 @@ def generate_answer(model, tokenizer, prompt_ids: torch.Tensor, window: int, max
     out = model.generate(llm.to(dev)[None], memory=memory, max_new_tokens=max_new_tokens, do_sample=False,
                          eos_token_id=tokenizer.eos_token_id if tokenizer is not None else None)
     new = out[0, llm.numel():]
-    return tokenizer.decode(new, skip_special_tokens=True) if tokenizer is not None else " ".join(map(str, new.tolist()))
+    if tokenizer is None:
+        return " ".join(map(str, new.tolist()))
+    return tokenizer.decode(new, skip_special_tokens=True)

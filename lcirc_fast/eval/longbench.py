@@ -13,8 +13,7 @@ from .harness import ScoreBoard, run_scored
 from .longbench_prompts import MAX_NEW_TOKENS, PROMPTS
 from .metrics import best_over, exact_match, first_line, token_f1
 from .samples import Sample, from_template
-from .scoring import (fuzz_ratio, max_over, qa_f1, qa_f1_zh, rouge_l, rouge_l_zh,
-                      share_of_numbers_equal)
+from .scoring import fuzz_ratio, max_over, qa_f1, qa_f1_zh, rouge_l, rouge_l_zh, share_of_numbers_equal
 
 PROMPT = ("Answer the question based on the given passage. Only give me the answer and do not "
           "output any other words.\n\n{context}\n\nQuestion: {input}\nAnswer:")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

@@ -17,7 +17,6 @@ from .feedforward import FeedForward
 from .linear import PackedLinear
 from .zero import whole
 
-
 GATE_NAMES = ("attn_gate", "ff_gate")
 
 

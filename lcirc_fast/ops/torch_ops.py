@@ -6,9 +6,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .tanh_gate.naive import naive_gated_residual
 from .layernorm.naive import naive_layer_norm
 from .registry import register
+from .tanh_gate.naive import naive_gated_residual
 
 
 def _key_mask(kv_lengths: torch.Tensor, lk: int) -> torch.Tensor:

@@ -207,7 +207,8 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
     if src in ("text_files", "token_files", "hub"):
         if src == "text_files":
             tr = tokenize_documents(load_text_documents(d.train_path, d.text_field), tokenizer, cache)
-            va = tokenize_documents(load_text_documents(d.val_path, d.text_field), tokenizer, cache) if d.val_path else []
+            va = (tokenize_documents(load_text_documents(d.val_path, d.text_field), tokenizer, cache)
+                  if d.val_path else [])
         else:
             hub = src == "hub"
             srcname = d.hub_name if hub else d.train_path

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import BACKENDS, InitRecipe, LCIRCConfig
+from ..config import BACKENDS, LCIRCConfig
 from ..data.qa import SyntheticQA
 from ..data.templates import TEMPLATES
 from ..errors import ConfigError

@@ -30,12 +30,11 @@ from ..data.stage1 import Stage1Step, draw_boundaries
 from ..errors import CheckpointError
 from ..eval.perplexity import window_nll
 from ..memory import CompressedMemory
+from ..models.init_recipe import center_positions
 from ..modules.zero import whole
 from ..segmenting import balanced_boundaries
-from ..models.init_recipe import center_positions
 from .builders import DataBundle, bptt_policy, build_base, build_data, build_model, hay_at
-from .checkpoint import (RunLock, load_state, save_state, truncate_log, verify_checkpoint,
-                         write_manifest)
+from .checkpoint import RunLock, load_state, save_state, truncate_log, verify_checkpoint, write_manifest
 from .config import TrainConfig
 from .engine import dist_env, make_engine
 from .schedule import make_scheduler
@@ -256,7 +255,7 @@ class Trainer:
         if len(parts) == 1:
             loss = parts[0][0]
         else:   # the mean over every answer token of the batch
-            loss = sum(l * n for l, n, _ in parts) / max(1, sum(n for _, n, _ in parts))
+            loss = sum(part * n for part, n, _ in parts) / max(1, sum(n for _, n, _ in parts))
         ntok = sum(it[1].input_ids.numel() for it in items)
         return self._touch(loss, all(m for _, _, m in parts)), ntok, extra
 

@@ -3,8 +3,16 @@ import os
 
 import pytest
 
-from lcirc_fast.bench.timing import (CpuLoad, TimingPolicy, Workload, choose_threads,
-                                     combine_loads, measure, physical_cores, summarize)
+from lcirc_fast.bench.timing import (
+    CpuLoad,
+    TimingPolicy,
+    Workload,
+    choose_threads,
+    combine_loads,
+    measure,
+    physical_cores,
+    summarize,
+)
 
 
 class FakeClock:

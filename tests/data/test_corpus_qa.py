@@ -3,8 +3,17 @@ import random
 import pytest
 import torch
 
-from lcirc_fast.data import (SyntheticQA, build_qa_sample, chunk_documents, get_template, kjv_splits,
-                             prepare_training, query_text, split_by_name, tokenize_documents)
+from lcirc_fast.data import (
+    SyntheticQA,
+    build_qa_sample,
+    chunk_documents,
+    get_template,
+    kjv_splits,
+    prepare_training,
+    query_text,
+    split_by_name,
+    tokenize_documents,
+)
 from lcirc_fast.data.loaders import load_longbench, load_qa_records, load_text_documents, load_token_documents
 from lcirc_fast.data.tokenized import encode
 

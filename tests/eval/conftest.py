@@ -6,8 +6,9 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_hf_dirs(tmp_path_factory):
     """(base directory, QD-LCIRC directory): random weights, vocab 32000, real tokenizer."""
-    from lcirc_fast.assets import llama_sp_tokenizer
     from lcirc_testutils import tiny_lcirc, tiny_llama
+
+    from lcirc_fast.assets import llama_sp_tokenizer
 
     base_dir = tmp_path_factory.mktemp("base")
     base = tiny_llama(vocab=32000, hidden=16, layers=1, heads=2, kv_heads=1, ffn=32)

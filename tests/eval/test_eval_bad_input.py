@@ -27,8 +27,9 @@ def _eval(capsys, *argv):
 @pytest.fixture(scope="module")
 def hf_base(tmp_path_factory):
     """A tiny random Llama directory with a tokenizer (vocab 32000)."""
-    from lcirc_fast.assets import llama_sp_tokenizer
     from lcirc_testutils import tiny_llama
+
+    from lcirc_fast.assets import llama_sp_tokenizer
 
     d = tmp_path_factory.mktemp("base")
     tiny_llama(vocab=32000, hidden=16, layers=1, heads=2, kv_heads=1, ffn=32).save_pretrained(d)
@@ -284,10 +285,10 @@ def test_cli_missing_text_field_names_the_file(tmp_path, capsys):
 
 def test_passkey_full_mode_respects_max_full_tokens():
     import torch
+    from lcirc_testutils import tiny_lcirc, tiny_llama
 
     from lcirc_fast.assets import llama_sp_tokenizer
     from lcirc_fast.eval import passkey_eval
-    from lcirc_testutils import tiny_lcirc, tiny_llama
 
     base = tiny_llama(vocab=32000, hidden=16, layers=1, heads=2, kv_heads=1, ffn=32)
     model = tiny_lcirc(base, num_latents=2, compressor_layers=1, max_segment_len=64, segment_len=32).eval()

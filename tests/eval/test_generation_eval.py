@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
+from lcirc_testutils import tiny_lcirc, tiny_llama
 
 from lcirc_fast.data.truncation import head_tail
 from lcirc_fast.eval import generate_answer, longbench_eval, passkey_eval
-from lcirc_testutils import tiny_lcirc, tiny_llama
 
 
 class _Spy:

@@ -18,7 +18,8 @@ def test_chinese_qa_f1_counts_characters():
 
 @pytest.mark.parametrize("pred, want", [
     ("B. blue", 1.0), ("blue", 1.0), ("The answer is: B", 1.0), ("C", 0.0), ("", 0.0),
-    ("I think so", 0.0), ("well\nmaybe B then", 1.0), ("Answer is: blue", 0.0), ("so the answer is: blue", 1.0), ("the answer is:", 0.0),
+    ("I think so", 0.0), ("well\nmaybe B then", 1.0), ("Answer is: blue", 0.0), ("so the answer is: blue", 1.0),
+     ("the answer is:", 0.0),
 ])
 def test_multiple_choice_option_parsing(pred, want):
     assert ib.score("En.MC", pred, ["blue"], OPTIONS) == want

@@ -6,9 +6,22 @@ import torch
 from lcirc_testutils import tiny_lcirc as make_lcirc
 from lcirc_testutils import tiny_llama
 
-from lcirc_fast.eval import (ScoreBoard, best_over, contains_answer, digit_accuracy, exact_match, first_line,
-                             format_table, normalize_answer, perplexity_by_length, plot_lines, run_scored, token_f1,
-                             window_nll, write_json)
+from lcirc_fast.eval import (
+    ScoreBoard,
+    best_over,
+    contains_answer,
+    digit_accuracy,
+    exact_match,
+    first_line,
+    format_table,
+    normalize_answer,
+    perplexity_by_length,
+    plot_lines,
+    run_scored,
+    token_f1,
+    window_nll,
+    write_json,
+)
 
 
 def test_normalisation_and_metrics():

@@ -10,17 +10,16 @@ import json
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
+import aot_compile as aot
 import pytest
 import torch
+from ops_oracle import leaf, max_err
 
 from lcirc_fast.ops.cross_attn import cross_attention, cross_attention_varlen, naive_cross_attention
 from lcirc_fast.ops.cross_attn import function as attn_fn
 from lcirc_fast.ops.cross_attn import kernels as attn_k
-import aot_compile as aot
-from ops_oracle import leaf, max_err
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 

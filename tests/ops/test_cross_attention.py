@@ -3,12 +3,11 @@ import math
 
 import pytest
 import torch
-
-from lcirc_fast.ops.registry import bind
-from lcirc_fast.ops.cross_attn import (cross_attention, cross_attention_varlen,
-                                            naive_cross_attention)
-from lcirc_fast.ops.utils.runtime import LAUNCHES
 from ops_oracle import assert_close_ratio, leaf, max_err, ref_dtype
+
+from lcirc_fast.ops.cross_attn import cross_attention, cross_attention_varlen, naive_cross_attention
+from lcirc_fast.ops.registry import bind
+from lcirc_fast.ops.utils.runtime import LAUNCHES
 
 pytestmark = pytest.mark.interpreter
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

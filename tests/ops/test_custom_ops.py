@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.library import opcheck
 
-from lcirc_fast.ops.tanh_gate import gated_residual_bwd, gated_residual_fwd
-from lcirc_fast.ops.layernorm import layer_norm_bwd, layer_norm_fwd
 from lcirc_fast.ops.cross_attn import xattn_bwd, xattn_fwd
+from lcirc_fast.ops.layernorm import layer_norm_bwd, layer_norm_fwd
+from lcirc_fast.ops.tanh_gate import gated_residual_bwd, gated_residual_fwd
 
 pytestmark = pytest.mark.interpreter
 

@@ -1,11 +1,11 @@
 """Triton gated residual epilogue vs naive_gated_residual (interpreter tier)."""
 import pytest
 import torch
-
-from lcirc_fast.ops.tanh_gate import gated_residual, naive_gated_residual
-from lcirc_fast.ops.registry import bind
-from lcirc_fast.ops.utils.runtime import LAUNCHES
 from ops_oracle import assert_close_ratio, leaf, max_err, ref_dtype
+
+from lcirc_fast.ops.registry import bind
+from lcirc_fast.ops.tanh_gate import gated_residual, naive_gated_residual
+from lcirc_fast.ops.utils.runtime import LAUNCHES
 
 pytestmark = pytest.mark.interpreter
 

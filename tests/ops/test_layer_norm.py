@@ -1,11 +1,11 @@
 """Triton LayerNorm(x + add) vs naive_layer_norm (interpreter tier)."""
 import pytest
 import torch
+from ops_oracle import assert_close_ratio, leaf, max_err, ref_dtype
 
 from lcirc_fast.ops.layernorm import layer_norm, naive_layer_norm
 from lcirc_fast.ops.registry import bind
 from lcirc_fast.ops.utils.runtime import LAUNCHES
-from ops_oracle import assert_close_ratio, leaf, max_err, ref_dtype
 
 pytestmark = pytest.mark.interpreter
 

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 import yaml
 
 from lcirc_fast.training import Trainer, config_from_dict, run_training

@@ -1,7 +1,6 @@
 """The linear read-out of pass keys from the memory (tools/passkey_readout.py)."""
 import pytest
 import torch
-
 from passkey_readout import parse_args, passkey_memories, ridge_readout
 
 

@@ -18,8 +18,18 @@ import yaml
 
 from lcirc_fast.errors import CheckpointError
 from lcirc_fast.training import Trainer, config_from_dict, run_training
-from lcirc_fast.training.checkpoint import (FORMAT, MANIFEST, load_state, pack, safe_torch_load, save_state,
-                                           unpack, verify_checkpoint, weights_only_loads, write_manifest)
+from lcirc_fast.training.checkpoint import (
+    FORMAT,
+    MANIFEST,
+    load_state,
+    pack,
+    safe_torch_load,
+    save_state,
+    unpack,
+    verify_checkpoint,
+    weights_only_loads,
+    write_manifest,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resume_probe import plant  # noqa: E402

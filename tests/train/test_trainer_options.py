@@ -27,19 +27,29 @@ def _cfg(tiny_cfg, base=None, **sections):
 @pytest.mark.parametrize("section, message", [
     ({"train": {"batch_size": 0}}, r"^train\.batch_size = 0: must be an integer >= 1$"),
     ({"train": {"contrast_weight": -1}}, r"^train\.contrast_weight = -1: must be a number >= 0"),
-    ({"train": {"contrast_weight": 1.0}}, r"^train\.contrast_weight = 1\.0 compares .* train\.batch_size >= 2 \(got 1\)$"),
-    ({"train": {"memory_grad_centering": "yes"}}, r"^train\.memory_grad_centering = 'yes': must be true or false$"),
-    ({"train": {"memory_grad_centering": True}}, r"^train\.memory_grad_centering = true compares .* train\.batch_size >= 2 \(got 1\)$"),
-    ({"train": {"contrast_margin": "wide"}}, r"^train\.contrast_margin = 'wide': must be a number >= 0$"),
-    ({"stage": 2, "data": {"hay_schedule": []}}, r"^data\.hay_schedule = \[\]: must be a non-empty list"),
-    ({"stage": 2, "data": {"hay_schedule": [[32, 5]]}}, r"^data\.hay_schedule\[0\]\[1\] = 5: the first entry must start at step 0$"),
-    ({"stage": 2, "data": {"hay_schedule": [[32, 0], [96, 0]]}}, r"^data\.hay_schedule\[1\]\[1\] = 0: steps must increase"),
-    ({"stage": 2, "data": {"hay_schedule": [[32, 0], [0, 10]]}}, r"^data\.hay_schedule\[1\]\[0\] = 0: must be an integer >= 1"),
-    ({"stage": 2, "data": {"hay_schedule": [[32, 0], 96]}}, r"^data\.hay_schedule\[1\] = 96: must be a pair \[tokens, from_step\]$"),
+    ({"train": {"contrast_weight": 1.0}},
+     r"^train\.contrast_weight = 1\.0 compares .* train\.batch_size >= 2 \(got 1\)$"),
+    ({"train": {"memory_grad_centering": "yes"}},
+     r"^train\.memory_grad_centering = 'yes': must be true or false$"),
+    ({"train": {"memory_grad_centering": True}},
+     r"^train\.memory_grad_centering = true compares .* train\.batch_size >= 2 \(got 1\)$"),
+    ({"train": {"contrast_margin": "wide"}},
+     r"^train\.contrast_margin = 'wide': must be a number >= 0$"),
+    ({"stage": 2, "data": {"hay_schedule": []}},
+     r"^data\.hay_schedule = \[\]: must be a non-empty list"),
+    ({"stage": 2, "data": {"hay_schedule": [[32, 5]]}},
+     r"^data\.hay_schedule\[0\]\[1\] = 5: the first entry must start at step 0$"),
+    ({"stage": 2, "data": {"hay_schedule": [[32, 0], [96, 0]]}},
+     r"^data\.hay_schedule\[1\]\[1\] = 0: steps must increase"),
+    ({"stage": 2, "data": {"hay_schedule": [[32, 0], [0, 10]]}},
+     r"^data\.hay_schedule\[1\]\[0\] = 0: must be an integer >= 1"),
+    ({"stage": 2, "data": {"hay_schedule": [[32, 0], 96]}},
+     r"^data\.hay_schedule\[1\] = 96: must be a pair \[tokens, from_step\]$"),
     ({"stage": 2, "data": {"hay_schedule": "32@0"}}, r"^data\.hay_schedule = '32@0': must be a non-empty list"),
     ({"data": {"hay_schedule": [[32, 0]]}}, r"^data\.hay_schedule shapes the stage-2 QA samples; it needs stage: 2"),
     ({"stage": 2, "data": {"qa_val_lengths": [40, -1]}}, r"^data\.qa_val_lengths\[1\] = -1: must be an integer >= 1$"),
-    ({"stage": 2, "data": {"qa_template": "mc_letter"}}, r"^data\.qa_template = 'mc_letter': must be one of read_answer"),
+    ({"stage": 2, "data": {"qa_template": "mc_letter"}},
+     r"^data\.qa_template = 'mc_letter': must be one of read_answer"),
     ({"stage": 2, "data": {"qa_template": "passage_only"}}, r"^data\.qa_template = 'passage_only' applies to .* kjv"),
     ({"data": {"segmenting": "even"}}, r"^data\.segmenting = 'even': must be one of random, fixed, balanced$"),
 ])
@@ -89,7 +99,7 @@ def test_a_batch_is_the_token_mean_of_its_samples(tiny_cfg):
         batch = float(tr._stage2_micro(0)[0].detach())
     finally:
         tr.close()
-    mean = sum(l * n for l, n in singles) / sum(n for _, n in singles)
+    mean = sum(x * n for x, n in singles) / sum(n for _, n in singles)
     assert batch == pytest.approx(mean, rel=1e-5)
 
 

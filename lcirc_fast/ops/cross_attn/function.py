@@ -15,8 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils.runtime import (check_device, count_launch, interpreting, next_pow2, num_sms,
-                             resolve_tf32)
+from ..utils.runtime import check_device, count_launch, interpreting, next_pow2, num_sms, resolve_tf32
 from . import kernels as K
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
