@@ -87,7 +87,6 @@ def _token_ids(value, name: str, vocab_size: int) -> list[int]:
     return [int(i) for i in items]
 
 
-@torch.no_grad()
 def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
              max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
@@ -106,7 +105,30 @@ def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
         int64 [B, T + n] with n <= max_new_tokens (fewer when every row has finished).
     """
     ids = check_ids(input_ids, "input_ids", model.device, model.config.vocab_size, allow_1d=False)
+    steps = list(stream(model, ids, memory=memory, attention_mask=attention_mask,
+                        max_new_tokens=max_new_tokens, do_sample=do_sample,
+                        temperature=temperature, top_k=top_k, top_p=top_p,
+                        eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                        generator=generator, use_cache=use_cache))
+    return torch.cat([ids] + [t[:, None] for t in steps], 1)
+
+
+def stream(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
+           max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None,
+           eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
+           generator: torch.Generator | None = None, use_cache: bool = True,
+           memory_kv: tuple[dict, torch.Tensor | None] | None = None):
+    """`generate` one step at a time: yields the next tokens, int64 [B], after each step.
+
+    `memory_kv` = ({layer: (k, v)}, lengths or None) reads an already projected memory
+    (`LCIRCForCausalLM.memory_kv`, rows padded and masked by `lengths`) instead of `memory`.
+    The memory is published only around each base-model call, never across a yield.
+    """
+    ids = check_ids(input_ids, "input_ids", model.device, model.config.vocab_size, allow_1d=False)
     _check_options(max_new_tokens, do_sample, temperature, top_k, top_p, use_cache, generator)
+    if memory is not None and memory_kv is not None:
+        raise ConfigError("pass memory or memory_kv, not both")
     vocab = model.config.vocab_size
     eos = _token_ids(eos_token_id, "eos_token_id", vocab)
     pads = _token_ids(pad_token_id, "pad_token_id", vocab)
@@ -121,6 +143,8 @@ def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
     attention_mask = attention_mask.long()
     if bool((attention_mask.sum(-1) == 0).any()):
         raise DataError("attention_mask masks out every token of some prompt")
+    if memory is not None:
+        model.check_memory(memory, b)
     pad = pads[0] if pads else (eos[0] if eos else 0)
     eos_t = torch.tensor(eos, device=ids.device, dtype=torch.long)
     finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
@@ -130,6 +154,11 @@ def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
     def positions(mask):
         return (mask.cumsum(-1) - 1).clamp(min=0)
 
+    def injected():
+        if memory_kv is not None:
+            return model.injection.using(*memory_kv)
+        return model.injection.active(memory, use_cache=use_cache)
+
     cache = DynamicCache(config=base.config) if use_cache else None
     cache_arg = {cache_kw: cache} if use_cache else {}
     out = ids
@@ -138,15 +167,15 @@ def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
         feed = out
         if use_cache and step > 0:                 # the KV cache holds everything before
             feed, pos = out[:, -1:], pos[:, -1:]
-        with model.inject(memory, b, use_cache=use_cache):
+        with torch.no_grad(), injected():
             logits = base(input_ids=feed, attention_mask=attention_mask, position_ids=pos,
                           use_cache=use_cache, **cache_arg).logits
-        nxt = _next_token(logits[:, -1], do_sample, temperature, top_k, top_p, generator)
+            nxt = _next_token(logits[:, -1], do_sample, temperature, top_k, top_p, generator)
         nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
         out = torch.cat([out, nxt[:, None]], 1)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], 1)
+        yield nxt
         if eos:
             finished |= torch.isin(nxt, eos_t)
             if bool(finished.all()):
-                break
-    return out
+                return

@@ -1,12 +1,17 @@
 """Memory injection: the GCA blocks run in forward pre-hooks of the decoder layers they precede.
 
-`Injection.active(memory, batch)` publishes the memory's per-layer keys/values for the duration
-of a base-model call; outside it (and inside `paused()`) the hooks return at once and the base
-runs exactly as before wrapping.
+`Injection.active(memory)` (or `using(kv, lengths)`) makes the memory's per-layer keys/values
+visible to the hooks for the duration of a base-model call; outside it (and inside `paused()`)
+the hooks return at once and the base runs exactly as before wrapping.
+
+What a call reads lives in a `contextvars.ContextVar`, never on the shared module: each thread
+(and each asyncio task) sees only the memory its own `active` published, so concurrent forwards
+of one model with different memories cannot read each other's.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import torch
 import torch.nn as nn
@@ -30,7 +35,8 @@ class Injection:
                  head_dim: int):
         self.adapter, self.gca = adapter, gca
         self.heads, self.head_dim = heads, head_dim
-        self._current: dict | None = None
+        self._current: contextvars.ContextVar = contextvars.ContextVar(f"lcirc_memory_{id(self)}",
+                                                                      default=None)
         layers = adapter.decoder_layers(base)
         self._hooks = [layers[int(name)].register_forward_pre_hook(self._hook(name),
                                                                    with_kwargs=True)
@@ -73,7 +79,7 @@ class Injection:
         adapter = self.adapter
 
         def hook(module, args, kwargs):
-            cur = self._current
+            cur = self._current.get()
             if cur is None:
                 return None
             x = adapter.hidden_states(args, kwargs)
@@ -90,24 +96,31 @@ class Injection:
 
     @contextlib.contextmanager
     def active(self, memory: CompressedMemory | None, use_cache: bool = True):
-        """Within this context the base model's forward reads `memory` (checked by the caller)
-        through the GCA blocks; None: the plain base model."""
+        """Within this context the base model's forward (in this thread / task) reads `memory`
+        (checked by the caller) through the GCA blocks; None: the plain base model."""
         if memory is None:
             yield
             return
-        prev = self._current
-        self._current = {"kv": self.memory_kv(memory, use_cache=use_cache),
-                         "lengths": None if memory.uniform else memory.lengths}
+        with self.using(self.memory_kv(memory, use_cache=use_cache),
+                        None if memory.uniform else memory.lengths):
+            yield
+
+    @contextlib.contextmanager
+    def using(self, kv: dict, lengths: torch.Tensor | None):
+        """Within this context the base model's forward (in this thread / task) reads the
+        projected memory `kv` ({layer: (k, v)}, each [B or 1, M, H, Dh]) masked by `lengths`
+        (int64 [B] valid vectors per row; None: all M)."""
+        token = self._current.set({"kv": kv, "lengths": lengths})
         try:
             yield
         finally:
-            self._current = prev
+            self._current.reset(token)
 
     @contextlib.contextmanager
     def paused(self):
         """Within this context the hooks do nothing (the base runs without the memory)."""
-        prev, self._current = self._current, None
+        token = self._current.set(None)
         try:
             yield
         finally:
-            self._current = prev
+            self._current.reset(token)

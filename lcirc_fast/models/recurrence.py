@@ -212,8 +212,11 @@ class Recurrence:
     # ------------------------------------------------------------------ compress / append
     def compress(self, ids: torch.Tensor, segment_len=None,
                  boundaries: Sequence[int] | None = None, query_ids=None, query_mask=None,
-                 bptt=None) -> CompressedMemory:
-        """Compress checked token ids [B, N] (see `LCIRCForCausalLM.compress`)."""
+                 bptt=None, segment_kvs=None) -> CompressedMemory:
+        """Compress checked token ids [B, N] (see `LCIRCForCausalLM.compress`).
+
+        `segment_kvs`: optional per-step compressor K/V already computed for these ids and
+        boundaries (`lcirc_fast.models.segment_kv_cache`); those steps skip their K/V product."""
         m = self.model
         b, n = ids.shape
         bounds = self.segment_plan(n, segment_len, boundaries)
@@ -229,7 +232,9 @@ class Recurrence:
         hoisted: dict = {}
         slots = []
         for i in range(num_steps):
-            if graph_free[i] and i not in hoisted:
+            if segment_kvs is not None:
+                hoisted[i] = segment_kvs[i]
+            elif graph_free[i] and i not in hoisted:
                 hoisted = self.hoisted_kv(ids, bounds, graph_free, i, folds)
             state = self.step(state, ids[:, bounds[i]:bounds[i + 1]], plan[i], i == 0,
                               None if qinfo is None else qinfo[2], folds, hoisted.pop(i, None))
