@@ -13,6 +13,8 @@ import traceback
 
 # command -> module under lcirc_fast.cli exposing add_parser(subparsers) and run(args) -> int
 COMMANDS = {"compress": "compress", "bench": "bench", "train": "train", "eval": "eval", "convert": "convert"}
+COMMANDS["ask"] = "ask"
+COMMANDS["serve"] = "serve"
 
 # exit statuses: 1 a run that failed (bad data, every sample failed), 2 bad input or arguments,
 # 3 an unexpected internal error, 130 interrupted

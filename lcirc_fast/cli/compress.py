@@ -41,7 +41,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=None,
                    help="refuse inputs longer than this many tokens (default: no limit)")
+    add_dtype(p)
     return p
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+def add_dtype(p) -> None:
+    """--dtype of the base model and the LCIRC weights (shared by compress, ask and serve)."""
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="weights' dtype (default float32; bfloat16 is faster on CPUs with "
+                        "avx512_bf16 and gives slightly different memories)")
 
 
 # ---------------------------------------------------------------------- checks before loading
@@ -166,11 +177,13 @@ def read_text(path: str) -> str:
     return text
 
 
-def load_base(name: str):
-    """(model, tokenizer) for the bundled base or a local HF directory (fp32)."""
+def load_base(name: str, dtype: str = "float32"):
+    """(model, tokenizer) for the bundled base or a local HF directory, in `dtype`."""
+    import torch
+
     from ..models import load_base as load
 
-    return load(name)
+    return load(name, getattr(torch, dtype))
 
 
 def build_model(args):
@@ -179,7 +192,7 @@ def build_model(args):
 
     from .. import LCIRCConfig, LCIRCForCausalLM
 
-    base, tok = load_base(args.base)
+    base, tok = load_base(args.base, getattr(args, "dtype", "float32"))
     torch.manual_seed(args.seed)           # the seed fixes the fresh LCIRC weights alone
     if args.lcirc:
         model = LCIRCForCausalLM.from_pretrained(args.lcirc, base=base)

@@ -1,0 +1,126 @@
+"""The decoding thread: rows that arrive together are decoded as one batch.
+
+Prompts are left-padded; rows with different documents read their memories padded and masked
+by length. Rows can share a batch when they agree on reading a document or not and on the
+sampling settings (a seeded row decodes alone, so its seed alone decides its tokens).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+
+import torch
+
+from ..models.generation import stream
+
+
+class Batcher:
+    """One thread that takes up to `max_batch` compatible queued rows at a time and decodes
+    them with `lcirc_fast.models.generation.stream`."""
+
+    def __init__(self, engine, max_batch: int):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.engine, self.max_batch = engine, max_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._held: deque = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lcirc-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, row) -> None:
+        self._queue.put(row)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ batching
+    def _take(self) -> list:
+        """The next batch: the oldest row and the queued rows that can join it."""
+        if self._held:
+            first = self._held.popleft()
+        else:
+            try:
+                first = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                return []
+        key, rows, skipped = first.batch_key(), [first], deque()
+        while self._held and len(rows) < self.max_batch:
+            row = self._held.popleft()
+            (rows if row.batch_key() == key else skipped).append(row)
+        while len(rows) < self.max_batch:
+            try:
+                row = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            (rows if row.batch_key() == key else skipped).append(row)
+        self._held.extendleft(reversed(skipped))
+        return rows
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            rows = self._take()
+            if not rows:
+                continue
+            try:
+                self.run(rows)
+            except Exception as e:  # noqa: BLE001 - every row hears of the failure
+                for row in rows:
+                    if not row.extra.get("done"):
+                        row.sink("error", e)
+
+    # ------------------------------------------------------------------ decoding
+    def run(self, rows: list) -> None:
+        """Decode `rows` together, sending each row's tokens to its sink as they come."""
+        eng = self.engine
+        eng.metrics.batch.observe(len(rows))
+        dev = eng.model.device
+        longest = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), longest), eng.pad, dtype=torch.long, device=dev)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, longest - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            mask[i, longest - len(r.prompt_ids):] = 1
+        first = rows[0]
+        sample = first.temperature > 0
+        gen = None
+        if first.seed is not None:
+            gen = torch.Generator(device=dev).manual_seed(int(first.seed))
+        t0 = time.perf_counter()
+        memory_kv = eng.batch_memory(rows)
+        counts = [0] * len(rows)
+        steps = stream(eng.model, ids, attention_mask=mask, memory_kv=memory_kv,
+                       max_new_tokens=max(r.max_tokens for r in rows), do_sample=sample,
+                       temperature=first.temperature if sample else 1.0,
+                       top_p=first.top_p if sample and first.top_p < 1 else None,
+                       eos_token_id=eng.eos, pad_token_id=eng.pad, generator=gen)
+        try:
+            for nxt in steps:
+                for i, (r, tok) in enumerate(zip(rows, nxt.tolist())):
+                    if r.extra.get("done"):
+                        continue
+                    if eng.eos is not None and tok == eng.eos:
+                        self._finish(r, "stop")
+                        continue
+                    counts[i] += 1
+                    r.sink("token", tok)
+                    if counts[i] >= r.max_tokens:
+                        self._finish(r, "length")
+                if all(r.extra.get("done") for r in rows):
+                    break
+        finally:
+            steps.close()
+        for r in rows:
+            if not r.extra.get("done"):
+                self._finish(r, "stop")
+        eng.metrics.tokens.labels("completion").inc(sum(counts))
+        eng.metrics.tokens.labels("prompt").inc(sum(len(r.prompt_ids) for r in rows))
+        eng.last_batch_seconds = time.perf_counter() - t0
+
+    @staticmethod
+    def _finish(row, reason: str) -> None:
+        row.extra["done"] = True
+        row.sink("done", reason)
