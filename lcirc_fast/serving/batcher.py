@@ -77,6 +77,7 @@ class Batcher:
         """Decode `rows` together, sending each row's tokens to its sink as they come."""
         eng = self.engine
         eng.metrics.batch.observe(len(rows))
+        eng.metrics.batch_documents.observe(len({r.doc_id for r in rows if r.doc_id}))
         dev = eng.model.device
         longest = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), longest), eng.pad, dtype=torch.long, device=dev)

@@ -20,6 +20,9 @@ class Metrics:
                                  buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120))
         self.batch = Histogram("lcirc_batch_size", "Rows per decoding batch", registry=r,
                                buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.batch_documents = Histogram("lcirc_batch_documents",
+                                         "Distinct documents read by one decoding batch",
+                                         registry=r, buckets=(0, 1, 2, 4, 8, 16, 32, 64))
         self.compressed = Counter("lcirc_documents_compressed", "Documents compressed",
                                   registry=r)
         self.cache_hits = Counter("lcirc_cache_hits", "Memory cache hits", registry=r)
