@@ -50,9 +50,11 @@ def check_common(args) -> None:
 def load_model(args, command: str):
     """(model, tokenizer) of the arguments; a note on stderr when the weights are fresh."""
     import torch
+    from transformers.utils import logging
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    logging.disable_progress_bar()           # stderr holds only the command's own lines
     model, tok = build_model(args)
     if tok is None:
         raise ConfigError(f"--base {args.base} has no tokenizer; {command} needs one")
