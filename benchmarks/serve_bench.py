@@ -1,0 +1,214 @@
+"""Serving benchmark: one long document, many questions, through `lcirc_fast.serving.Engine`.
+
+Measured side by side in one run on the bundled SmolLM2-135M with fresh LCIRC weights (seed 0,
+the `lcirc` CLI's defaults; speed does not depend on training):
+
+* the first question (compress + answer) against each later question, for LCIRC and QD-LCIRC,
+  and a QD question that compresses from scratch (what a QD model costs without the cache);
+* questions per second at concurrency 1, 4 and 16 (LCIRC, the document cached);
+* the base model with full attention (SDPA) over the whole document plus the question;
+* float32 against bfloat16: compression time, the memory's relative error, and how often the
+  greedy answers agree.
+
+    python benchmarks/serve_bench.py --tokens 32768 --threads 2 --out /tmp/serve_bench.json
+    python benchmarks/serve_bench.py --tokens 2048 --threads 2     # a quick check
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+QUESTIONS = ["Who was the first man?", "What did God create on the first day?",
+             "Who built the ark?", "Where did Abraham go?", "Who was Joseph's father?",
+             "What was the name of Moses' brother?", "Who wrote the psalms?",
+             "What happened at the tower of Babel?"]
+
+
+def ask(engine, question: str, doc_id: str | None, max_tokens: int) -> list[int]:
+    """Greedy answer tokens of one question through the engine's batcher."""
+    from lcirc_fast.serving.engine import Row
+
+    done, toks = threading.Event(), []
+
+    def sink(kind, value):
+        if kind == "token":
+            toks.append(value)
+        elif kind == "error":
+            toks.append(value)
+            done.set()
+        else:
+            done.set()
+
+    prompt = engine.encode(engine.chat_prompt([{"role": "user", "content": question}]))
+    engine.submit(Row(prompt, max_tokens, sink, doc_id=doc_id, temperature=0.0,
+                      query_ids=engine.encode(question) if engine.qd else None))
+    done.wait()
+    if toks and isinstance(toks[-1], Exception):
+        raise toks[-1]
+    return toks
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def build(base, qd: bool, seed: int = 0, state: dict | None = None):
+    from lcirc_fast import LCIRCConfig, LCIRCForCausalLM
+
+    torch.manual_seed(seed)
+    model = LCIRCForCausalLM.from_base(base, LCIRCConfig(num_latents=64, max_segment_len=4096,
+                                                         query_dependent=qd)).eval()
+    if state is not None:
+        model.load_state_dict({k: v.to(model.dtype) for k, v in state.items()}, strict=False)
+    return model
+
+
+def engine_for(model, tok, max_tokens: int):
+    from lcirc_fast.serving import Engine, EngineSettings
+
+    return Engine(model, tok, tempfile.mkdtemp(prefix="serve-bench-"),
+                  EngineSettings(max_batch=16, max_tokens_limit=max_tokens))
+
+
+def first_and_later(engine, text: str, questions: list[str], max_tokens: int) -> dict:
+    def first():
+        info, _ = engine.add_document(text)
+        return info, ask(engine, questions[0], info["id"], max_tokens)
+
+    t_first, (info, _) = timed(first)
+    later = [timed(lambda q=q: ask(engine, q, info["id"], max_tokens))[0] for q in questions[1:]]
+    return {"doc": info, "first_s": t_first, "later_s": statistics.median(later),
+            "later_all_s": later}
+
+
+def throughput(engine, doc_id: str, questions: list[str], max_tokens: int, total: int) -> dict:
+    out = {}
+    for conc in (1, 4, 16):
+        work = [questions[i % len(questions)] for i in range(total)]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(conc) as pool:
+            list(pool.map(lambda q: ask(engine, q, doc_id, max_tokens), work))
+        out[conc] = total / (time.perf_counter() - t0)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tokens", type=int, default=32768, help="document length in tokens")
+    p.add_argument("--new-tokens", type=int, default=16, help="answer tokens per question")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--throughput-questions", type=int, default=32)
+    p.add_argument("--skip-full", action="store_true", help="skip the full-attention baseline")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from transformers.utils import logging
+
+    from lcirc_fast.assets import kjv_text, load_smollm2
+    from lcirc_fast.models.generation import generate
+    from lcirc_fast.models.segment_kv_cache import DocumentKV
+
+    logging.disable_progress_bar()
+    base, tok = load_smollm2(torch.float32)
+    ids = tok(kjv_text()[: args.tokens * 8], add_special_tokens=False).input_ids[: args.tokens]
+    text = tok.decode(ids)
+    n = args.new_tokens
+    import os
+    import platform
+
+    res: dict = {"tokens": args.tokens, "new_tokens": n, "threads": args.threads,
+                 "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                 "loadavg_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+
+    def save(res):                 # after every stage, so a run cut short keeps what it had
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1, default=str)
+
+    lcirc = build(base, qd=False)
+    eng = engine_for(lcirc, tok, n)
+    res["lcirc"] = first_and_later(eng, text, QUESTIONS, n)
+    log("lcirc", res["lcirc"]["first_s"], res["lcirc"]["later_s"])
+    save(res)
+    res["throughput_qps"] = throughput(eng, res["lcirc"]["doc"]["id"], QUESTIONS, n,
+                                       args.throughput_questions)
+    log("throughput", res["throughput_qps"])
+    save(res)
+    answers32 = [ask(eng, q, res["lcirc"]["doc"]["id"], n) for q in QUESTIONS]
+    doc_ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
+    t32 = [timed(lambda: lcirc.compress(doc_ids))[0] for _ in range(2)]
+    with torch.no_grad():
+        h32 = lcirc.compress(doc_ids).hidden.float()
+    state = lcirc.lcirc_state_dict()
+    eng.close()
+
+    qd = build(base, qd=True)
+    qeng = engine_for(qd, tok, n)
+    res["qd"] = first_and_later(qeng, text, QUESTIONS, n)
+
+    def scratch(q):
+        qids = torch.tensor([tok(q, add_special_tokens=False).input_ids])
+        prompt = torch.tensor([qeng.encode(qeng.chat_prompt([{"role": "user", "content": q}]))])
+        with torch.no_grad():
+            mem = qd.compress(doc_ids, query_ids=qids)
+        return generate(qd, prompt, memory=mem, max_new_tokens=n, eos_token_id=tok.eos_token_id)
+
+    res["qd"]["scratch_s"] = statistics.median(timed(lambda q=q: scratch(q))[0]
+                                               for q in QUESTIONS[1:4])
+    res["qd"]["build_doc_kv_s"] = timed(lambda: DocumentKV.build(qd, doc_ids))[0]
+    log("qd", res["qd"]["first_s"], res["qd"]["later_s"], res["qd"]["scratch_s"])
+    save(res)
+    qeng.close()
+    lcirc.remove_hooks()
+    qd.remove_hooks()
+
+    base16, _ = load_smollm2(torch.bfloat16)
+    l16 = build(base16, qd=False, state=state)
+    t16 = [timed(lambda: l16.compress(doc_ids))[0] for _ in range(2)]
+    with torch.no_grad():
+        h16 = l16.compress(doc_ids).hidden.float()
+    e16 = engine_for(l16, tok, n)
+    info16, _ = e16.add_document(text)
+    answers16 = [ask(e16, q, info16["id"], n) for q in QUESTIONS]
+    e16.close()
+    same = [a == b for a, b in zip(answers32, answers16)]
+    tok_same = [sum(x == y for x, y in zip(a, b)) / max(len(a), 1) for a, b in zip(answers32, answers16)]
+    res["bf16"] = {"compress_fp32_s": min(t32), "compress_bf16_s": min(t16),
+                   "speedup": min(t32) / min(t16),
+                   "memory_rel_error": float((h16 - h32).norm() / h32.norm()),
+                   "answers_identical": f"{sum(same)}/{len(same)}",
+                   "answer_token_agreement": statistics.mean(tok_same)}
+    log("bf16", res["bf16"])
+    save(res)
+    if not args.skip_full:
+        full = build(base, qd=False)         # memory None: the plain base model, SDPA
+        q_ids = tok(tok.apply_chat_template([{"role": "user", "content": QUESTIONS[1]}],
+                                            add_generation_prompt=True, tokenize=False),
+                    add_special_tokens=False).input_ids
+        prompt = torch.tensor([doc_ids[0].tolist() + q_ids])
+        res["full_attention_s"] = timed(lambda: generate(full, prompt, max_new_tokens=n))[0]
+        res["full_attention_attn"] = base.config._attn_implementation
+        log("full", res["full_attention_s"])
+        save(res)
+        full.remove_hooks()
+
+    res["loadavg_end"] = os.getloadavg()
+    save(res)
+    print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
