@@ -8,7 +8,7 @@ import time
 
 import httpx
 import torch
-from conftest import ROOT, Server
+from serve_testutils import ROOT, Server
 
 from lcirc_fast.serving.lru import ByteLRU
 from lcirc_fast.serving.store import DocumentStore
