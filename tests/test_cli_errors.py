@@ -3,10 +3,14 @@ exit status, no traceback (unless --debug or LCIRC_DEBUG=1); bad `lcirc compress
 refused before any model is loaded."""
 import io
 import os
+import pickle
 import subprocess
 import sys
 
 import pytest
+import safetensors.torch
+import torch
+import yaml
 
 from lcirc_fast.cli import EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, main
 from lcirc_fast.errors import RunError
@@ -218,15 +222,52 @@ def test_eval_bad_inputs(tmp_path, capsys):
     assert rc == EXIT_USAGE and "nowhere" in one_error_line(capsys, "eval")
 
 
-def test_argparse_usage_errors_keep_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["eval", "ppl", "--multipliers", "x"])
-    assert exc.value.code == EXIT_USAGE
-    assert "argument --multipliers" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["compress", "text.txt"])
-    assert exc.value.code == EXIT_USAGE
-    assert "--out" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, says", [
+    (["compress", "text.txt"], "the following arguments are required: --out"),
+    (["compress", "t.txt", "--out", "m.safetensors", "--num-latents", "1e12"],
+     "argument --num-latents: invalid int value: '1e12'"),
+    (["compress", "t.txt", "--out", "m.safetensors", "--nope"], "unrecognized arguments: --nope"),
+    (["eval", "ppl", "--multipliers", "x"], "argument --multipliers: expected a comma list of integers"),
+    (["eval", "pp"], "argument task: invalid choice: 'pp'"),
+    (["convert", "to-x", "--base", "b", "--src", "s", "--out", "o"], "argument direction: invalid choice"),
+    (["convert", "to-official", "--base", "b"], "the following arguments are required: --src, --out"),
+    (["train"], "the following arguments are required: --config"),
+    (["train", "--config", "c.yaml", "--threads", "two"], "argument --threads: invalid int value: 'two'"),
+    (["bench", "--repeats"], "argument --repeats: expected one argument"),
+    (["bench", "--flops-only", "extra"], "unrecognized arguments: extra"),
+])
+def test_argparse_errors_are_one_line_with_exit_2(argv, says, capsys):
+    assert main(argv) == EXIT_USAGE
+    captured = capsys.readouterr()
+    line = one_error_line_of(captured.err, argv[0])
+    assert says in line and line.endswith(f"; see lcirc {argv[0]} --help"), line
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["bogus"], "lcirc: argument command: invalid choice: 'bogus'"),
+    (["--nope"], "lcirc: unrecognized arguments: --nope; see lcirc --help"),
+    ([], "lcirc: no command given; use one of compress, bench, train, eval, convert (see lcirc --help)"),
+])
+def test_top_level_usage_errors_are_one_line(argv, says, capsys):
+    assert main(argv) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [captured.err.strip()] and captured.err.startswith(says)
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["compress", "--help"], ["convert", "-h"]])
+def test_help_still_prints_the_full_help(argv, capsys):
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("usage: lcirc") and len(captured.out.splitlines()) > 5
+    assert captured.err == ""
+
+
+def one_error_line_of(err: str, command: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lcirc {command}: "), err
+    return lines[0]
 
 
 # ---------------------------------------------------------------------- the central handler
@@ -271,6 +312,21 @@ def test_debug_env_off(env, monkeypatch, capsys):
     (OSError(28, "No space left on device"), EXIT_FAILED, "[Errno 28] No space left on device"),
     (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted"),
     (SystemExit("stop: --foo is wrong"), EXIT_USAGE, "stop: --foo is wrong"),
+    (pickle.UnpicklingError("Weights only load failed.\n\x1b[1mdo those steps\x1b[0m"), EXIT_USAGE,
+     "Weights only load failed. do those steps"),
+    (FileExistsError("--out m exists; pass --force"), EXIT_USAGE, "--out m exists; pass --force"),
+    (MemoryError("cannot allocate"), EXIT_FAILED, "cannot allocate"),
+    (FloatingPointError("loss is nan at step 3"), EXIT_FAILED, "loss is nan at step 3"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                  "you tried to allocate 230400000000 bytes."), EXIT_FAILED,
+     "out of memory: [enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+     "you tried to allocate 230400000000 bytes."),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), EXIT_FAILED,
+     "out of memory: CUDA out of memory. Tried to allocate 2 GiB"),
+    (RuntimeError("shape mismatch"), EXIT_INTERNAL,
+     "internal error: RuntimeError: shape mismatch (run 'lcirc --debug ...' for the traceback)"),
+    (TypeError("unhashable type: 'list'"), EXIT_INTERNAL,
+     "internal error: TypeError: unhashable type: 'list' (run 'lcirc --debug ...' for the traceback)"),
 ])
 def test_error_classes_map_to_statuses(error, status, message, monkeypatch, capsys):
     def fail(args):
@@ -282,6 +338,20 @@ def test_error_classes_map_to_statuses(error, status, message, monkeypatch, caps
 
 
 # ---------------------------------------------------------------------- a real process
+@pytest.mark.parametrize("make, message", [
+    (lambda: yaml.safe_load("a: [1, 2"), "while parsing a flow sequence"),
+    (lambda: safetensors.torch.load(b"not a safetensors file"), "Error while deserializing"),
+])
+def test_parse_errors_of_user_files_are_bad_input(make, message, monkeypatch, capsys):
+    def fail(args):
+        make()
+
+    monkeypatch.setattr("lcirc_fast.cli.train.run", fail)
+    assert main(["train", "--config", "c.yaml"]) == EXIT_USAGE
+    line = one_error_line(capsys, "train")
+    assert message in line and "internal error" not in line
+
+
 @pytest.mark.parametrize("argv, message", [
     (["compress", "{tmp}/blob.bin", "--out", "{tmp}/m.safetensors"], "not UTF-8 text"),
     (["bench", "--flops-only", "--lengths", "0", "--out", "{tmp}/o"], "must be >= 1"),

@@ -119,9 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     and --help return too (2 and 0) instead of leaving the process."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
     except SystemExit as e:              # --help / --version (0) or OneLineParser.error (2)
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    if unknown:                          # named with the command they were given to
+        prog = f"lcirc {args.command}" if getattr(args, "command", None) else "lcirc"
+        print(f"{prog}: unrecognized arguments: {' '.join(unknown)}; see {prog} --help", file=sys.stderr)
+        return EXIT_USAGE
     if not getattr(args, "_run", None):
         print(f"lcirc: no command given; use one of {', '.join(parser.commands)} (see lcirc --help)",
               file=sys.stderr)
