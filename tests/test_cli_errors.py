@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import safetensors.torch
@@ -121,6 +122,73 @@ def test_compress_counts_below_one_refused(flag, value, tmp_path, text, capsys, 
     assert rc == EXIT_USAGE and f"{flag} must be >= 1, got {value}" in line and loads == []
 
 
+@pytest.mark.parametrize("message, flagged", [
+    ("num_latents = 100000000: must be <= 65536", "--num-latents 100000000: must be <= 65536"),
+    ("max_segment_len = 1000000000000: must be <= 1048576 (the position table)",
+     "--max-segment-len 1000000000000: must be <= 1048576 (the position table)"),
+    ("LCIRCConfig.max_segment_len must be a positive int, got 0", "--max-segment-len must be a positive int, got 0"),
+    ("segment_len = 9: must be <= max_segment_len", "segment_len = 9: must be <= --max-segment-len"),
+])
+def test_config_errors_name_compress_flags(message, flagged):
+    from lcirc_fast.cli.compress import flag_message
+
+    assert flag_message(message) == flagged
+
+
+@pytest.fixture
+def tiny_base(monkeypatch):
+    """compress's base model: a tiny random Llama (hidden size 16) with a byte tokenizer."""
+    from lcirc_testutils import tiny_llama
+
+    def load(name):
+        def tokenize(text, **kwargs):
+            return SimpleNamespace(input_ids=torch.tensor([[b % 64 for b in text.encode()]]))
+        return tiny_llama(vocab=64, hidden=16, layers=1, heads=2, kv_heads=1, ffn=32), tokenize
+
+    monkeypatch.setattr("lcirc_fast.cli.compress.load_base", load)
+
+
+@pytest.mark.parametrize("flag, value", [("--num-latents", "100000000000"), ("--max-segment-len", "1000000000000")])
+def test_compress_sizes_beyond_bounds_name_the_flag(flag, value, tmp_path, text, capsys, tiny_base):
+    """Refused by LCIRCConfig's bounds before loading, or by the memory the tables need."""
+    rc, line = compress(capsys, text, "--out", tmp_path / "m.safetensors", flag, value)
+    assert rc == EXIT_USAGE and line.startswith(f"lcirc compress: {flag} {value}: ")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_compress_tables_beyond_memory(monkeypatch, tmp_path, text, capsys, tiny_base):
+    from lcirc_fast.cli import compress as cli
+
+    monkeypatch.setattr(cli.os, "sysconf", lambda name: 2**16)       # a machine of 4 GiB
+    monkeypatch.setattr(cli, "fresh_config", lambda args: SimpleNamespace(num_latents=args.num_latents,
+                                                                        max_segment_len=4096))
+    rc, line = compress(capsys, text, "--out", tmp_path / "m.safetensors", "--num-latents", "100000000")
+    assert rc == EXIT_USAGE
+    assert line == ("lcirc compress: --num-latents 100000000: its table of 100000000 x 16 float32 values "
+                    "needs 6 GiB, more than this machine's 4 GiB of memory; use a smaller --num-latents "
+                    "(default 64)")
+
+
+@pytest.mark.parametrize("weights", ["pytorch_model.bin", "pytorch_model.bin.index.json"])
+def test_compress_refuses_pickled_base_weights(weights, tmp_path, text, capsys):
+    """A --base directory whose weights are a pickle is refused by name, exit 2, and not unpickled."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "llama"}')
+    (base / "tokenizer.json").write_text("{}")
+    marker = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (base / weights).write_bytes(pickle.dumps({"w": Planted()}))
+    rc, line = compress(capsys, text, "--out", tmp_path / "m.safetensors", "--base", base)
+    assert rc == EXIT_USAGE
+    assert f"--base {base} holds pickled weights ({weights})" in line and "wants safetensors" in line
+    assert not marker.exists()
+
+
 def test_compress_segment_longer_than_position_table(tmp_path, text, capsys, loads):
     rc, line = compress(capsys, text, "--out", tmp_path / "m.safetensors", "--segment-len", "300",
                         "--max-segment-len", "256")
@@ -220,6 +288,17 @@ def test_eval_bad_inputs(tmp_path, capsys):
     rc = main(["eval", "passkey", "--base", "tiny_random", "--lcirc", str(tmp_path / "nowhere"),
                "--out", out])
     assert rc == EXIT_USAGE and "nowhere" in one_error_line(capsys, "eval")
+
+
+@pytest.mark.parametrize("data", [b"garbage, not parquet", b"PAR1 not really parquet PAR1"])
+def test_eval_garbage_parquet_is_one_line(data, tmp_path, capfd):
+    """Nothing but the one line: the messages datasets/pyarrow would log are held back."""
+    bad = tmp_path / "docs.parquet"
+    bad.write_bytes(data)
+    rc = main(["eval", "ppl", "--base", "tiny_random", "--data", str(bad), "--out", str(tmp_path / "o")])
+    err = capfd.readouterr().err
+    assert rc == EXIT_USAGE and len(err.splitlines()) == 1, err
+    assert err.startswith(f"lcirc eval: cannot read {bad} as parquet: ")
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -201,6 +201,25 @@ def read_text(path: str) -> str:
     return text
 
 
+def check_tables_fit(config, hidden: int) -> None:
+    """Refuse fresh weights whose latent and position tables ([num_latents, hidden] and
+    [max_segment_len, hidden], float32) alone exceed this machine's memory, naming the flag of
+    the larger table; LCIRCConfig's own bounds, when it has them, are checked before this."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    rows = {"num_latents": config.num_latents, "max_segment_len": config.max_segment_len}
+    if sum(rows.values()) * hidden * 4 <= memory:
+        return
+    field = max(rows, key=rows.get)
+    flag, value = FLAG_OF_FIELD[field], rows[field]
+    default = DEFAULT_NUM_LATENTS if field == "num_latents" else DEFAULT_MAX_SEGMENT_LEN
+    raise ConfigError(f"{flag} {value}: its table of {value} x {hidden} float32 values needs "
+                      f"{value * hidden * 4 / 2**30:,.0f} GiB, more than this machine's "
+                      f"{memory / 2**30:,.0f} GiB of memory; use a smaller {flag} (default {default})")
+
+
 def load_base(name: str):
     """(model, tokenizer) for the bundled base or a local HF directory (fp32)."""
     from ..models import load_base as load
@@ -221,7 +240,9 @@ def build_model(args):
         check_segment_len(args.segment_len, model.config.max_segment_len,
                           f"the max_segment_len of {args.lcirc}")
     else:
-        model = LCIRCForCausalLM.from_base(base, fresh_config(args))
+        config = fresh_config(args)
+        check_tables_fit(config, int(base.config.hidden_size))
+        model = LCIRCForCausalLM.from_base(base, config)
     return model.eval(), tok
 
 
