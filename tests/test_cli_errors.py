@@ -431,6 +431,20 @@ def test_parse_errors_of_user_files_are_bad_input(make, message, monkeypatch, ca
     assert message in line and "internal error" not in line
 
 
+def test_backend_and_build_errors(monkeypatch, capsys):
+    from lcirc_fast._build_config import ExtensionBuildError
+    from lcirc_fast.ops.registry import BackendUnavailableError
+
+    for error, status in ((BackendUnavailableError("no CUDA device; use --backend torch"), EXIT_USAGE),
+                          (ExtensionBuildError("nvcc failed: see build.log"), EXIT_FAILED)):
+        def fail(args, error=error):
+            raise error
+
+        monkeypatch.setattr("lcirc_fast.cli.train.run", fail)
+        assert main(["train", "--config", "c.yaml"]) == status
+        assert one_error_line(capsys, "train") == f"lcirc train: {error}"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["compress", "{tmp}/blob.bin", "--out", "{tmp}/m.safetensors"], "not UTF-8 text"),
     (["bench", "--flops-only", "--lengths", "0", "--out", "{tmp}/o"], "must be >= 1"),

@@ -183,3 +183,14 @@ def test_convert_never_writes_through_a_symlink(direction, tmp_path, reference, 
     assert convert(reference, direction, src, link, "--force") == EXIT_USAGE
     assert f"--out {link} is a symbolic link" in error_line(capsys, "convert")
     assert precious.read_bytes() == b"precious" and link.is_symlink()
+
+
+def test_convert_unknown_reference_key_is_bad_input(tmp_path, reference, capsys):
+    ckpt = torch.load(reference[1], weights_only=True)
+    ckpt["compressor_state_dict"]["layers.0.9.weight"] = torch.zeros(1)
+    src = tmp_path / "odd.pt"
+    torch.save(ckpt, src)
+    assert convert(reference, "to-pretrained", src, tmp_path / "d") == EXIT_USAGE
+    assert error_line(capsys, "convert") == (f"lcirc convert: {src} is not a reference LCIRC checkpoint: unknown key "
+                                             "in compressor_state_dict: 'layers.0.9.weight'")
+    assert not (tmp_path / "d").exists()

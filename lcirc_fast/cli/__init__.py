@@ -67,8 +67,11 @@ USAGE_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryE
                 FileExistsError, pickle.UnpicklingError)
 # a run that could not finish: exit 1 (a full disk, too little memory, a diverging loss)
 FAILED_ERRORS = (OSError, MemoryError, FloatingPointError)
-# errors of third-party readers of the user's files, by module and class name: exit 2
-FOREIGN_USAGE_ERRORS = (("yaml", "YAMLError"), ("safetensors", "SafetensorError"))
+# errors by module and class name, looked up only in modules already imported: parse errors of
+# the user's files and a backend asked for where it cannot run (2); a kernel build that failed (1)
+NAMED_ERRORS = (("yaml", "YAMLError", EXIT_USAGE), ("safetensors", "SafetensorError", EXIT_USAGE),
+                ("lcirc_fast.ops.registry", "BackendUnavailableError", EXIT_USAGE),
+                ("lcirc_fast._build_config", "ExtensionBuildError", EXIT_FAILED))
 OUT_OF_MEMORY = ("can't allocate memory", "out of memory")
 
 
@@ -81,26 +84,29 @@ def is_out_of_memory(err: BaseException) -> bool:
         type(err) is RuntimeError and any(s in str(err) for s in OUT_OF_MEMORY))
 
 
-def foreign_usage_error(err: BaseException) -> bool:
-    """A parse error of an already imported third-party reader (YAML, safetensors)."""
-    for module, name in FOREIGN_USAGE_ERRORS:
+def named_status(err: BaseException) -> int | None:
+    """The exit status NAMED_ERRORS gives `err`, or None."""
+    for module, name, status in NAMED_ERRORS:
         cls = getattr(sys.modules.get(module), name, None)
         if isinstance(cls, type) and isinstance(err, cls):
-            return True
-    return False
+            return status
+    return None
 
 
 def error_status(err: BaseException) -> tuple[int, str]:
     """(exit status, message) for an exception that reached the command line: 1 for a run that
-    failed (RunError, a full disk, out of memory, a diverging loss), 2 for bad input (LCIRCError,
-    ValueError, a missing or unreadable path, a pickle refused, a YAML or safetensors parse error),
-    3 for anything else: a bug."""
+    failed (RunError, a full disk, out of memory, a diverging loss, a kernel build), 2 for bad
+    input (LCIRCError, ValueError, a missing or unreadable path, a pickle refused, a YAML or
+    safetensors parse error, an unavailable backend), 3 for anything else: a bug."""
     from ..errors import LCIRCError, RunError
 
     if isinstance(err, RunError):
         return EXIT_FAILED, one_line(err)
-    if isinstance(err, (LCIRCError, *USAGE_ERRORS)) or foreign_usage_error(err):
+    if isinstance(err, (LCIRCError, *USAGE_ERRORS)):
         return EXIT_USAGE, one_line(err)
+    status = named_status(err)
+    if status is not None:
+        return status, one_line(err)
     if isinstance(err, FAILED_ERRORS):
         return EXIT_FAILED, one_line(err)
     if is_out_of_memory(err):

@@ -57,7 +57,10 @@ def official_model(base, path: str | os.PathLike):
         raise CheckpointError(f"{path} is not a reference LCIRC checkpoint: it holds a "
                               f"{type(ckpt).__name__}, not a dict of state dicts")
     model = LCIRCForCausalLM.from_base(base, config_from_official(ckpt))
-    model.load_official_checkpoint(ckpt)
+    try:
+        model.load_official_checkpoint(ckpt)
+    except KeyError as e:           # a key the reference layout does not have
+        raise CheckpointError(f"{path} is not a reference LCIRC checkpoint: {e.args[0] if e.args else e}") from None
     return model
 
 

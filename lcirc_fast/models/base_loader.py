@@ -81,6 +81,20 @@ def random_base(config, dtype: torch.dtype = torch.float32, attn_implementation:
                                             dtype=dtype).eval()
 
 
+def quietly(load, *args, **kwargs):
+    """`load(*args, **kwargs)` without transformers' progress bar: a local load is quick, and the
+    command line's stderr holds its own lines only."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_base(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, *,
               device: torch.device | str | None = None, tiny: dict | None = None, seed: int = 0,
               tokenizer: bool = True):
@@ -113,8 +127,8 @@ def load_base(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float3
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         check_base_dir(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True,
-                                                     use_safetensors=True)
+        model = quietly(AutoModelForCausalLM.from_pretrained, name, dtype=dtype, local_files_only=True,
+                        use_safetensors=True)
         if tokenizer and has_tokenizer(name):
             tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
     else:
