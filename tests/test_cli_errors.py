@@ -140,7 +140,7 @@ def tiny_base(monkeypatch):
     """compress's base model: a tiny random Llama (hidden size 16) with a byte tokenizer."""
     from lcirc_testutils import tiny_llama
 
-    def load(name):
+    def load(name, dtype="float32"):
         def tokenize(text, **kwargs):
             return SimpleNamespace(input_ids=torch.tensor([[b % 64 for b in text.encode()]]))
         return tiny_llama(vocab=64, hidden=16, layers=1, heads=2, kv_heads=1, ffn=32), tokenize
@@ -326,7 +326,7 @@ def test_argparse_errors_are_one_line_with_exit_2(argv, says, capsys):
 @pytest.mark.parametrize("argv, says", [
     (["bogus"], "lcirc: argument command: invalid choice: 'bogus'"),
     (["--nope"], "lcirc: unrecognized arguments: --nope; see lcirc --help"),
-    ([], "lcirc: no command given; use one of compress, bench, train, eval, convert (see lcirc --help)"),
+    ([], "lcirc: no command given; use one of compress, bench, train, eval, convert, ask, serve (see lcirc --help)"),
 ])
 def test_top_level_usage_errors_are_one_line(argv, says, capsys):
     assert main(argv) == EXIT_USAGE
