@@ -233,8 +233,8 @@ def _launch(cmd, timeout=300):
 
 
 def _deepspeed(config, sets, *more):
-    return _launch(["deepspeed", "--num_gpus", "2", "--master_port", str(_port()), "--module", "lcirc_fast",
-                    "train", "--config", str(config), "--quiet", "--threads", "1", *sets, *more])
+    return _launch(["deepspeed", "--num_gpus", "2", "--master_port", str(_port()), "train/train.py",
+                    "--config", str(config), "--quiet", "--threads", "1", *sets, *more])
 
 
 def _records(out: Path) -> list[dict]:
@@ -252,6 +252,7 @@ def stage1_run(stand_in, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_stage1_recipe_trains_saves_and_resumes_under_deepspeed(stand_in, stage1_run):
     out = stage1_run
     first = _losses(out)
@@ -267,6 +268,7 @@ def test_stage1_recipe_trains_saves_and_resumes_under_deepspeed(stand_in, stage1
     assert steps == [1, 2, 3] and _losses(resumed)[:2] == first        # continued from step 2
 
 
+@pytest.mark.slow
 def test_stage2_recipe_starts_from_stage1_and_trains_under_deepspeed(stand_in, stage1_run, tmp_path):
     out = tmp_path / "stage2"
     sets = _stand_in_sets(stand_in, out, 2) + ["--set", f"init_from={stage1_run / 'final'}"]
@@ -291,6 +293,7 @@ def _two_nodes(config, sets, port, *more):
         assert p.returncode == 0, o[-2000:] + e[-3000:]
 
 
+@pytest.mark.slow
 def test_two_nodes_one_rank_each_match_one_node_two_ranks_and_resume(stand_in, stage1_run, tmp_path):
     out = tmp_path / "two_nodes"
     sets = _stand_in_sets(stand_in, out, 1)
