@@ -301,3 +301,29 @@ def test_two_nodes_one_rank_each_match_one_node_two_ranks_and_resume(stand_in, s
     assert _losses(out) == pytest.approx(_losses(stage1_run), rel=1e-6, abs=1e-7)
     _two_nodes(STAGE1, sets, _port(), "--set", "train.max_steps=3", "--set", "train.eval_every=0")
     assert [r["step"] for r in _records(out) if "loss" in r] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- the FineWeb-LQA layout
+def test_lqa_token_contexts_are_read_as_ids_and_checked_by_the_dry_run(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lcirc_fast.data.loaders import load_qa_records
+    from lcirc_fast.errors import DataError
+    from lcirc_fast.training.dry_run.data_check import check_data
+
+    good = tmp_path / "lqa.parquet"
+    pq.write_table(pa.table({"context": pa.array([[5, 6, 7], [8, 9]], pa.list_(pa.int64())),
+                             "question": ["q1?", "q2?"], "answer": ["a1", "a2"]}), good)
+    recs = load_qa_records(str(good))
+    assert recs[0]["context"] is None and recs[0]["context_ids"].tolist() == [5, 6, 7]
+    assert recs[1]["context_ids"].dtype == torch.long and recs[1]["answer"] == "a2"
+    cfg = _load(STAGE2, ["data.source=qa_files", f"data.train_path={good}", f"data.val_path={good}"])
+    lines = check_data(cfg)
+    assert len(lines) == 2 and "FineWeb-LQA layout, context as token ids" in lines[0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"context": [1, "x"], "question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(DataError, match="is a list but not of token ids"):
+        load_qa_records(str(bad))
+    with pytest.raises(DataError, match="column 'context' holds list, not token ids or text"):
+        check_data(_load(STAGE2, ["data.source=qa_files", f"data.train_path={bad}"]))
