@@ -448,6 +448,7 @@ def test_backend_and_build_errors(monkeypatch, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["compress", "{tmp}/blob.bin", "--out", "{tmp}/m.safetensors"], "not UTF-8 text"),
     (["bench", "--flops-only", "--lengths", "0", "--out", "{tmp}/o"], "must be >= 1"),
+    (["eval", "pp", "--out", "{tmp}/o"], "argument task: invalid choice: 'pp'"),
 ])
 def test_subprocess_prints_one_line(argv, message, tmp_path):
     (tmp_path / "blob.bin").write_bytes(b"\x00\xff\xfe")
