@@ -346,21 +346,14 @@ def _check_magnitude(source: str, name: str, t: torch.Tensor, bound: _LazyBound)
 
 
 def _check_flags(source: str, info: dict, tensors: dict, m: int, k: int, qd: bool) -> None:
-    """`uniform`, `num_slots` and the query against the tensors present."""
+    """`uniform` and the query against the tensors present."""
     if info["uniform"]:
         if "state" not in tensors:
             raise _error(source, "state", "is missing (a memory that can be appended to needs it)")
-        slots = -(-m // k)
-        if info["num_slots"] != slots:
-            raise _error(source, "num_slots", f"is {info['num_slots']}, but {m} vectors of "
-                         f"{k}-latent steps make {slots} slots")
     else:
         if "state" in tensors or info["record_steps"]:
             raise _error(source, "uniform", "is false (a stacked memory), but the memory holds a "
                          "recurrent state or stream records, which only a uniform memory has")
-        if info["num_slots"] != 0:
-            raise _error(source, "num_slots", f"is {info['num_slots']}, expected 0 for a "
-                         f"stacked memory")
     if ("query_ids" in tensors) != qd:
         raise _error(source, "query_ids", "is missing: the model is query-dependent" if qd else
                      "is present, but the model is not query-dependent")
@@ -385,6 +378,10 @@ def _check_uniform(source: str, info: dict, tensors: dict, m: int, k: int,
     if m != expected:
         raise _error(source, "hidden", f"holds {m} vectors per item, but {s} segments of {k} "
                      f"latents (cap {cap}) make {expected}")
+    slots = -(-m // k)
+    if info["num_slots"] != slots:
+        raise _error(source, "num_slots", f"is {info['num_slots']}, but {m} vectors of "
+                     f"{k}-latent steps make {slots} slots")
     lengths = tensors["lengths"]
     if bool((lengths != m).any()):
         raise _error(source, "lengths", f"is {lengths.tolist()}, expected {m} per item")
@@ -409,6 +406,9 @@ def _check_stacked(source: str, info: dict, tensors: dict, m: int, k: int,
         raise _error(source, "lengths", f"is {lengths.tolist()}, expected multiples of {k} "
                      f"latents{'' if cap is None else f' or the cap {cap}'} in [1, {min(m, most)}]"
                      f" with the longest equal to the {m} vectors of 'hidden'")
+    if info["num_slots"] != 0:
+        raise _error(source, "num_slots", f"is {info['num_slots']}, expected 0 for a stacked "
+                     f"memory")
     low = torch.where(capped, -(-lengths // k), lengths // k)
     high = torch.where(capped, torch.full_like(lengths, s), lengths // k) * max_segment_len
     _check_tokens(source, tensors["context_tokens"], low, high, max_segment_len)

@@ -306,21 +306,22 @@ def test_load_names_a_missing_metadata_key(model, tmp_path, key):
     _load_error(path, model, f"lacks the metadata key(s) ['{key}']")
 
 
-@pytest.mark.parametrize("key,value,expected", [
-    ("uniform", "tru", "true or false"),
-    ("uniform", "1", "true or false"),
-    ("cap", "{", "null or an int"),
-    ("cap", "0", "null or an int"),
-    ("num_segments", "two", "an int >= 1"),
-    ("num_segments", "0", "an int >= 1"),
-    ("num_slots", "9", "an int in [0, num_segments=2]"),
+@pytest.mark.parametrize("key,value,words", [
+    ("uniform", "tru", "metadata 'uniform' is 'tru', expected true or false"),
+    ("uniform", "1", "'uniform' is 1, expected true or false"),
+    ("cap", "{", "metadata 'cap' is '{', expected null or an int"),
+    ("cap", "0", "'cap' is 0, expected null or an int"),
+    ("num_segments", "two", "metadata 'num_segments' is 'two', expected an int >= 1"),
+    ("num_segments", "0", "'num_segments' is 0, expected an int >= 1"),
+    ("num_slots", "9", "'num_slots' is 9, but 8 vectors of 4-latent steps make 2 slots"),
+    ("record_steps", "[1.5]", "metadata 'record_steps' is '[1.5]', expected a JSON list"),
 ])
-def test_load_names_a_bad_metadata_value(model, tmp_path, key, value, expected):
+def test_load_names_a_bad_metadata_value(model, tmp_path, key, value, words):
     def edit(meta):
         meta[key] = value
 
     path = _rewrite(_saved(model, tmp_path), tmp_path / "v.safetensors", meta_edit=edit)
-    _load_error(path, model, f"metadata '{key}' is '{value}', expected {expected}")
+    _load_error(path, model, words)
 
 
 def test_load_refuses_version_1_files(model, tmp_path):
@@ -388,7 +389,7 @@ def test_load_checks_stacked_lengths(model, tmp_path):
         t["lengths"][0] = 99
 
     bad = _rewrite(tmp_path / "s.safetensors", tmp_path / "bad.safetensors", tensor_edit=too_long)
-    _load_error(bad, model, "'lengths' is [99, 8], expected values in [1, 8]")
+    _load_error(bad, model, "'lengths' is [99, 8], expected multiples of 4 latents in [1, 8]")
 
 
 def test_save_refuses_a_memory_without_a_model(tmp_path):
