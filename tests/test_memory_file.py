@@ -67,9 +67,10 @@ def test_hidden_scaled_within_the_bound_but_not_the_state_is_refused(model, tmp_
              "'state' differs from the newest memory vectors")
 
 
-def test_uniform_flipped_and_156_vectors_dropped_is_refused(model, tmp_path):
+def test_uniform_flipped_and_156_vectors_dropped_is_refused(tmp_path):
+    model = tiny_lcirc(num_latents=16)
     src = tmp_path / "m.safetensors"
-    mem = _compress(model, src, tokens=320, segment_len=8)      # 40 steps x 4 latents
+    mem = _compress(model, src, tokens=80, segment_len=8)       # 10 steps x 16 latents
     assert len(mem) == 160
 
     def drop(t):
@@ -82,14 +83,20 @@ def test_uniform_flipped_and_156_vectors_dropped_is_refused(model, tmp_path):
     bad = _hostile(src, tmp_path / "a.safetensors", drop, flip)
     _refused(bad, model, "'uniform' is false (a stacked memory), but the memory holds a "
                          "recurrent state")
-    # without the state too: the slot count and then the token count give it away
+    # without the state too: 4 vectors are no whole step, and 10 slots are no stacked memory
     bad = _hostile(bad, tmp_path / "b.safetensors", lambda t: t.pop("state"))
-    _refused(bad, model, "'num_slots' is 40, expected 0 for a stacked memory")
-    bad = _hostile(bad, tmp_path / "c.safetensors", meta_edit=lambda m: m.update(num_slots="0"))
-    _refused(bad, model, "'context_tokens' is 320 for item 0", "so 1 to 32 tokens")
+    _refused(bad, model, "'lengths' is [4], expected multiples of 16 latents")
+
+    def whole_step(t):
+        t["hidden"] = t["hidden"][:, :16].clone()
+        t["lengths"] = t["lengths"] - 144
+
+    bad = _hostile(src, tmp_path / "c.safetensors", whole_step, flip)
+    bad = _hostile(bad, tmp_path / "c.safetensors", lambda t: t.pop("state"))
+    _refused(bad, model, "'num_slots' is 10, expected 0 for a stacked memory")
     # kept uniform, the vector count contradicts the segment count
     bad = _hostile(src, tmp_path / "d.safetensors", drop)
-    _refused(bad, model, "'hidden' holds 4 vectors per item, but 40 segments of 4 latents")
+    _refused(bad, model, "'hidden' holds 4 vectors per item, but 10 segments of 16 latents")
 
 
 @pytest.mark.parametrize("tokens", [10**15, 3, 0])
