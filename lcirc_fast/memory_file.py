@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from typing import Any
 
 import torch
@@ -95,9 +96,10 @@ def write(path: str, state: dict[str, Any]) -> None:
     try:
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
-    except OSError as e:
-        raise MemoryFileError(f"cannot write {path}: {e.strerror or e}; nothing was "
-                              f"written") from e
+    except Exception as e:     # OSError, or safetensors' own error naming its temp file
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else \
+            re.sub(r'\s*at path ".*"$', "", str(e))
+        raise MemoryFileError(f"cannot write {path}: {reason}; nothing was written") from e
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)

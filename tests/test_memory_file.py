@@ -228,6 +228,31 @@ def test_save_into_a_missing_directory_names_it(model, tmp_path, parent, what):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 
+@pytest.mark.parametrize("fail", ["serialize", "rename"])
+def test_a_failed_write_names_the_path_and_leaves_nothing(model, tmp_path, monkeypatch, fail):
+    import safetensors.torch
+
+    with torch.no_grad():
+        mem = model.compress(torch.randint(0, 256, (1, 20)))
+    target = tmp_path / "m.safetensors"
+    if fail == "serialize":
+        def save_file(tensors, filename, metadata=None):
+            open(filename, "wb").close()
+            raise RuntimeError(f'Error while serializing: I/O error: No space left on device '
+                               f'(os error 28) at path "{filename}"')
+        monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+        reason = "Error while serializing: I/O error: No space left on device (os error 28)"
+    else:
+        def replace(src, dst):
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr("os.replace", replace)
+        reason = "Permission denied"
+    with pytest.raises(MemoryFileError) as err:
+        mem.save(target)
+    assert str(err.value) == f"cannot write {target}: {reason}; nothing was written"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("bad", [None, "model", 3])
 def test_load_without_a_model_is_a_type_error(model, tmp_path, bad):
     with torch.no_grad():
