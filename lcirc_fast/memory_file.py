@@ -295,7 +295,7 @@ def check_values(source: str, info: dict, tensors: dict[str, torch.Tensor], mode
     _check_flags(source, info, tensors, m, k, bool(cfg.query_dependent))
     if "state" in tensors:
         _check_shape(source, "state", tensors["state"], (b, k, d), floating=True)
-    bound = _LazyBound(model)
+    bound = output_bound(model.compressor)
     for name in FLOAT_TENSORS:
         if name in tensors:
             _check_magnitude(source, name, tensors[name], bound)
@@ -306,18 +306,6 @@ def check_values(source: str, info: dict, tensors: dict[str, torch.Tensor], mode
     if "query_ids" in tensors:
         _check_query(source, tensors, b, cfg.vocab_size)
     _check_records(source, info, tensors, b, cfg, bound)
-
-
-class _LazyBound:
-    """`output_bound` of a model's compressor, computed on first use."""
-
-    def __init__(self, model):
-        self._model, self._value = model, None
-
-    def get(self) -> torch.Tensor:
-        if self._value is None:
-            self._value = output_bound(self._model.compressor)
-        return self._value
 
 
 def _check_shape(source: str, name: str, t: torch.Tensor, shape: tuple, floating: bool) -> None:
@@ -333,11 +321,10 @@ def _check_shape(source: str, name: str, t: torch.Tensor, shape: tuple, floating
         raise _error(source, name, f"has shape {got}, expected ({want})")
 
 
-def _check_magnitude(source: str, name: str, t: torch.Tensor, bound: _LazyBound) -> None:
+def _check_magnitude(source: str, name: str, t: torch.Tensor, bound: torch.Tensor) -> None:
     """Finite, and |t| per channel within what the compressor's final LayerNorm can produce."""
     if not bool(torch.isfinite(t).all()):
         raise _error(source, name, "holds NaN or Inf")
-    bound = bound.get()
     peak = t.detach().abs().float().reshape(-1, t.shape[-1]).amax(0).cpu()
     over = peak > bound * (1 + _BOUND_SLACK) + 1e-6
     if bool(over.any()):
@@ -427,7 +414,7 @@ def _check_query(source: str, tensors: dict, b: int, vocab_size: int) -> None:
         raise _error(source, "query_mask", "must hold 0/1 with at least one 1 per row")
 
 
-def _check_records(source: str, info: dict, tensors: dict, b: int, cfg, bound: _LazyBound
+def _check_records(source: str, info: dict, tensors: dict, b: int, cfg, bound: torch.Tensor
                    ) -> None:
     """Stream records: recent steps in order, valid token ids, input states where due."""
     steps, s = info["record_steps"], info["num_segments"]
