@@ -174,11 +174,20 @@ class Trainer:
         if self.rank == 0:
             truncate_log(self.out / "log.jsonl", self.opt_step)
 
-    def _diverged(self, what: str, micro: int):
-        """Stop a run whose loss or gradients stopped being finite (RunError: the run failed)."""
+    def _check_weights(self) -> None:
+        """Stop before checkpointing weights that are no longer finite."""
+        bad = [n for n, p in self.model.named_parameters()
+               if p.requires_grad and not bool(torch.isfinite(p.detach()).all())]
+        if bad:
+            self._diverged(f"the weight {bad[0]} is not finite", self.engine.micro, done=True)
+
+    def _diverged(self, what: str, micro: int, done: bool = False):
+        """Stop a run whose loss or weights stopped being finite (RunError: the run failed);
+        `done`: found after optimizer step opt_step, else while computing the next one."""
         t = self.cfg.train
+        step = self.opt_step if done else self.opt_step + 1
         kept = "; the checkpoints written before it are kept" if self.opt_step else ""
-        raise RunError(f"training diverged: {what} at optimizer step {self.opt_step + 1} (micro-step {micro}) "
+        raise RunError(f"training diverged: {what} at optimizer step {step} (micro-step {micro}) "
                        f"with train.lr = {t.lr:g}; lower train.lr (or set train.grad_clip), then resume or "
                        f"start fresh with --resume none{kept}")
 
@@ -220,7 +229,7 @@ class Trainer:
             else:
                 loss, ntok, extra = self.objectives.stage2(micro, self.opt_step)
             if not torch.isfinite(loss):
-                self._diverged(f"the training loss is {float(loss)}", micro)
+                self._diverged(f"the training loss is {float(loss.detach())}", micro)
             self.engine.backward(loss)
             self.objectives.detach_streams()
             window_loss += float(loss.detach())
@@ -257,6 +266,7 @@ class Trainer:
             out_of_time = t.max_minutes is not None and (time.time() - start) / 60 > t.max_minutes
             out_of_time = out_of_time or (stop_at is not None and self.opt_step >= stop_at)
             if (t.save_every and self.opt_step % t.save_every == 0) or out_of_time or self.opt_step == t.max_steps:
+                self._check_weights()
                 self.checkpoints.save(self.opt_step, self._client_state())
             if out_of_time:
                 self._log(f"stopping at optimizer step {self.opt_step} (time limit or stop_at)")
@@ -275,6 +285,8 @@ class Trainer:
 
     def _validate_and_keep(self):
         m = self.validate()
+        if not math.isfinite(m["val_loss"]):
+            self._diverged(f"the validation loss is {m['val_loss']}", self.engine.micro, done=True)
         m["step"] = self.opt_step
         self.val_history.append(m)
         self._record({"validation": m})
