@@ -237,7 +237,7 @@ def _verify_file(directory: Path, rel: str, meta) -> None:
 class Checkpoints:
     """The checkpoints of a run in `out`: ``checkpoints/step<N>`` (written by every rank through
     `engine`, finished by rank 0), ``checkpoints/LATEST``, and the ``best`` / ``final`` weights.
-    `warn(msg)` reports a checkpoint that is skipped."""
+    `warn(msg)` reports a checkpoint that is skipped (called on rank 0 only)."""
 
     def __init__(self, out: Path, engine, keep_last: int, warn):
         self.out = Path(out)

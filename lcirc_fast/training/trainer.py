@@ -34,6 +34,12 @@ from .schedule import make_scheduler
 from .validation import Validator
 
 
+def _warn(msg: str) -> None:
+    """A warning line on stderr (not a bound method: a Trainer is freed, and its lock released,
+    as soon as it is dropped)."""
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -89,7 +95,7 @@ class Trainer:
                          self.segment_len)
         self.objectives = Objectives(parts)
         self.validator = Validator(parts)
-        self.checkpoints = Checkpoints(self.out, self.engine, t.keep_last, self._warn)
+        self.checkpoints = Checkpoints(self.out, self.engine, t.keep_last, _warn)
         if self.rank == 0:
             self.checkpoints.prepare()
             replace_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
@@ -195,10 +201,6 @@ class Trainer:
     def _log(self, msg: str):
         if self.rank == 0 and not self.quiet:
             print(msg, flush=True)
-
-    def _warn(self, msg: str):
-        if self.rank == 0:
-            print(f"warning: {msg}", file=sys.stderr, flush=True)
 
     def _record(self, rec: dict):
         if self.rank == 0:
