@@ -45,6 +45,9 @@ def claim(out: Path) -> None:
     """Make `out` this project's run directory, or refuse it (ConfigError naming what to do):
     it may be missing, empty, or hold the marker of an earlier run (to resume)."""
     out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"output_dir {out} is a symbolic link to nothing: point it at a directory, or use "
+                          f"another output_dir")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out} is a file, not a directory: use a new or empty directory "
                           f"for the run")

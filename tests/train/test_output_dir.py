@@ -110,6 +110,11 @@ def test_an_output_dir_that_is_a_file_is_named(tiny_cfg, tmp_path, capsys):
     line = _one_line(err)
     assert code == 2 and f"output_dir {out} is a file, not a directory" in line and "Errno" not in line
     assert out.read_text() == "mine\n"
+    dangling = tmp_path / "gone"
+    dangling.symlink_to(tmp_path / "nowhere")
+    code, err = _train(tiny_cfg, tmp_path, capsys, dangling)
+    assert code == 2 and f"output_dir {dangling} is a symbolic link to nothing" in _one_line(err)
+    assert not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.parametrize("name", ["best", "final", "checkpoints", "config.json", "log.jsonl"])
