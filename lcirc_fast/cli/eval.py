@@ -127,6 +127,12 @@ def _positive_list(name: str, values: list) -> None:
 
 def check_args(args) -> None:
     """Refuse out-of-range numbers, missing paths and task/data mismatches before any loading."""
+    if args.task == "ruler" and args.tasks:
+        from ..data.ruler import TASKS
+
+        bad = [t for t in args.tasks if t not in TASKS]
+        if bad:
+            raise ConfigError(f"--tasks {','.join(bad)}: not RULER task(s); choose from {', '.join(TASKS)}")
     for name in ("segment_len", "max_new_tokens", "max_full_tokens", "docs", "samples"):
         if getattr(args, name) is not None:
             _positive("--" + name.replace("_", "-"), getattr(args, name))
@@ -187,12 +193,6 @@ def check_args(args) -> None:
                           "a comma list of them>")
     if args.tasks is not None and args.task not in (*BENCHMARKS, "ruler"):
         raise ConfigError(f"--tasks is for longbench, infinitebench, leval and ruler, not {args.task}")
-    if args.task == "ruler" and args.tasks:
-        from ..data.ruler import TASKS
-
-        bad = [t for t in args.tasks if t not in TASKS]
-        if bad:
-            raise ConfigError(f"--tasks {','.join(bad)}: not RULER task(s); choose from {', '.join(TASKS)}")
 
 
 def _max_new(args) -> int:
