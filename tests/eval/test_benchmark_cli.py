@@ -149,7 +149,7 @@ def test_bad_rows_are_named(tmp_path, capsys, bench, name, rows, says):
      "least 82 or a smaller --max-new-tokens"),
     (["infinitebench", "--data", str(FIXTURES / "longbench" / "hotpotqa.jsonl")],
      "hotpotqa.jsonl: infinitebench files are named after their tasks (<task>.jsonl); known tasks: passkey,"),
-    (["ppl", "--tasks", "x"], "--tasks is for longbench, infinitebench and leval, not ppl"),
+    (["ppl", "--tasks", "x"], "--tasks is for longbench, infinitebench, leval and ruler, not ppl"),
     (["infinitebench", "--data", str(FIXTURES / "infinitebench"), "--tasks", "En.MC,Foo"],
      "--tasks Foo: not infinitebench task(s); known: passkey,"),
 ])
