@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-BACKENDS = ("auto", "torch", "triton", "cuda")
+BACKENDS = ("auto", "torch", "triton", "cuda")  # "auto" + the records of lcirc_fast.ops.registry (checked there)
 _REQUIRED_POSITIVE = ("num_latents", "compressor_layers", "max_segment_len",
                       "kv_hoist_max_segments")
 _OPTIONAL_POSITIVE = ("compressor_heads", "compressor_head_dim", "compressor_ffn", "segment_len",

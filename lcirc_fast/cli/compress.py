@@ -16,6 +16,7 @@ import tempfile
 import time
 
 from ..errors import CheckpointError, ConfigError, DataError
+from .options import add_backend_option, apply_backend, check_backend
 
 BUNDLED_BASE = "smollm2-135m"          # lcirc_fast.assets.SMOLLM2_NAME; alias 'smollm2'
 MEMORY_SUFFIX = ".safetensors"
@@ -47,6 +48,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"memory vectors per segment of fresh weights (default "
                         f"{DEFAULT_NUM_LATENTS}; a trained --lcirc model has its own)")
     p.add_argument("--seed", type=int, default=0)
+    add_backend_option(p)
     p.add_argument("--max-tokens", type=int, default=None,
                    help="refuse inputs longer than this many tokens (default: no limit)")
     add_dtype(p)
@@ -221,14 +223,16 @@ def check_tables_fit(config, hidden: int) -> None:
     except (ValueError, OSError, AttributeError):
         return
     rows = {"num_latents": config.num_latents, "max_segment_len": config.max_segment_len}
-    if sum(rows.values()) * hidden * 4 <= memory:
+    need = sum(rows.values()) * hidden * 4
+    if need <= memory:
         return
     field = max(rows, key=rows.get)
     flag, value = FLAG_OF_FIELD[field], rows[field]
     default = DEFAULT_NUM_LATENTS if field == "num_latents" else DEFAULT_MAX_SEGMENT_LEN
-    raise ConfigError(f"{flag} {value}: its table of {value} x {hidden} float32 values needs "
-                      f"{value * hidden * 4 / 2**30:,.0f} GiB, more than this machine's "
-                      f"{memory / 2**30:,.0f} GiB of memory; use a smaller {flag} (default {default})")
+    raise ConfigError(f"{flag} {value}: the latent and position tables ({rows['num_latents']} and "
+                      f"{rows['max_segment_len']} rows of {hidden} float32 values) need {need / 2**30:,.0f} "
+                      f"GiB, more than this machine's {memory / 2**30:,.0f} GiB of memory; use a smaller "
+                      f"{flag} (default {default})")
 
 
 def load_base(name: str, dtype: str = "float32"):
@@ -288,8 +292,10 @@ def run(args) -> int:
     import torch
 
     check_args(args)
+    check_backend(args.backend)
     text = read_text(args.input)
     model, tok = build_model(args)
+    apply_backend(model, args.backend)
     ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
     n = ids.shape[1]
     if args.max_tokens is not None and n > args.max_tokens:

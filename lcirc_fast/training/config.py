@@ -26,7 +26,7 @@ from ..errors import ConfigError
 PARAM_GROUPS = ("gca", "gates", "compressor", "mixer")  # optimizer groups (train.lr_mult keys)
 DATA_SOURCES = ("kjv", "text_files", "token_files", "qa_files", "hub", "synthetic_tokens")
 STAGE_SOURCES = {1: ("kjv", "text_files", "token_files", "hub", "synthetic_tokens"),
-                 2: ("kjv", "qa_files", "synthetic_tokens")}
+                 2: ("kjv", "qa_files", "hub", "synthetic_tokens")}
 DTYPES = ("float32", "bfloat16")
 SEGMENTING = ("random", "fixed", "balanced")
 QA_NEEDLES = ("anywhere", "middle")
@@ -72,6 +72,7 @@ class DataSection:
     synthetic_len: int = 512         # synthetic_tokens: tokens per document
     cache_dir: str | None = None
     repeat_passage: bool = False     # stage 1 copy task: compress a passage, then predict it again
+    max_answer_tokens: int | None = None  # stage 2 qa_files / hub: skip longer answers (paper: 500)
     copy_mix: float = 0.0            # stage 1: share of documents trained on the copy task, the
                                      # rest on next-window prediction (validation: next window)
 
@@ -400,6 +401,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "data.segment_min": _at_least(1),
     "data.segment_max": _at_least(1),
     "data.max_doc_tokens": _at_least(2, null="whole documents"),
+    "data.max_answer_tokens": _at_least(1, null="every answer"),
     "data.qa_context": Check("a list [min, max] of context lengths with 1 <= min <= max",
                              fix=_fix_qa_context),
     "data.qa_tasks": Check("a non-empty list of distinct tasks from " + ", ".join(SyntheticQA.TASKS),
@@ -514,7 +516,7 @@ def _check_needle(cfg: TrainConfig) -> None:
 
 def _check_stage2_options(cfg: TrainConfig) -> None:
     d = cfg.data
-    for key in ("qa_template", "hay_schedule", "qa_val_lengths"):
+    for key in ("qa_template", "hay_schedule", "qa_val_lengths", "max_answer_tokens"):
         if getattr(d, key) is not None and cfg.stage != 2:
             raise ConfigError(f"data.{key} shapes the stage-2 QA samples; it needs stage: 2 "
                               f"(got stage {cfg.stage})")
