@@ -7,6 +7,7 @@ import sys
 
 from ..errors import ConfigError, DataError
 from .compress import BUNDLED_BASE, add_dtype, build_model, check_base, check_input, check_lcirc
+from .options import add_backend_option, apply_backend, check_backend
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def add_model_args(p) -> None:
-    """--base, --lcirc, --seed, --threads and --dtype (shared with `lcirc serve`)."""
+    """--base, --lcirc, --seed, --threads, --dtype and --backend (shared with `lcirc serve`)."""
     p.add_argument("--base", default=BUNDLED_BASE,
                    help=f"frozen base model: '{BUNDLED_BASE}' (bundled) or a local Hugging Face "
                         "model directory with a tokenizer")
@@ -37,12 +38,14 @@ def add_model_args(p) -> None:
                    help="seed of fresh LCIRC weights and of sampling (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_dtype(p)
+    add_backend_option(p)
     p.set_defaults(num_latents=None, max_segment_len=None, segment_len=None)
 
 
 def check_common(args) -> None:
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    check_backend(args.backend)
     check_base(args.base)
     check_lcirc(args.lcirc)
 
@@ -56,6 +59,7 @@ def load_model(args, command: str):
         torch.set_num_threads(args.threads)
     logging.disable_progress_bar()           # stderr holds only the command's own lines
     model, tok = build_model(args)
+    apply_backend(model, args.backend)
     if tok is None:
         raise ConfigError(f"--base {args.base} has no tokenizer; {command} needs one")
     if not args.lcirc:
