@@ -423,7 +423,7 @@ def run_compress(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
     tick = lambda m: progress(f"[compress {time.perf_counter() - t0:6.1f}s] {m}")  # noqa: E731
     dev = torch.device(device)
     model = build_compressor_model(dev, dtype, shapes)
-    shape = LCIRCShape.from_config(model.config)
+    shape = LCIRCShape(model.config)
     flops = fl.compress(shape, doc_tokens).flops
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, shapes["vocab"], (1, doc_tokens), generator=gen).to(dev)
