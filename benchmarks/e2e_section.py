@@ -242,7 +242,7 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
     tick = lambda m: progress(f"[e2e {time.perf_counter() - t0:6.1f}s] {m}")  # noqa: E731
     p = get_preset(preset)
     s = p.shape()
-    n_dec = p.window + (decode_memory // s.num_latents) * s.segment_len
+    n_dec = p.window + (decode_memory // s.config.num_latents) * s.config.segment_len
     lengths = sorted(set(lengths) | {n_dec})
     dev = torch.device(device)
     with torch.device(dev) if dev.type == "cuda" else contextlib.nullcontext():

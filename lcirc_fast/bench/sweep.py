@@ -221,7 +221,7 @@ def gemm_shape(model, preset: Preset, longest: int) -> tuple[int, int, int]:
     sp = fl.split(shape, longest)
     seg = max(sp.segments) if sp.segments else shape.config.segment_len
     per_product = min(model.recurrence.hoist_limit(1, seg), max(1, len(sp.segments)))
-    return seg * per_product, shape.hidden_size, model.compressor.kv_width
+    return seg * per_product, shape.config.hidden_size, model.compressor.kv_width
 
 
 def gemm_workload(shape: tuple[int, int, int], device, dtype: torch.dtype) -> Workload:
