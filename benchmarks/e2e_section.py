@@ -262,7 +262,7 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
             return run_sweep(p, SweepOptions(**opts), progress=tick)
 
     gen = torch.Generator().manual_seed(0)
-    n_chk = p.window + 2 * s.segment_len
+    n_chk = p.window + 2 * s.config.segment_len
     ids = torch.randint(0, p.llm.vocab_size, (1, n_chk), generator=gen).to(dev)
     mem_chk = memory_oracle(model, ids[:, : n_chk - p.window])
     log_chk = logits_oracle(model, ids[:, : n_chk - p.window], ids[:, n_chk - p.window:])

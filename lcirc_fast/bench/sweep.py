@@ -378,7 +378,7 @@ def _meta(preset: Preset, opts: SweepOptions, device: torch.device) -> dict:
 
     meta = {
         "preset": preset.name, "llm": dataclasses.asdict(preset.llm),
-        "lcirc": {k: v for k, v in dataclasses.asdict(preset.shape()).items()},
+        "lcirc": preset.lcirc_config().to_dict(),
         "window": preset.window, "device": str(device), "dtype": str(opts.dtype),
         "decode_tokens": opts.decode_tokens, "train_policy": opts.train_policy,
         "repeats": opts.repeats, "max_repeats": opts.max_repeats,
