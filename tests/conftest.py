@@ -6,14 +6,31 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _isolated_process_state():
+    """Each test starts from the same seeds and leaves torch's process-wide settings as it found
+    them (thread count, default dtype, grad mode, deterministic algorithms), so that no test's
+    outcome depends on which tests ran before it in the same process."""
+    threads = torch.get_num_threads()
+    dtype, grad = torch.get_default_dtype(), torch.is_grad_enabled()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
     yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+    torch.set_grad_enabled(grad)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 

@@ -153,6 +153,28 @@ def test_int32_ids_are_accepted(model):
         assert torch.equal(model(ids).logits, model(ids.long()).logits)
 
 
+@pytest.mark.parametrize("labels, words", [
+    (999, r"labels must be a torch.Tensor of token ids shaped like input_ids \(1, 6\), got int"),
+    (torch.full((1, 6), 999), r"labels hold 999, outside the vocabulary \[0, 256\); use token ids, or -100"),
+    (torch.tensor([[1, 2, -100, 3, -5, 4]]), r"labels hold -5, outside the vocabulary"),
+    (torch.full((1, 6), 1.0), r"labels must hold integer token ids \(int64\), got torch.float32"),
+    (torch.zeros(6, dtype=torch.long), r"labels shape \(6,\) does not match input_ids \(1, 6\)"),
+])
+def test_forward_checks_labels(model, labels, words):
+    with pytest.raises(DataError, match=words):
+        model(torch.randint(0, 256, (1, 6)), labels=labels)
+
+
+def test_forward_accepts_ignored_labels(model):
+    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone().to(torch.int32)
+    labels[0, :3] = -100
+    with torch.no_grad():
+        loss = model(ids, labels=labels).loss
+        want = model(ids, labels=torch.cat([torch.full((1, 3), -100), ids[:, 3:]], 1)).loss
+    assert torch.isfinite(loss) and torch.equal(loss, want)
+
+
 def test_masks_and_segment_len_are_checked(model):
     ids = torch.randint(0, 256, (1, 6))
     with pytest.raises(DataError, match=r"attention_mask must be a torch.Tensor, got list"):
@@ -423,3 +445,31 @@ def test_from_pretrained_reads_version_1_with_a_warning(saved):
     with pytest.warns(UserWarning, match=r"has no checksum \(model format version 1\)"):
         loaded = LCIRCForCausalLM.from_pretrained(directory, base=tiny_llama())
     assert loaded.fingerprint() == model.fingerprint()
+
+
+# ---------------------------------------------------------------------- base-model directories
+
+@pytest.mark.parametrize("weights", ["pytorch_model.bin", "pytorch_model.bin.index.json"])
+def test_load_base_refuses_pickled_weights(weights, tmp_path):
+    import pickle
+
+    from lcirc_fast.models import load_base
+
+    base = tiny_llama(vocab=64, hidden=16, layers=1, heads=2, kv_heads=1, ffn=32)
+    base.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "moved.safetensors")
+    marker = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / weights).write_bytes(pickle.dumps({"w": Planted()}))
+    with pytest.raises(ConfigError, match=rf"base model {tmp_path} holds pickled weights \({weights}\), which "
+                                          r"lcirc_fast refuses to load; it wants safetensors"):
+        load_base(tmp_path)
+    assert not marker.exists()
+    (tmp_path / "moved.safetensors").rename(tmp_path / "model.safetensors")   # beside safetensors: ignored
+    loaded, _ = load_base(tmp_path)
+    assert not marker.exists()
+    assert torch.equal(loaded.lm_head.weight, base.lm_head.weight)

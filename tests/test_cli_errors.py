@@ -3,10 +3,15 @@ exit status, no traceback (unless --debug or LCIRC_DEBUG=1); bad `lcirc compress
 refused before any model is loaded."""
 import io
 import os
+import pickle
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+import safetensors.torch
+import torch
+import yaml
 
 from lcirc_fast.cli import EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, main
 from lcirc_fast.errors import RunError
@@ -117,6 +122,73 @@ def test_compress_counts_below_one_refused(flag, value, tmp_path, text, capsys, 
     assert rc == EXIT_USAGE and f"{flag} must be >= 1, got {value}" in line and loads == []
 
 
+@pytest.mark.parametrize("message, flagged", [
+    ("num_latents = 100000000: must be <= 65536", "--num-latents 100000000: must be <= 65536"),
+    ("max_segment_len = 1000000000000: must be <= 1048576 (the position table)",
+     "--max-segment-len 1000000000000: must be <= 1048576 (the position table)"),
+    ("LCIRCConfig.max_segment_len must be a positive int, got 0", "--max-segment-len must be a positive int, got 0"),
+    ("segment_len = 9: must be <= max_segment_len", "segment_len = 9: must be <= --max-segment-len"),
+])
+def test_config_errors_name_compress_flags(message, flagged):
+    from lcirc_fast.cli.compress import flag_message
+
+    assert flag_message(message) == flagged
+
+
+@pytest.fixture
+def tiny_base(monkeypatch):
+    """compress's base model: a tiny random Llama (hidden size 16) with a byte tokenizer."""
+    from lcirc_testutils import tiny_llama
+
+    def load(name):
+        def tokenize(text, **kwargs):
+            return SimpleNamespace(input_ids=torch.tensor([[b % 64 for b in text.encode()]]))
+        return tiny_llama(vocab=64, hidden=16, layers=1, heads=2, kv_heads=1, ffn=32), tokenize
+
+    monkeypatch.setattr("lcirc_fast.cli.compress.load_base", load)
+
+
+@pytest.mark.parametrize("flag, value", [("--num-latents", "100000000000"), ("--max-segment-len", "1000000000000")])
+def test_compress_sizes_beyond_bounds_name_the_flag(flag, value, tmp_path, text, capsys, tiny_base):
+    """Refused by LCIRCConfig's bounds before loading, or by the memory the tables need."""
+    rc, line = compress(capsys, text, "--out", tmp_path / "m.safetensors", flag, value)
+    assert rc == EXIT_USAGE and line.startswith(f"lcirc compress: {flag} {value}: ")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_compress_tables_beyond_memory(monkeypatch, tmp_path, text, capsys, tiny_base):
+    from lcirc_fast.cli import compress as cli
+
+    monkeypatch.setattr(cli.os, "sysconf", lambda name: 2**16)       # a machine of 4 GiB
+    monkeypatch.setattr(cli, "fresh_config", lambda args: SimpleNamespace(num_latents=args.num_latents,
+                                                                        max_segment_len=4096))
+    rc, line = compress(capsys, text, "--out", tmp_path / "m.safetensors", "--num-latents", "100000000")
+    assert rc == EXIT_USAGE
+    assert line == ("lcirc compress: --num-latents 100000000: its table of 100000000 x 16 float32 values "
+                    "needs 6 GiB, more than this machine's 4 GiB of memory; use a smaller --num-latents "
+                    "(default 64)")
+
+
+@pytest.mark.parametrize("weights", ["pytorch_model.bin", "pytorch_model.bin.index.json"])
+def test_compress_refuses_pickled_base_weights(weights, tmp_path, text, capsys):
+    """A --base directory whose weights are a pickle is refused by name, exit 2, and not unpickled."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "llama"}')
+    (base / "tokenizer.json").write_text("{}")
+    marker = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (base / weights).write_bytes(pickle.dumps({"w": Planted()}))
+    rc, line = compress(capsys, text, "--out", tmp_path / "m.safetensors", "--base", base)
+    assert rc == EXIT_USAGE
+    assert f"--base {base} holds pickled weights ({weights})" in line and "wants safetensors" in line
+    assert not marker.exists()
+
+
 def test_compress_segment_longer_than_position_table(tmp_path, text, capsys, loads):
     rc, line = compress(capsys, text, "--out", tmp_path / "m.safetensors", "--segment-len", "300",
                         "--max-segment-len", "256")
@@ -218,15 +290,63 @@ def test_eval_bad_inputs(tmp_path, capsys):
     assert rc == EXIT_USAGE and "nowhere" in one_error_line(capsys, "eval")
 
 
-def test_argparse_usage_errors_keep_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["eval", "ppl", "--multipliers", "x"])
-    assert exc.value.code == EXIT_USAGE
-    assert "argument --multipliers" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["compress", "text.txt"])
-    assert exc.value.code == EXIT_USAGE
-    assert "--out" in capsys.readouterr().err
+@pytest.mark.parametrize("data", [b"garbage, not parquet", b"PAR1 not really parquet PAR1"])
+def test_eval_garbage_parquet_is_one_line(data, tmp_path, capfd):
+    """Nothing but the one line: the messages datasets/pyarrow would log are held back."""
+    bad = tmp_path / "docs.parquet"
+    bad.write_bytes(data)
+    rc = main(["eval", "ppl", "--base", "tiny_random", "--data", str(bad), "--out", str(tmp_path / "o")])
+    err = capfd.readouterr().err
+    assert rc == EXIT_USAGE and len(err.splitlines()) == 1, err
+    assert err.startswith(f"lcirc eval: cannot read {bad} as parquet: ")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["compress", "text.txt"], "the following arguments are required: --out"),
+    (["compress", "t.txt", "--out", "m.safetensors", "--num-latents", "1e12"],
+     "argument --num-latents: invalid int value: '1e12'"),
+    (["compress", "t.txt", "--out", "m.safetensors", "--nope"], "unrecognized arguments: --nope"),
+    (["eval", "ppl", "--multipliers", "x"], "argument --multipliers: expected a comma list of integers"),
+    (["eval", "pp"], "argument task: invalid choice: 'pp'"),
+    (["convert", "to-x", "--base", "b", "--src", "s", "--out", "o"], "argument direction: invalid choice"),
+    (["convert", "to-official", "--base", "b"], "the following arguments are required: --src, --out"),
+    (["train"], "the following arguments are required: --config"),
+    (["train", "--config", "c.yaml", "--threads", "two"], "argument --threads: invalid int value: 'two'"),
+    (["bench", "--repeats"], "argument --repeats: expected one argument"),
+    (["bench", "--flops-only", "extra"], "unrecognized arguments: extra"),
+])
+def test_argparse_errors_are_one_line_with_exit_2(argv, says, capsys):
+    assert main(argv) == EXIT_USAGE
+    captured = capsys.readouterr()
+    line = one_error_line_of(captured.err, argv[0])
+    assert says in line and line.endswith(f"; see lcirc {argv[0]} --help"), line
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["bogus"], "lcirc: argument command: invalid choice: 'bogus'"),
+    (["--nope"], "lcirc: unrecognized arguments: --nope; see lcirc --help"),
+    ([], "lcirc: no command given; use one of compress, bench, train, eval, convert (see lcirc --help)"),
+])
+def test_top_level_usage_errors_are_one_line(argv, says, capsys):
+    assert main(argv) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [captured.err.strip()] and captured.err.startswith(says)
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["compress", "--help"], ["convert", "-h"]])
+def test_help_still_prints_the_full_help(argv, capsys):
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("usage: lcirc") and len(captured.out.splitlines()) > 5
+    assert captured.err == ""
+
+
+def one_error_line_of(err: str, command: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lcirc {command}: "), err
+    return lines[0]
 
 
 # ---------------------------------------------------------------------- the central handler
@@ -271,6 +391,21 @@ def test_debug_env_off(env, monkeypatch, capsys):
     (OSError(28, "No space left on device"), EXIT_FAILED, "[Errno 28] No space left on device"),
     (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted"),
     (SystemExit("stop: --foo is wrong"), EXIT_USAGE, "stop: --foo is wrong"),
+    (pickle.UnpicklingError("Weights only load failed.\n\x1b[1mdo those steps\x1b[0m"), EXIT_USAGE,
+     "Weights only load failed. do those steps"),
+    (FileExistsError("--out m exists; pass --force"), EXIT_USAGE, "--out m exists; pass --force"),
+    (MemoryError("cannot allocate"), EXIT_FAILED, "cannot allocate"),
+    (FloatingPointError("loss is nan at step 3"), EXIT_FAILED, "loss is nan at step 3"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                  "you tried to allocate 230400000000 bytes."), EXIT_FAILED,
+     "out of memory: [enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+     "you tried to allocate 230400000000 bytes."),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), EXIT_FAILED,
+     "out of memory: CUDA out of memory. Tried to allocate 2 GiB"),
+    (RuntimeError("shape mismatch"), EXIT_INTERNAL,
+     "internal error: RuntimeError: shape mismatch (run 'lcirc --debug ...' for the traceback)"),
+    (TypeError("unhashable type: 'list'"), EXIT_INTERNAL,
+     "internal error: TypeError: unhashable type: 'list' (run 'lcirc --debug ...' for the traceback)"),
 ])
 def test_error_classes_map_to_statuses(error, status, message, monkeypatch, capsys):
     def fail(args):
@@ -282,6 +417,34 @@ def test_error_classes_map_to_statuses(error, status, message, monkeypatch, caps
 
 
 # ---------------------------------------------------------------------- a real process
+@pytest.mark.parametrize("make, message", [
+    (lambda: yaml.safe_load("a: [1, 2"), "while parsing a flow sequence"),
+    (lambda: safetensors.torch.load(b"not a safetensors file"), "Error while deserializing"),
+])
+def test_parse_errors_of_user_files_are_bad_input(make, message, monkeypatch, capsys):
+    def fail(args):
+        make()
+
+    monkeypatch.setattr("lcirc_fast.cli.train.run", fail)
+    assert main(["train", "--config", "c.yaml"]) == EXIT_USAGE
+    line = one_error_line(capsys, "train")
+    assert message in line and "internal error" not in line
+
+
+def test_backend_and_build_errors(monkeypatch, capsys):
+    from lcirc_fast._build_config import ExtensionBuildError
+    from lcirc_fast.ops.registry import BackendUnavailableError
+
+    for error, status in ((BackendUnavailableError("no CUDA device; use --backend torch"), EXIT_USAGE),
+                          (ExtensionBuildError("nvcc failed: see build.log"), EXIT_FAILED)):
+        def fail(args, error=error):
+            raise error
+
+        monkeypatch.setattr("lcirc_fast.cli.train.run", fail)
+        assert main(["train", "--config", "c.yaml"]) == status
+        assert one_error_line(capsys, "train") == f"lcirc train: {error}"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["compress", "{tmp}/blob.bin", "--out", "{tmp}/m.safetensors"], "not UTF-8 text"),
     (["bench", "--flops-only", "--lengths", "0", "--out", "{tmp}/o"], "must be >= 1"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pickle
+import re
 import sys
 import traceback
 
@@ -17,11 +19,24 @@ COMMANDS = {"compress": "compress", "bench": "bench", "train": "train", "eval": 
 # exit statuses: 1 a run that failed (bad data, every sample failed), 2 bad input or arguments,
 # 3 an unexpected internal error, 130 interrupted
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 130
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr, ``lcirc <command>: <what>;
+    see lcirc <command> --help``, with exit status 2; ``--help`` still prints the full help.
+    The subcommands' parsers are made by `add_subparsers`, which gives them this class too."""
+
+    commands: tuple[str, ...] = ()       # the top parser's commands, set by build_parser
+
+    def error(self, message: str):
+        print(f"{self.prog}: {' '.join(message.split())}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lcirc", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="lcirc", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also LCIRC_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="command")
@@ -34,27 +49,68 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         p = mod.add_parser(sub)
         p.set_defaults(_run=mod.run)
+    parser.commands = tuple(sub.choices)
     return parser
 
 
 def one_line(err: BaseException) -> str:
-    """The error's message on one line (newlines folded, surrounding quotes of KeyError dropped)."""
+    """The error's message on one line (newlines folded, terminal colour codes and the surrounding
+    quotes of KeyError dropped)."""
     msg = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
-    msg = " ".join(str(msg).split())
+    msg = " ".join(ANSI_CODE.sub("", str(msg)).split())
     return msg or type(err).__name__
 
 
+# bad input the user can fix: exit 2 (ValueError covers json, UnicodeDecodeError and every
+# LCIRCError but RunError)
+USAGE_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+                FileExistsError, pickle.UnpicklingError)
+# a run that could not finish: exit 1 (a full disk, too little memory, a diverging loss)
+FAILED_ERRORS = (OSError, MemoryError, FloatingPointError)
+# errors by module and class name, looked up only in modules already imported: parse errors of
+# the user's files and a backend asked for where it cannot run (2); a kernel build that failed (1)
+NAMED_ERRORS = (("yaml", "YAMLError", EXIT_USAGE), ("safetensors", "SafetensorError", EXIT_USAGE),
+                ("lcirc_fast.ops.registry", "BackendUnavailableError", EXIT_USAGE),
+                ("lcirc_fast._build_config", "ExtensionBuildError", EXIT_FAILED))
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch's allocators report a failed allocation as a RuntimeError (OutOfMemoryError on CUDA)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    return isinstance(err, torch.OutOfMemoryError) or (
+        type(err) is RuntimeError and any(s in str(err) for s in OUT_OF_MEMORY))
+
+
+def named_status(err: BaseException) -> int | None:
+    """The exit status NAMED_ERRORS gives `err`, or None."""
+    for module, name, status in NAMED_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(err, cls):
+            return status
+    return None
+
+
 def error_status(err: BaseException) -> tuple[int, str]:
-    """(exit status, message) for an exception that reached the command line."""
+    """(exit status, message) for an exception that reached the command line: 1 for a run that
+    failed (RunError, a full disk, out of memory, a diverging loss, a kernel build), 2 for bad
+    input (LCIRCError, ValueError, a missing or unreadable path, a pickle refused, a YAML or
+    safetensors parse error, an unavailable backend), 3 for anything else: a bug."""
     from ..errors import LCIRCError, RunError
 
     if isinstance(err, RunError):
         return EXIT_FAILED, one_line(err)
-    if isinstance(err, (LCIRCError, ValueError, FileNotFoundError, IsADirectoryError,
-                        NotADirectoryError, PermissionError, FileExistsError)):
+    if isinstance(err, (LCIRCError, *USAGE_ERRORS)):
         return EXIT_USAGE, one_line(err)
-    if isinstance(err, OSError):
+    status = named_status(err)
+    if status is not None:
+        return status, one_line(err)
+    if isinstance(err, FAILED_ERRORS):
         return EXIT_FAILED, one_line(err)
+    if is_out_of_memory(err):
+        return EXIT_FAILED, f"out of memory: {one_line(err)}"
     return EXIT_INTERNAL, (f"internal error: {type(err).__name__}: {one_line(err)} "
                            f"(run 'lcirc --debug ...' for the traceback)")
 
@@ -65,10 +121,20 @@ def debug_from_env() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `lcirc` with `argv` (default sys.argv[1:]) and return its exit status; usage errors
+    and --help return too (2 and 0) instead of leaving the process."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as e:              # --help / --version (0) or OneLineParser.error (2)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    if unknown:                          # named with the command they were given to
+        prog = f"lcirc {args.command}" if getattr(args, "command", None) else "lcirc"
+        print(f"{prog}: unrecognized arguments: {' '.join(unknown)}; see {prog} --help", file=sys.stderr)
+        return EXIT_USAGE
     if not getattr(args, "_run", None):
-        parser.print_help()
+        print(f"lcirc: no command given; use one of {', '.join(parser.commands)} (see lcirc --help)",
+              file=sys.stderr)
         return EXIT_USAGE
     debug = args.debug or debug_from_env()
     try:

@@ -2,12 +2,17 @@
 
 Every argument (numbers, the input file, --out, --base, --lcirc) is checked before the model is
 loaded, so a mistake is reported in a second rather than after a model load and a compression.
+An existing --out is replaced only with --force, never through a symbolic link, and atomically
+(the memory is written to a private temp directory beside it, then renamed over it).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 
 from ..errors import CheckpointError, ConfigError, DataError
@@ -16,6 +21,8 @@ BUNDLED_BASE = "smollm2-135m"          # lcirc_fast.assets.SMOLLM2_NAME; alias '
 MEMORY_SUFFIX = ".safetensors"
 DEFAULT_NUM_LATENTS = 64
 DEFAULT_MAX_SEGMENT_LEN = 4096
+# LCIRCConfig fields that compress's flags set, named by the flag in LCIRCConfig's errors
+FLAG_OF_FIELD = {"num_latents": "--num-latents", "max_segment_len": "--max-segment-len"}
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -24,6 +31,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "and write a memory file (safetensors).")
     p.add_argument("input", help="UTF-8 text file to compress ('-' for stdin)")
     p.add_argument("--out", required=True, help="memory file to write (.safetensors)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--base", default=BUNDLED_BASE,
                    help=f"frozen base model: '{BUNDLED_BASE}' (bundled, offline) or a local "
                         "Hugging Face model directory of a supported family")
@@ -60,8 +68,29 @@ def check_numbers(args) -> None:
             raise ConfigError(f"{' and '.join(fixed)} shape fresh weights only; the model in "
                               f"--lcirc {args.lcirc} has its own, so drop {' and '.join(fixed)}")
     else:
+        fresh_config(args)
         check_segment_len(args.segment_len, args.max_segment_len or DEFAULT_MAX_SEGMENT_LEN,
                           "--max-segment-len")
+
+
+def flag_message(msg: str) -> str:
+    """An LCIRCConfig error with its field names replaced by compress's flags: "num_latents =
+    100000000: must be ..." reads "--num-latents 100000000: must be ..."."""
+    for field, flag in FLAG_OF_FIELD.items():
+        msg = re.sub(rf"(?:LCIRCConfig\.)?\b{field}\b(?:\s*=\s*)?", flag + " ", msg)
+    return " ".join(msg.split())
+
+
+def fresh_config(args):
+    """The LCIRCConfig of fresh weights from --num-latents and --max-segment-len; its bounds are
+    LCIRCConfig's, reported as ConfigError naming the flag."""
+    from .. import LCIRCConfig
+
+    try:
+        return LCIRCConfig(num_latents=args.num_latents or DEFAULT_NUM_LATENTS,
+                           max_segment_len=args.max_segment_len or DEFAULT_MAX_SEGMENT_LEN)
+    except ConfigError as e:
+        raise ConfigError(flag_message(str(e))) from None
 
 
 def check_segment_len(segment_len: int | None, max_segment_len: int, limit: str) -> None:
@@ -83,11 +112,15 @@ def check_input(path: str) -> None:
         raise PermissionError(f"cannot read {path} (permission denied)")
 
 
-def check_out(out: str, source: str) -> None:
-    """--out must be a new or existing .safetensors file in a writable directory, not the input."""
+def check_out(out: str, source: str, force: bool = False) -> None:
+    """--out must be a new .safetensors file (an existing regular file with `force`) in a writable
+    directory, not the input and not a symbolic link."""
     if source != "-" and os.path.exists(out) and os.path.samefile(out, source):
         raise ConfigError(f"--out {out} is the input file; writing the memory would overwrite "
                           f"the text, give another path ending in {MEMORY_SUFFIX}")
+    if os.path.islink(out):
+        raise ConfigError(f"--out {out} is a symbolic link (to {os.readlink(out)}); compress never "
+                          f"writes through a link: give the path of a file")
     if os.path.isdir(out):
         raise IsADirectoryError(f"--out {out} is a directory; give a file path such as "
                                 f"{os.path.join(out, 'memory' + MEMORY_SUFFIX)}")
@@ -104,6 +137,8 @@ def check_out(out: str, source: str) -> None:
                               "(permission denied)")
     if os.path.exists(out) and not os.path.isfile(out):
         raise ConfigError(f"--out {out} exists and is not a regular file")
+    if os.path.exists(out) and not force:
+        raise FileExistsError(f"--out {out} exists; pass --force to replace it, or give a new path")
 
 
 def check_base(name: str) -> None:
@@ -138,7 +173,7 @@ def check_args(args) -> None:
     """Every check that needs no model, in the order the user wrote the arguments."""
     check_numbers(args)
     check_input(args.input)
-    check_out(args.out, args.input)
+    check_out(args.out, args.input, args.force)
     check_base(args.base)
     check_lcirc(args.lcirc)
 
@@ -166,6 +201,25 @@ def read_text(path: str) -> str:
     return text
 
 
+def check_tables_fit(config, hidden: int) -> None:
+    """Refuse fresh weights whose latent and position tables ([num_latents, hidden] and
+    [max_segment_len, hidden], float32) alone exceed this machine's memory, naming the flag of
+    the larger table; LCIRCConfig's own bounds, when it has them, are checked before this."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    rows = {"num_latents": config.num_latents, "max_segment_len": config.max_segment_len}
+    if sum(rows.values()) * hidden * 4 <= memory:
+        return
+    field = max(rows, key=rows.get)
+    flag, value = FLAG_OF_FIELD[field], rows[field]
+    default = DEFAULT_NUM_LATENTS if field == "num_latents" else DEFAULT_MAX_SEGMENT_LEN
+    raise ConfigError(f"{flag} {value}: its table of {value} x {hidden} float32 values needs "
+                      f"{value * hidden * 4 / 2**30:,.0f} GiB, more than this machine's "
+                      f"{memory / 2**30:,.0f} GiB of memory; use a smaller {flag} (default {default})")
+
+
 def load_base(name: str):
     """(model, tokenizer) for the bundled base or a local HF directory (fp32)."""
     from ..models import load_base as load
@@ -177,7 +231,7 @@ def build_model(args):
     """(LCIRC model in eval mode, tokenizer): trained from --lcirc or fresh from --seed."""
     import torch
 
-    from .. import LCIRCConfig, LCIRCForCausalLM
+    from .. import LCIRCForCausalLM
 
     base, tok = load_base(args.base)
     torch.manual_seed(args.seed)           # the seed fixes the fresh LCIRC weights alone
@@ -186,10 +240,35 @@ def build_model(args):
         check_segment_len(args.segment_len, model.config.max_segment_len,
                           f"the max_segment_len of {args.lcirc}")
     else:
-        cfg = LCIRCConfig(num_latents=args.num_latents or DEFAULT_NUM_LATENTS,
-                          max_segment_len=args.max_segment_len or DEFAULT_MAX_SEGMENT_LEN)
-        model = LCIRCForCausalLM.from_base(base, cfg)
+        config = fresh_config(args)
+        check_tables_fit(config, int(base.config.hidden_size))
+        model = LCIRCForCausalLM.from_base(base, config)
     return model.eval(), tok
+
+
+def write_memory(mem, out: str, force: bool) -> None:
+    """Write `mem` to `out` atomically: saved in a private temp directory beside `out`, then
+    renamed over it (`force`) or linked to it (no `force`: fails if `out` appeared meanwhile)."""
+    parent = os.path.dirname(os.path.abspath(out))
+    tmpdir = tempfile.mkdtemp(prefix=".lcirc-compress-", dir=parent)
+    try:
+        tmp = os.path.join(tmpdir, "memory" + MEMORY_SUFFIX)
+        mem.save(tmp)
+        if force:
+            os.replace(tmp, out)       # replaces a link itself, never the file it points to
+            return
+        try:
+            os.link(tmp, out)
+        except FileExistsError:
+            raise FileExistsError(f"--out {out} appeared while compressing; nothing was written: "
+                                  f"pass --force to replace it, or give a new path") from None
+        except OSError:                # a file system without hard links
+            if os.path.lexists(out):
+                raise FileExistsError(f"--out {out} appeared while compressing; nothing was "
+                                      f"written: pass --force to replace it") from None
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def run(args) -> int:
@@ -206,7 +285,7 @@ def run(args) -> int:
     with torch.no_grad():
         mem = model.compress(ids, segment_len=args.segment_len)
     dt = max(time.perf_counter() - t0, 1e-9)
-    mem.save(args.out)
+    write_memory(mem, args.out, args.force)
     print(f"input            {args.input}")
     print(f"context tokens   {n}")
     print(f"segments         {mem.num_segments}")

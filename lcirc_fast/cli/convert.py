@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--src", required=True, help="to-pretrained: the reference .pt file; to-official: the "
                                                 "save_pretrained directory")
     p.add_argument("--out", required=True, help="to-pretrained: a new directory; to-official: a .pt file")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out (a file, or a directory written by save_pretrained)")
     return p
 
 
@@ -55,12 +57,18 @@ def official_model(base, path: str | os.PathLike):
         raise CheckpointError(f"{path} is not a reference LCIRC checkpoint: it holds a "
                               f"{type(ckpt).__name__}, not a dict of state dicts")
     model = LCIRCForCausalLM.from_base(base, config_from_official(ckpt))
-    model.load_official_checkpoint(ckpt)
+    try:
+        model.load_official_checkpoint(ckpt)
+    except KeyError as e:           # a key the reference layout does not have
+        raise CheckpointError(f"{path} is not a reference LCIRC checkpoint: {e.args[0] if e.args else e}") from None
     return model
 
 
 def _check(args) -> None:
     out = Path(args.out)
+    if out.is_symlink():
+        raise ConfigError(f"--out {out} is a symbolic link (to {os.readlink(out)}); convert never writes "
+                          "through a link: give the path itself")
     if out.exists() and not args.force:
         raise ConfigError(f"--out {out} exists; pass a new path or --force to replace it")
     src = Path(args.src)
@@ -68,26 +76,81 @@ def _check(args) -> None:
         raise CheckpointError(f"--src {src}: no such file; pass the reference implementation's .pt checkpoint")
     if args.direction == "to-official" and not src.is_dir():
         raise CheckpointError(f"--src {src}: no such directory; pass a save_pretrained directory")
-    if args.direction == "to-official" and out.exists() and out.is_dir():
+    if args.direction == "to-official" and out.is_dir():
         raise ConfigError(f"--out {out} is a directory; to-official writes one .pt file")
+    if args.direction == "to-pretrained" and out.is_dir():
+        from ..models.pretrained import CONFIG_NAME, WEIGHTS_NAME
+
+        others = sorted(set(os.listdir(out)) - {CONFIG_NAME, WEIGHTS_NAME})
+        if others:
+            raise ConfigError(f"--out {out} is a directory holding {len(others)} other files ({', '.join(others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}); --force replaces a file or a save_pretrained "
+                              "directory only: give a new path")
+    if out.exists() and not (out.is_file() or out.is_dir()):
+        raise ConfigError(f"--out {out} exists and is neither a file nor a directory")
+
+
+def _temp_name(out: Path) -> Path:
+    return out.parent / f".{out.name}.tmp-{os.getpid()}"
+
+
+def write_pretrained(model, out: Path) -> None:
+    """save_pretrained into a new directory beside `out`, then renamed to `out`; an existing `out`
+    (a file or a save_pretrained directory, checked by _check) is moved aside first and removed
+    once the new one is in place (put back if the rename fails)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(out)
+    os.mkdir(tmp)                          # fails if anything is there: nothing is written through
+    old = None
+    try:
+        model.save_pretrained(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if old is not None:
+                os.rename(old, out)
+                old = None
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+
+
+def write_official(model, out: Path) -> None:
+    """The reference checkpoint written to a new file beside `out` (created exclusively, so never
+    through a link), then renamed over `out`."""
+    import torch
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(out)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(model.official_state_dict(), f)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def run(args) -> int:
-    import torch
-
     from ..models import LCIRCForCausalLM, load_base
 
     _check(args)
     base, _ = load_base(args.base, tokenizer=False)
     if args.direction == "to-pretrained":
         model = official_model(base, args.src)
-        model.save_pretrained(args.out)
+        write_pretrained(model, Path(args.out))
     else:
         model = LCIRCForCausalLM.from_pretrained(args.src, base=base)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{args.out}.tmp"
-        torch.save(model.official_state_dict(), tmp)
-        os.replace(tmp, args.out)
+        write_official(model, Path(args.out))
     kind = "QD-LCIRC" if model.config.query_dependent else "LCIRC"
     print(f"{kind} (K={model.config.num_latents}, {model.config.compressor_layers} Perceiver layers, "
           f"GCA before layers {model.config.gca_layers}) written to {args.out}", file=sys.stderr)

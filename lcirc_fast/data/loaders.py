@@ -127,21 +127,28 @@ def _numbered_rows(path) -> list[tuple[str, str, dict]]:
 
 
 def load_local(path, split: str = "train"):
-    """A `datasets.Dataset` from local files (text files give one row per whole file)."""
+    """A `datasets.Dataset` from local files (text files give one row per whole file).
+
+    A file that cannot be read is a DataError naming it; the messages that `datasets` would log
+    about it (e.g. "Failed to read schema ..." for a garbage .parquet) are held back."""
     import datasets
     from datasets.exceptions import DatasetGenerationError
+    from datasets.utils import logging as ds_logging
     from pyarrow import ArrowException
 
     files = _files(path)
     fmt = _format_of(files)
     kwargs = {"sample_by": "document"} if fmt == "text" else {}
     bars_were_off = datasets.is_progress_bar_enabled() is False
+    verbosity = ds_logging.get_verbosity()
     datasets.disable_progress_bars()       # a local read is quick; its bar would only be noise
+    ds_logging.set_verbosity(ds_logging.CRITICAL + 1)   # its errors are raised as one DataError
     try:
         return datasets.load_dataset(fmt, data_files={split: files}, split=split, **kwargs)
     except (DatasetGenerationError, ArrowException) as e:
         raise DataError(f"cannot read {', '.join(files)} as {fmt}: {_root_message(e)}") from e
     finally:
+        ds_logging.set_verbosity(verbosity)
         if not bars_were_off:
             datasets.enable_progress_bars()
 

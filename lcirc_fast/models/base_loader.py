@@ -13,8 +13,8 @@ from ..errors import ConfigError
 from .base_adapter import adapter_for_type
 
 TINY_RANDOM = "tiny_random"
-BASE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+BASE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")   # refused: never unpickled
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 
@@ -36,14 +36,20 @@ def check_base_dir(path: str | os.PathLike, label: str = "base model",
                    tokenizer: bool = False) -> str:
     """The `model_type` of a Hugging Face model directory, checked without loading weights.
 
-    ConfigError when config.json or the weights are missing, config.json is unreadable, its
-    family is not supported, or (with `tokenizer`) it has no tokenizer.
+    ConfigError when config.json or the safetensors weights are missing (pickled
+    pytorch_model.bin weights are refused, not read), config.json is unreadable, its family is
+    not supported, or (with `tokenizer`) it has no tokenizer.
     """
     config = os.path.join(path, "config.json")
     if not os.path.isfile(config):
         raise ConfigError(f"{label} {path} has no config.json; give a Hugging Face model "
                           f"directory or '{SMOLLM2_NAME}'")
     if not any(os.path.isfile(os.path.join(path, w)) for w in BASE_WEIGHTS):
+        pickled = [w for w in PICKLED_WEIGHTS if os.path.isfile(os.path.join(path, w))]
+        if pickled:
+            raise ConfigError(f"{label} {path} holds pickled weights ({pickled[0]}), which lcirc_fast "
+                              f"refuses to load; it wants safetensors: convert them to "
+                              f"model.safetensors (e.g. with save_pretrained) in a trusted environment")
         raise ConfigError(f"{label} {path} has a config.json but no weights (one of "
                           f"{', '.join(BASE_WEIGHTS)})")
     try:
@@ -73,6 +79,20 @@ def random_base(config, dtype: torch.dtype = torch.float32, attn_implementation:
     adapter_for_type(config.model_type)
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation,
                                             dtype=dtype).eval()
+
+
+def quietly(load, *args, **kwargs):
+    """`load(*args, **kwargs)` without transformers' progress bar: a local load is quick, and the
+    command line's stderr holds its own lines only."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_base(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, *,
@@ -107,7 +127,8 @@ def load_base(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float3
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         check_base_dir(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True)
+        model = quietly(AutoModelForCausalLM.from_pretrained, name, dtype=dtype, local_files_only=True,
+                        use_safetensors=True)
         if tokenizer and has_tokenizer(name):
             tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
     else:

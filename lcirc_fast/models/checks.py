@@ -44,6 +44,27 @@ def check_like(t, ids: torch.Tensor, what: str) -> torch.Tensor:
     return t.to(ids.device)
 
 
+IGNORE_INDEX = -100   # a label the loss skips (Hugging Face convention)
+
+
+def check_labels(labels, ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Labels as int64 [B, L] on `ids`' device: an integer tensor of `ids`' shape whose every
+    value is a token id in [0, vocab_size) or IGNORE_INDEX (-100); DataError otherwise."""
+    if not isinstance(labels, torch.Tensor):
+        raise DataError(f"labels must be a torch.Tensor of token ids shaped like input_ids "
+                        f"{tuple(ids.shape)}, got {type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise DataError(f"labels must hold integer token ids (int64), got {labels.dtype}; "
+                        f"convert with .long()")
+    labels = check_like(labels, ids, "labels")
+    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab_size))
+    if bool(bad.any()):
+        value = int(labels[bad][0])
+        raise DataError(f"labels hold {value}, outside the vocabulary [0, {vocab_size}); use "
+                        f"token ids, or {IGNORE_INDEX} for positions without a loss")
+    return labels.long()
+
+
 def check_query_mask(query_mask, q: torch.Tensor) -> torch.Tensor:
     """The QD query mask as bool [B, Tq] for query ids `q` [B, Tq] (all ones when None): every
     row keeps at least one token and is right-padded."""

@@ -31,7 +31,7 @@ from ..modules.linear import PackedLinear
 from ..ops.registry import bind
 from . import generation, official, pretrained
 from .base_adapter import BaseAdapter, resolve_adapter
-from .checks import check_ids, check_like
+from .checks import check_ids, check_labels, check_like
 from .fingerprint import Fingerprint
 from .init_recipe import apply_init
 from .injection import Injection
@@ -257,7 +257,7 @@ class LCIRCForCausalLM(nn.Module):
         if attention_mask is not None:
             attention_mask = check_like(attention_mask, ids, "attention_mask")
         if labels is not None:
-            labels = check_like(labels, ids, "labels")
+            labels = check_labels(labels, ids, self.config.vocab_size)
         with self.inject(memory, ids.shape[0]):
             return self.base(input_ids=ids, attention_mask=attention_mask, labels=labels,
                              **kwargs)
