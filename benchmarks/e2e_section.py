@@ -5,14 +5,18 @@
   cached vs re-projected memory K/V) under a deadline: a length whose estimated cost (scaled from
   the previous length by the analytic FLOPs) does not fit the time left, or whose estimated peak
   memory does not fit the free device memory, is skipped and listed. The decode point at
-  `decode_memory` memory vectors (3200: 50 segments of 2048) is always in the sweep.
+  `decode_memory` memory vectors (3200: 50 segments of 2048) is always in the sweep. The LCIRC
+  prefill of each length is also timed on every other available backend.
 * `run_compress`: compress one long document (128K tokens on the GPU) with the paper's compressor
-  built over an embedding table only (no LLM layers), for each backend, with and without CUDA
-  graphs and with the default or a 16-segment K/V hoist; reports achieved TFLOP/s over the
-  FLOPs that `lcirc_fast.flops.compress` counts and the fraction of `peak_tflops`.
+  built over an embedding table only (no LLM layers), for each available backend, with and
+  without CUDA graphs and with the default or a 16-segment K/V hoist; reports achieved TFLOP/s
+  over the FLOPs that `lcirc_fast.flops.compress` counts and the fraction of `peak_tflops`.
 
-Both check correctness first (`memory_oracle`, plus the prefill logits of the two backends for
-`run_e2e` and CUDA graphs on vs off for `run_compress`) and return no measurements when it fails.
+The available backends are those of `lcirc_fast.ops.registry.available_backends` (torch, triton,
+and cuda when the extension is built). Both check correctness first (`memory_oracle` on every
+backend, plus each backend's prefill logits against torch's for `run_e2e` and CUDA graphs on vs
+off for `run_compress`) and return no measurements when it fails. Timing goes through
+`lcirc_fast.bench.timing`.
 """
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ import contextlib
 import copy
 import functools
 import math
-import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,9 +36,9 @@ DEFAULT_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)
 
 
 # ------------------------------------------------------------------------------- helpers
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+def _syncer(device) -> Callable[[], None]:
+    dev = torch.device(device)
+    return (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -51,17 +54,25 @@ def _slack(dtype: torch.dtype) -> float:
 
 
 def _median_time(fn: Callable, device, repeats: int) -> tuple[float, object]:
-    """(median seconds of `repeats` runs after one warm-up run, last result)."""
-    out = fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        del out
-        _sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    """(median seconds of `repeats` timed runs after one uncounted warm-up run, last result), by
+    `lcirc_fast.bench.timing.measure` (the previous result is freed before each run)."""
+    from lcirc_fast.bench.timing import TimingPolicy, Workload, measure
+
+    last: dict = {}
+
+    def run(_):
+        last["out"] = fn()
+
+    policy = TimingPolicy(min_repeats=repeats, max_repeats=repeats, warmup_s=0.0)
+    res = measure({"fn": Workload(run, setup=last.clear)}, policy, sync=_syncer(device))
+    return res.stats()["fn"]["median"], last["out"]
+
+
+def _available(device) -> tuple[str, ...]:
+    """Every backend that runs on `device` here (torch, triton, and cuda when built)."""
+    from lcirc_fast.ops.registry import available_backends
+
+    return available_backends(device)
 
 
 def _randomize_norms(model, seed: int = 1) -> None:
@@ -83,8 +94,8 @@ def _upcast(model, dtype: torch.dtype):
                            base=SimpleNamespace(get_input_embeddings=lambda: emb))
 
 
-def memory_oracle(model, ids: torch.Tensor, backends=("torch", "triton")) -> dict:
-    """Error-ratio check of `model.compress` per backend.
+def memory_oracle(model, ids: torch.Tensor, backends=None) -> dict:
+    """Error-ratio check of `model.compress` per backend (default: every available one).
 
     The memory of each backend (model dtype) and of the eager reference (`reference_compress`,
     model dtype) are compared with the eager reference run at higher precision (fp32, or fp64
@@ -93,6 +104,7 @@ def memory_oracle(model, ids: torch.Tensor, backends=("torch", "triton")) -> dic
     from lcirc_fast.bench.reference import reference_compress
 
     hi = torch.float64 if model.dtype == torch.float32 else torch.float32
+    backends = _available(model.device) if backends is None else backends
     saved = model.config.backend
     with torch.no_grad():
         ref = reference_compress(_upcast(model, hi), ids)
@@ -108,27 +120,29 @@ def memory_oracle(model, ids: torch.Tensor, backends=("torch", "triton")) -> dic
     return out
 
 
-def logits_oracle(model, ctx: torch.Tensor, win: torch.Tensor) -> dict:
-    """Window logits with memory: triton vs torch backend, against torch vs the eager reference.
+def logits_oracle(model, ctx: torch.Tensor, win: torch.Tensor, backends=None) -> dict:
+    """Window logits with memory: each backend (default: every available one) vs the torch
+    backend, against torch vs the eager reference.
 
-    ok when ‖triton − torch‖ <= 2 · ‖torch − eager‖ + slack (relative norms, last 16
-    positions).
+    ok when ‖backend − torch‖ <= 2 · ‖torch − eager‖ + slack for every backend (relative norms,
+    last 16 positions). Returns {"vs_torch": {backend: error}, "torch_vs_eager", "ok"}.
     """
     from lcirc_fast.bench.reference import reference_compress, reference_forward
 
+    backends = _available(model.device) if backends is None else backends
     saved = model.config.backend
     outs = {}
     with torch.no_grad():
-        for be in ("torch", "triton"):
+        for be in dict.fromkeys(("torch", *backends)):
             model.configure(backend=be)
             outs[be] = model(win, memory=model.compress(ctx), logits_to_keep=16).logits.float()
         model.configure(backend=saved)
         eager = reference_forward(model, win, reference_compress(model, ctx),
                                   logits_to_keep=16).logits.float()
-    d_be = _rel(outs["triton"], outs["torch"])
     d_ref = _rel(outs["torch"], eager)
-    return {"triton_vs_torch": d_be, "torch_vs_eager": d_ref,
-            "ok": d_be <= 2 * d_ref + _slack(model.dtype)}
+    vs = {be: _rel(out, outs["torch"]) for be, out in outs.items() if be != "torch"}
+    return {"vs_torch": vs, "torch_vs_eager": d_ref,
+            "ok": all(d <= 2 * d_ref + _slack(model.dtype) for d in vs.values())}
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -216,11 +230,40 @@ def _kv_projection_ms(model, memory_tokens: int, device, repeats: int = 5) -> fl
     return secs * 1e3
 
 
+def _time_backends(model, preset, row: dict, opts, backends) -> None:
+    """Time the LCIRC prefill of `row`'s length on each of `backends` other than the one the
+    sweep ran on (same workload and timing policy as the sweep, backends interleaved round by
+    round); adds them to row["timing"] as "lcirc[<backend>]" (so `_estimate` scales them like
+    the LCIRC prefill) and sets row["lcirc_s_by_backend"]."""
+    from lcirc_fast.bench.sweep import workloads
+    from lcirc_fast.bench.timing import Workload, measure
+
+    ran = model.resolved_backend()
+    by_backend = {ran: row["lcirc_s"]}
+    others = [b for b in backends if b != ran]
+    if others:
+        lcirc = workloads(model, preset, row["tokens"], opts)["lcirc"]
+        wls = {f"lcirc[{b}]": Workload(lambda _: lcirc.run(),
+                                       setup=functools.partial(model.configure, backend=b))
+               for b in others}
+        saved = model.config.backend
+        try:
+            res = measure(wls, opts.timing_policy(), sync=_syncer(opts.device))
+        finally:
+            model.configure(backend=saved)
+        stats = res.stats()
+        row["timing"].update(stats)
+        row.setdefault("warmup_runs", {}).update(res.warmups)
+        by_backend.update({b: stats[f"lcirc[{b}]"]["median"] for b in others})
+    row["lcirc_backend"] = ran
+    row["lcirc_s_by_backend"] = by_backend
+
+
 def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "llama2-7b",
             device: str = "cuda", dtype: torch.dtype = torch.bfloat16, decode_tokens: int = 16,
             decode_memory: int = 3200, deadline: float | None = None, train: bool = False,
             reference: bool = False, progress: Callable[[str], None] = print,
-            sweep_options: dict | None = None, warm_up: bool = True) -> dict:
+            sweep_options: dict | None = None, warm_up: bool = True, backends=None) -> dict:
     """Sweep under `deadline` (a `time.perf_counter()` value). Returns {"correct", "rows",
     "skipped", "errors", "decode", "meta", "plot"}; rows and the rest are empty when "correct"
     is not ok.
@@ -230,6 +273,10 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
     runs; the others are admitted by estimate, the longest and the decode point first
     (`plan_lengths`), and run in increasing order. `sweep_options`: more `SweepOptions` fields
     (e.g. memory=False).
+    `backends` (default: every available one on `device`) are checked, and each length's LCIRC
+    prefill is timed on every one of them: the sweep runs on the model's own ("auto") backend,
+    the others' prefill is timed right after it (`_time_backends`); a row's
+    "lcirc_s_by_backend" holds every backend's median.
     Writes e2e.json / e2e.png under `out_dir` (when given) only after a green check; without
     matplotlib there is no e2e.png, and "plot" says so (`lcirc_fast.plotting.written`)."""
     from lcirc_fast import flops as fl
@@ -248,6 +295,7 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
     with torch.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         model = build_model(p, device, dtype)
     _randomize_norms(model)
+    backends = _available(dev) if backends is None else tuple(backends)
     tick(f"built {preset} ({sum(t.numel() for t in model.parameters()) / 1e9:.2f}B params)")
     result: dict = {"preset": preset, "rows": [], "skipped": [], "errors": [], "decode": None,
                     "meta": None, "plot": None}
@@ -259,19 +307,23 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
                          train=train, reference=reference), **extra)
         opts.update(over)
         with _reuse_model(model):
-            return run_sweep(p, SweepOptions(**opts), progress=tick)
+            res = run_sweep(p, SweepOptions(**opts), progress=tick)
+        if not over:                                # the measured pass: every other backend too
+            _time_backends(model, p, res["rows"][0], SweepOptions(**opts), backends)
+        return res
 
     gen = torch.Generator().manual_seed(0)
     n_chk = p.window + 2 * s.config.segment_len
     ids = torch.randint(0, p.llm.vocab_size, (1, n_chk), generator=gen).to(dev)
-    mem_chk = memory_oracle(model, ids[:, : n_chk - p.window])
-    log_chk = logits_oracle(model, ids[:, : n_chk - p.window], ids[:, n_chk - p.window:])
+    mem_chk = memory_oracle(model, ids[:, : n_chk - p.window], backends)
+    log_chk = logits_oracle(model, ids[:, : n_chk - p.window], ids[:, n_chk - p.window:], backends)
     result["correct"] = {"memory": mem_chk, "logits": log_chk,
                          "ok": bool(mem_chk["ok"] and log_chk["ok"])}
     tick(f"correctness {'OK' if result['correct']['ok'] else 'RED'}: memory "
-         f"torch {mem_chk['torch']['err']:.2e} triton {mem_chk['triton']['err']:.2e} "
-         f"eager {mem_chk['eager_err']:.2e}; logits triton-torch {log_chk['triton_vs_torch']:.2e} "
-         f"torch-eager {log_chk['torch_vs_eager']:.2e}")
+         + " ".join(f"{b} {mem_chk[b]['err']:.2e}" for b in backends)
+         + f" eager {mem_chk['eager_err']:.2e}; logits vs torch "
+         + " ".join(f"{b} {d:.2e}" for b, d in log_chk["vs_torch"].items())
+         + f" torch-eager {log_chk['torch_vs_eager']:.2e}")
     if not result["correct"]["ok"]:
         return result
     if warm_up:
@@ -401,11 +453,12 @@ def build_compressor_model(device, dtype, shapes: dict = PAPER_COMPRESSOR, seed:
 
 def run_compress(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
                  shapes: dict = PAPER_COMPRESSOR, doc_tokens: int = 131072,
-                 check_tokens: int = 16384, backends=("torch", "triton"), repeats: int = 3,
+                 check_tokens: int = 16384, backends=None, repeats: int = 3,
                  peak_tflops: float = 790.0, deadline: float | None = None,
                  emulate_graphs: bool = False, hoists=("default", "16seg"),
                  progress: Callable[[str], None] = print) -> dict:
-    """Time `model.compress` on one `doc_tokens` document per (backend, hoist, cuda_graphs).
+    """Time `model.compress` on one `doc_tokens` document per (backend, hoist, cuda_graphs);
+    `backends`: default every available one on `device` (torch, triton, cuda when built).
 
     `hoists`: "default" (the model's K/V hoisting limits) and/or "16seg" (16 segments per
     product, no byte budget). `emulate_graphs` (CPU): the graph variants run through
@@ -423,6 +476,7 @@ def run_compress(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
     tick = lambda m: progress(f"[compress {time.perf_counter() - t0:6.1f}s] {m}")  # noqa: E731
     dev = torch.device(device)
     model = build_compressor_model(dev, dtype, shapes)
+    backends = _available(dev) if backends is None else tuple(backends)
     shape = LCIRCShape(model.config)
     flops = fl.compress(shape, doc_tokens).flops
     gen = torch.Generator().manual_seed(0)

@@ -1,24 +1,29 @@
-"""One-file GPU check for the LCIRC Triton kernels (meant for an H200; about 7 min).
+"""One-file GPU check for the LCIRC kernels of every backend (meant for an H200; about 7 min).
 
 Sections run in order; each appends rows to the JSON written to --out:
-  env          versions and device
+  env          versions and device; one "backend" row per registered backend (available here or
+               why not, and which backend serves each of its ops)
   correctness  bf16 error-ratio oracle at real shapes (fwd + grads) and deterministic=True bitwise
                repeatability (incl. a batch-60 race check); speed-ups are only reported when green
   perceiver    64 latents x 2048/4096 keys, 32 heads x 128, batch 1 and 8: fwd and fwd+bwd
   gca          4096 queries x 512/1024/3200 memory vectors (+ gated residual epilogue)
-  epilogue     gated residual and LayerNorm(+position add) bandwidth
+  epilogue     bf16 check of every backend's gated residual (fwd + grads) against fp32, then
+               gated residual and LayerNorm(+position add) bandwidth per backend
   compress128k one 128K-token document through the paper's compressor (4 layers, K=64, 2K
                segments, d 4096, 32x128 heads, FFN 11008, bf16, random weights, embedding table
-               only): TFLOP/s over the analytic FLOPs and the fraction of PEAK_TFLOPS, backend
-               torch vs triton, default vs 16-segment K/V hoist, CUDA graphs off vs on (bitwise
-               comparison of the memories)
+               only): TFLOP/s over the analytic FLOPs and the fraction of PEAK_TFLOPS, every
+               available backend, default vs 16-segment K/V hoist, CUDA graphs off vs on
+               (bitwise comparison of the memories)
   e2e          Llama-2-7B-shaped LCIRC (random weights): prefill LCIRC vs full attention (SDPA)
                from 4K to 128K tokens (lengths that would not fit the time or memory left are
                skipped and listed), decode tokens/s with cached vs re-projected memory K/V at
-               3200 memory vectors; writes e2e.json / e2e.png next to --out
-Providers: triton (lcirc_fast.ops kernels), sdpa (torch SDPA + eager epilogue), naive (fp32
-reference). Other sections plug in with `register_section(name, fn, budget_s)`, where
-fn(ctx: Suite) appends rows with `ctx.record(...)`.
+               3200 memory vectors, LCIRC prefill on every available backend; writes e2e.json /
+               e2e.png next to --out
+Providers: every available backend of the ops registry (torch: SDPA + eager epilogues; triton:
+the fused kernels; cuda: the compiled extension, when built) and naive (fp32 reference). A
+backend whose ops in a case are all served by a backend already timed (cuda's cross-attention is
+Triton's) gets a "same_kernels" row instead of a second timing. Other sections plug in with
+`register_section(name, fn, budget_s)`, where fn(ctx: Suite) appends rows with `ctx.record(...)`.
 
 Time: the run stops starting sections once --budget-s (default 420 s; scripts/gpu_check.sh passes
 its BUDGET_S) is spent; a section with a budget gets at most that much (`Suite.section_deadline`,
@@ -128,6 +133,26 @@ class Suite:
 
 
 # ---------------------------------------------------------------------------------------------
+def _backends(s: Suite) -> dict:
+    """backend -> OpSet of every backend that runs on the suite's device (registry order)."""
+    from lcirc_fast.ops.registry import available_backends, bind
+    return {b: bind(b) for b in available_backends(s.device)}
+
+
+def _distinct(s: Suite, label: str, ops_used: tuple[str, ...]) -> dict:
+    """The backends of `_backends` whose kernels for `ops_used` differ from every earlier one's;
+    each other backend is recorded as a "same_kernels" row naming the backend it duplicates."""
+    seen, out = {}, {}
+    for name, ops in _backends(s).items():
+        key = tuple(ops.provider[op] for op in ops_used)
+        if key in seen:
+            s.record(kind="same_kernels", case=label, backend=name, same_as=seen[key], ops=list(ops_used))
+            continue
+        seen[key] = name
+        out[name] = ops
+    return out
+
+
 def _ops():
     """(registry.bind, triton cross_attention, naive references of the three ops)."""
     from lcirc_fast.ops.cross_attn import cross_attention, naive_cross_attention
@@ -153,6 +178,15 @@ def section_env(s: Suite) -> None:
         row.update(gpu=p.name, sms=p.multi_processor_count, mem_gib=round(p.total_memory / 2**30, 1))
     s.record(**row)
     print("env:", row)
+    from lcirc_fast.ops.registry import RECORDS, bind
+    for name, rec in RECORDS.items():
+        why = rec.unavailable() or rec.wrong_device(torch.device(s.device))
+        brow = dict(kind="backend", backend=name, available=why is None, reason=why)
+        if why is None:
+            brow["provider"] = dict(bind(name).provider)
+        s.record(**brow)
+        print(f"backend {name}: " + (f"available, ops from {brow['provider']}" if why is None
+                                     else f"not available: {why}"))
 
 
 def _attn_case_error(s: Suite, B, Lq, Lk, deterministic=False):
@@ -208,29 +242,51 @@ def section_correctness(s: Suite) -> None:
         print(f"deterministic=True B{B} {Lq}x{Lk}: {'bitwise equal' if same else 'RED: differs'}")
 
 
-def _attn_providers(s: Suite, with_epilogue: bool):
+def _gated_residual_oracle(s: Suite) -> None:
+    """bf16 gated residual (output and grads) of every backend with its own kernel vs the fp32
+    reference, against the torch backend's error (2x + 1e-2)."""
     import torch
-    bind, xattn, naive, naive_gate, _ = _ops()
-    sdpa = bind("torch").cross_attention
-    provs = {
-        "triton": lambda q, k, v: xattn(q, k, v),
-        "sdpa": lambda q, k, v: sdpa(q, k, v),
-        "naive": lambda q, k, v: naive(q, k, v),
-    }
-    if not with_epilogue:
-        return provs
+    _, _, _, naive_gate, _ = _ops()
+    shape = (2, 8, 64) if s.smoke else (4, 2048, 4096)
+    x, y, dy = (_rand(shape, torch.bfloat16, s.device) for _ in range(3))
+    g = torch.tensor([0.4], device=s.device)
+
+    def run(fn, cast):
+        ins = [x.to(cast).requires_grad_(True), y.to(cast).requires_grad_(True), g.clone().requires_grad_(True)]
+        out = fn(*ins)
+        return [out.float()] + [t.float() for t in torch.autograd.grad(out, ins, dy.to(cast))]
+
+    ref = run(naive_gate, torch.float32)
+    errs = {name: [(a - b).abs().max().item() for a, b in zip(run(ops.gated_residual, torch.bfloat16), ref)]
+            for name, ops in _distinct(s, "gated_residual oracle", ("gated_residual",)).items()}
+    for name, err in errs.items():
+        ok = all(math.isfinite(e) and e <= 2 * t + 1e-2 for e, t in zip(err, errs["torch"]))
+        s.green &= ok
+        s.record(kind="oracle", op="gated_residual", backend=name, dtype="bf16", ok=ok,
+                 errors=dict(zip(("out", "dx", "dbranch", "dgate"), err)))
+        print(f"oracle gated_residual {name} bf16: {'OK' if ok else 'RED'} "
+              + " ".join(f"{e:.2e}" for e in err))
+
+
+def _attn_providers(s: Suite, label: str, with_epilogue: bool):
+    """provider -> fn(q, k, v[, x]): every available backend with kernels of its own for the
+    case's ops (`_distinct`), then "naive" (fp32 reference)."""
+    import torch
+    _, _, naive, naive_gate, _ = _ops()
+    used = ("cross_attention", "gated_residual") if with_epilogue else ("cross_attention",)
     gate = torch.tensor(0.5, device=s.device)
-
-    def wrap(name, fn):
-        gated = bind("triton" if name == "triton" else "torch").gated_residual
-
-        def run(q, k, v, x):
-            o = fn(q, k, v)
-            if name == "naive":
-                return naive_gate(x, o.flatten(-2), gate)
-            return gated(x, o.flatten(-2), gate)
-        return run
-    return {n: wrap(n, f) for n, f in provs.items()}
+    provs = {}
+    for name, ops in _distinct(s, label, used).items():
+        if with_epilogue:
+            provs[name] = (lambda ops: lambda q, k, v, x: ops.gated_residual(
+                x, ops.cross_attention(q, k, v).flatten(-2), gate))(ops)
+        else:
+            provs[name] = (lambda ops: lambda q, k, v: ops.cross_attention(q, k, v))(ops)
+    if with_epilogue:
+        provs["naive"] = lambda q, k, v, x: naive_gate(x, naive(q, k, v).flatten(-2), gate)
+    else:
+        provs["naive"] = lambda q, k, v: naive(q, k, v)
+    return provs
 
 
 def _bench_attention(s: Suite, label: str, B: int, Lq: int, Lk: int, epilogue: bool) -> None:
@@ -242,7 +298,7 @@ def _bench_attention(s: Suite, label: str, B: int, Lq: int, Lk: int, epilogue: b
     bytes_fwd = elem * B * H * D * (2 * Lq + 2 * Lk)
     bytes_bwd = elem * B * H * D * (4 * Lq + 4 * Lk) + bytes_fwd
     times = {}
-    for prov, fn in _attn_providers(s, epilogue).items():
+    for prov, fn in _attn_providers(s, label, epilogue).items():
         q, k, v = (_rand((B, L, H, D), dt, s.device, True) for L in (Lq, Lk, Lk))
         x = _rand((B, Lq, H * D), dt, s.device) if epilogue else None
         args = (q, k, v, x) if epilogue else (q, k, v)
@@ -270,13 +326,12 @@ def _bench_attention(s: Suite, label: str, B: int, Lq: int, Lk: int, epilogue: b
             s.record(kind="bench", case=label, provider=prov, mode=mode, B=B, Lq=Lq, Lk=Lk, H=H, D=D,
                      epilogue=epilogue, ms_p50=p50, ms_p20=p20, ms_p80=p80, tflops=tf, gbps=gbs,
                      frac_peak_flops=tf / PEAK_TFLOPS, frac_peak_bw=gbs / 1e3 / PEAK_TBPS, peak_mib=mem)
-    for mode in ("fwd", "fwd+bwd"):
-        t = times.get(("triton", mode))
-        if t is None:
+    for (prov, mode), t in times.items():
+        if prov in ("torch", "naive"):
             continue
-        for base in ("sdpa", "naive"):
+        for base in ("torch", "naive"):
             if (base, mode) in times:
-                s.record(kind="speedup", case=label, mode=mode, vs=base,
+                s.record(kind="speedup", case=label, provider=prov, mode=mode, vs=base,
                          ratio=(times[(base, mode)] / t) if s.green else None,
                          gated_by_correctness=not s.green)
 
@@ -308,8 +363,7 @@ def section_gca(s: Suite) -> None:
 
 def section_epilogue(s: Suite) -> None:
     import torch
-    bind, _, _, _, _ = _ops()
-    tri, ref = bind("triton"), bind("torch")
+    _gated_residual_oracle(s)           # gates the speed-ups like the correctness section
     dt = torch.bfloat16
     N, d, L = (2, 64, 8) if s.smoke else (8, 4096, 2048)
     x = _rand((N, L, d), dt, s.device, True)
@@ -320,12 +374,12 @@ def section_epilogue(s: Suite) -> None:
     b = _rand((d,), torch.float32, s.device, True)
     w16, b16 = w.detach().to(dt).requires_grad_(True), b.detach().to(dt).requires_grad_(True)
     nbytes = x.numel() * 2
-    cases = {
-        ("gated_residual", "triton"): (lambda: tri.gated_residual(x, y, g), 3, (x, y, g)),
-        ("gated_residual", "torch"): (lambda: ref.gated_residual(x, y, g), 3, (x, y, g)),
-        ("layer_norm+pos", "triton"): (lambda: tri.layer_norm(x, w16, b16, 1e-5, pos), 2, (x, w16, b16, pos)),
-        ("layer_norm+pos", "torch"): (lambda: ref.layer_norm(x, w16, b16, 1e-5, pos), 2, (x, w16, b16, pos)),
-    }
+    cases = {}
+    for name, ops in _distinct(s, "gated_residual", ("gated_residual",)).items():
+        cases[("gated_residual", name)] = ((lambda ops: lambda: ops.gated_residual(x, y, g))(ops), 3, (x, y, g))
+    for name, ops in _distinct(s, "layer_norm+pos", ("layer_norm",)).items():
+        cases[("layer_norm+pos", name)] = ((lambda ops: lambda: ops.layer_norm(x, w16, b16, 1e-5, pos))(ops),
+                                           2, (x, w16, b16, pos))
     for (op, prov), (fn, passes, ins) in cases.items():
         if _out_of_time(s, f"{op}/{prov}"):
             continue
@@ -382,9 +436,12 @@ def section_e2e(s: Suite) -> None:
     from e2e_section import run_e2e
 
     if s.smoke:
-        # no forked memory probe (the CPU's way; CUDA reads the allocator's peak instead)
+        # no forked memory probe (the CPU's way; CUDA reads the allocator's peak instead); one
+        # warm-up and one timed run per workload: the interpreter is slow, the smoke run checks
+        # the plumbing of every backend, not its speed
         kw = dict(lengths=(32, 64, 128), preset="tiny", device="cpu", dtype=torch.float32,
-                  decode_tokens=2, decode_memory=8, sweep_options=dict(memory=False))
+                  decode_tokens=2, decode_memory=8,
+                  sweep_options=dict(memory=False, repeats=1, max_repeats=1, warmup_s=0.0))
     else:
         kw = dict(preset="llama2-7b", device="cuda", dtype=torch.bfloat16, decode_tokens=16,
                   decode_memory=3200)
@@ -434,7 +491,12 @@ def _table(rows: list) -> str:
     for r in rows:
         if r.get("kind") == "speedup":
             ratio = "gated (correctness red)" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-            lines.append(f"speedup {r['case']} {r['mode']} vs {r['vs']}: {ratio}")
+            lines.append(f"speedup {r['case']} {r['provider']} {r['mode']} vs {r['vs']}: {ratio}")
+        elif r.get("kind") == "same_kernels":
+            lines.append(f"{r['case']}: {r['backend']} runs {r['same_as']}'s kernels for {r['ops']} "
+                         f"(timed once, as {r['same_as']})")
+        elif r.get("kind") == "backend" and not r["available"]:
+            lines.append(f"backend {r['backend']} not timed: {r['reason']}")
     comp = [r for r in rows if r.get("kind") == "compress"]
     if comp:
         lines.append(f"compress {comp[0]['doc_tokens']} tokens ({comp[0]['flops'] / 1e12:.1f} "
@@ -458,6 +520,10 @@ def _table(rows: list) -> str:
                          f"{100 * r['flops_lcirc_half'] / r['flops_full_half']:6.2f}% "
                          f"{'-' if dc is None else f'{dc:.1f}/s':>10s} "
                          f"{'-' if dr is None else f'{dr:.1f}/s':>10s}")
+            by = r.get("lcirc_s_by_backend") or {}
+            if len(by) > 1:
+                lines.append("            LCIRC by backend: " + ", ".join(
+                    f"{b} {t * 1e3:.1f}ms" for b, t in by.items()))
     for r in rows:
         if r.get("kind") == "e2e_decode":
             lines.append(f"decode at {r['memory']} memory vectors: cached {r['cached_tok_s']:.1f} tok/s, "

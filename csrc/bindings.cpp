@@ -1,9 +1,6 @@
 // Torch binding of the lcirc CUDA kernels (csrc/kernels/*.cu, C API in lcirc_kernels.h).
 //
 // Importing the module `lcirc_fast._C` registers, for CUDA tensors:
-//   torch.ops.lcirc.cuda_split_kv_combine(o_partial, lse_partial, out_dtype=None) -> (out, lse)
-//       o_partial [chunks, *rows, D] fp32, lse_partial [chunks, *rows] fp32
-//       -> out [*rows, D] (out_dtype, default fp32), lse [*rows] fp32
 //   torch.ops.lcirc.cuda_gated_residual(x, o, gate) -> y = x + tanh(gate) * o
 //       x, o [..., C] fp32/fp16/bf16; gate: 1 element or C elements (any float dtype)
 //   torch.ops.lcirc.cuda_gated_residual_backward(grad_y, o, gate) -> (grad_o, grad_gate)
@@ -33,42 +30,6 @@ lcirc_dtype_t to_lcirc_dtype(at::ScalarType t, const char* op) {
 
 void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
-}
-
-std::tuple<at::Tensor, at::Tensor> split_kv_combine(const at::Tensor& o_partial,
-                                                    const at::Tensor& lse_partial,
-                                                    std::optional<at::ScalarType> out_dtype) {
-  const char* op = "lcirc.cuda_split_kv_combine";
-  TORCH_CHECK(o_partial.is_cuda() && lse_partial.is_cuda(), op, ": inputs must be CUDA tensors");
-  TORCH_CHECK(o_partial.device() == lse_partial.device(), op, ": inputs on different devices");
-  TORCH_CHECK(o_partial.scalar_type() == at::kFloat && lse_partial.scalar_type() == at::kFloat,
-              op, ": o_partial and lse_partial must be float32, got ", o_partial.scalar_type(),
-              " and ", lse_partial.scalar_type());
-  TORCH_CHECK(o_partial.dim() >= 2, op, ": o_partial must be [chunks, ..., D], got shape ",
-              o_partial.sizes());
-  TORCH_CHECK(lse_partial.sizes() == o_partial.sizes().slice(0, o_partial.dim() - 1), op,
-              ": lse_partial shape ", lse_partial.sizes(), " must be o_partial shape ",
-              o_partial.sizes(), " without the last dim");
-  const int64_t splits = o_partial.size(0);
-  const int64_t d = o_partial.size(-1);
-  TORCH_CHECK(splits >= 1 && splits <= 1024, op, ": number of chunks must be in [1, 1024], got ",
-              splits);
-  TORCH_CHECK(d >= 1, op, ": head dim must be >= 1");
-  const at::ScalarType odt = out_dtype.value_or(at::kFloat);
-  const lcirc_dtype_t ldt = to_lcirc_dtype(odt, op);
-
-  c10::cuda::CUDAGuard guard(o_partial.device());
-  const at::Tensor o = o_partial.contiguous();
-  const at::Tensor l = lse_partial.contiguous();
-  at::Tensor out = at::empty(o.sizes().slice(1), o.options().dtype(odt));
-  at::Tensor lse = at::empty(l.sizes().slice(1), l.options());
-  const int64_t rows = lse.numel();
-  if (rows == 0) return {out, lse};
-  check_launch(lcirc_split_kv_combine(o.data_ptr<float>(), l.data_ptr<float>(), out.data_ptr(),
-                                      lse.data_ptr<float>(), splits, rows, d, ldt,
-                                      c10::cuda::getCurrentCUDAStream().stream()),
-               op);
-  return {out, lse};
 }
 
 // Shared argument checks of the gated-residual ops; returns the fp32 contiguous gate.
@@ -132,14 +93,11 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_backward(const at::Tensor& gra
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(lcirc, m) {
-  m.def("cuda_split_kv_combine(Tensor o_partial, Tensor lse_partial, ScalarType? out_dtype=None)"
-        " -> (Tensor, Tensor)");
   m.def("cuda_gated_residual(Tensor x, Tensor o, Tensor gate) -> Tensor");
   m.def("cuda_gated_residual_backward(Tensor grad_y, Tensor o, Tensor gate) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(lcirc, CUDA, m) {
-  m.impl("cuda_split_kv_combine", &split_kv_combine);
   m.impl("cuda_gated_residual", &gated_residual);
   m.impl("cuda_gated_residual_backward", &gated_residual_backward);
 }

@@ -30,17 +30,6 @@ CSRC = ROOT / "csrc"
 
 # ---- torch references (also exercised on CPU by tests/test_csrc.py) -------------------------
 
-def combine_reference(o_partial, lse_partial):
-    """Eager split-KV combine. o_partial [S, ..., D], lse_partial [S, ...] -> (out fp32, lse fp32)."""
-    import torch
-
-    lse = torch.logsumexp(lse_partial.float(), dim=0)
-    w = torch.exp(lse_partial.float() - lse)
-    w = torch.where(torch.isfinite(lse), w, torch.zeros_like(w))  # rows without keys
-    o = torch.where(w.unsqueeze(-1) > 0, o_partial.float(), torch.zeros_like(o_partial, dtype=torch.float32))
-    return (w.unsqueeze(-1) * o).sum(0), lse
-
-
 def gated_residual_reference(x, o, gate):
     """Eager y = x + tanh(gate) * o in x's dtype (gate: 1 or C elements)."""
     import torch
@@ -64,25 +53,6 @@ def gated_residual_backward_reference(grad_y, o, gate):
         d_g = (prod.reshape(-1, g.numel()).sum(0) * (1 - t * t)).reshape(gate.shape)
         d_o = t * grad_y.double()
     return d_o.to(grad_y.dtype), d_g.to(gate.dtype)
-
-
-def split_attention(q, k, v, cuts):
-    """Per-chunk attention partials over key ranges [cuts[i], cuts[i+1]) (fp32, natural-log LSE).
-
-    q [B, H, Lq, D], k/v [B, H, Lk, D] -> o_partial [S, B, H, Lq, D], lse_partial [S, B, H, Lq]."""
-    import torch
-
-    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    o_parts, lse_parts = [], []
-    for a, z in zip(cuts[:-1], cuts[1:]):
-        if a == z:
-            lse_parts.append(torch.full(q.shape[:-1], float("-inf"), device=q.device))
-            o_parts.append(torch.full(q.shape, float("nan"), device=q.device))
-            continue
-        sc = scores[..., a:z]
-        lse_parts.append(torch.logsumexp(sc, -1))
-        o_parts.append(torch.softmax(sc, -1) @ v.float()[:, :, a:z])
-    return torch.stack(o_parts).contiguous(), torch.stack(lse_parts).contiguous()
 
 
 # ---- build ------------------------------------------------------------------------------------
@@ -155,23 +125,6 @@ def check_ops(results: list) -> None:
     ops = torch.ops.lcirc
     dev = "cuda"
 
-    # split-KV combine at the Perceiver shape (64 latents x 4096 keys, 32 heads x 128).
-    b, h, lq, lk, d = 1, 32, 64, 4096, 128
-    q, k, v = (torch.randn(b, h, n, d, device=dev) for n in (lq, lk, lk))
-    cuts = [0, 300, 300] + list(range(512, lk, 512)) + [lk]  # uneven, one empty chunk
-    o_p, lse_p = split_attention(q, k, v, cuts)
-    full = torch.softmax((q.double() @ k.double().transpose(-1, -2)) / math.sqrt(d), -1) @ v.double()
-    full_lse = torch.logsumexp((q.double() @ k.double().transpose(-1, -2)) / math.sqrt(d), -1)
-    for dt, tol in ((torch.float32, 2e-5), (torch.bfloat16, 1e-2), (torch.float16, 2e-3)):
-        out, lse = ops.cuda_split_kv_combine(o_p, lse_p, dt)
-        out2, lse2 = ops.cuda_split_kv_combine(o_p, lse_p, dt)
-        e_o, e_l = _err(out, full), _err(lse, full_lse)
-        ref_o = combine_reference(o_p, lse_p)[0].to(dt)
-        e_ref = _err(ref_o, full)
-        ok = out.dtype == dt and e_o <= 2 * e_ref + tol and e_l < 1e-4 and torch.equal(out, out2) \
-            and torch.equal(lse, lse2)
-        results.append(dict(check=f"split_kv_combine {dt}", ok=ok, err=e_o, torch_err=e_ref, lse_err=e_l))
-
     # gated residual forward / backward, scalar and per-channel gates.
     rows, cols = 8192, 4096
     for dt, atol in ((torch.float32, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 5e-2)):
@@ -213,7 +166,6 @@ def check_ops(results: list) -> None:
         tests = ("test_schema", "test_faketensor")
         opcheck(ops.cuda_gated_residual.default, (x, x.clone(), g), test_utils=tests)
         opcheck(ops.cuda_gated_residual_backward.default, (x, x.clone(), g), test_utils=tests)
-        opcheck(ops.cuda_split_kv_combine.default, (o_p[:, :, :2], lse_p[:, :, :2]), test_utils=tests)
         results.append(dict(check="opcheck schema + fake", ok=True))
     except Exception as exc:  # report, do not abort the remaining checks
         results.append(dict(check="opcheck schema + fake", ok=False, error=repr(exc)[:500]))
@@ -262,15 +214,6 @@ def bench(results: list, rows_out: list) -> None:
         t_t = _time_ms(eager_bwd)
         rows_out.append(dict(op="gated_residual bwd bf16 8192x4096", ms=t_k, torch_ms=t_t,
                              gbps=3 * nbytes / t_k / 1e6, speedup=t_t / t_k))
-    if ok.get("split_kv_combine torch.bfloat16"):
-        s, b, h, lq, d = 16, 8, 32, 64, 128
-        o_p = torch.randn(s, b, h, lq, d, device="cuda")
-        lse_p = torch.randn(s, b, h, lq, device="cuda")
-        t_k = _time_ms(lambda: ops.cuda_split_kv_combine(o_p, lse_p, torch.bfloat16))
-        t_t = _time_ms(lambda: combine_reference(o_p, lse_p))
-        moved = o_p.numel() * 4 + lse_p.numel() * 4 + b * h * lq * d * 2
-        rows_out.append(dict(op="split_kv_combine 16x8x32x64x128 -> bf16", ms=t_k, torch_ms=t_t,
-                             gbps=moved / t_k / 1e6, speedup=t_t / t_k))
 
 
 def main(argv=None) -> int:

@@ -3,13 +3,11 @@
 The extension exists only where it was built (``LCIRC_BUILD_EXT``, see ``setup.py``); every
 caller must handle its absence. Once loaded, its ops live in ``torch.ops.lcirc``:
 
-* ``cuda_split_kv_combine(o_partial [S, *rows, D] fp32, lse_partial [S, *rows] fp32,
-  out_dtype=None) -> (out [*rows, D], lse [*rows] fp32)``
 * ``cuda_gated_residual(x [..., C], o [..., C], gate [1] or [C]) -> x + tanh(gate) * o``
 * ``cuda_gated_residual_backward(grad_y, o, gate) -> (grad_o, grad_gate)`` (grad_x is grad_y)
 
-Loading also registers them in the ops registry as backend ``"cuda"`` (`lcirc_fast.ops.cuda_ops`),
-with an autograd formula for ``cuda_gated_residual``.
+Loading also registers ``cuda_gated_residual`` in the ops registry as ``gated_residual`` on
+backend ``"cuda"`` (`lcirc_fast.ops.cuda_ops`), with an autograd formula.
 """
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ import importlib.util
 from types import ModuleType
 from typing import Optional
 
-OP_NAMES = ("cuda_split_kv_combine", "cuda_gated_residual", "cuda_gated_residual_backward")
+OP_NAMES = ("cuda_gated_residual", "cuda_gated_residual_backward")
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,17 +51,13 @@ def _register_fakes() -> None:
     """Shape-only implementations so the ops trace under torch.compile / FakeTensor."""
     import torch
 
-    def combine_fake(o_partial, lse_partial, out_dtype=None):
-        out = o_partial.new_empty(o_partial.shape[1:], dtype=out_dtype or torch.float32)
-        return out, lse_partial.new_empty(lse_partial.shape[1:])
-
     def gated_fake(x, o, gate):
         return torch.empty_like(x)
 
     def gated_bwd_fake(grad_y, o, gate):
         return torch.empty_like(grad_y), torch.empty_like(gate)
 
-    for name, fn in zip(OP_NAMES, (combine_fake, gated_fake, gated_bwd_fake)):
+    for name, fn in zip(OP_NAMES, (gated_fake, gated_bwd_fake)):
         try:
             torch.library.register_fake(f"lcirc::{name}", fn)
         except RuntimeError:  # already registered (e.g. the module was reloaded)

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-BACKENDS = ("auto", "torch", "triton", "cuda")
+BACKENDS = ("auto", "torch", "triton", "cuda")  # "auto" + the records of lcirc_fast.ops.registry (checked there)
 MIXER_SIZES = ("mixer_heads", "mixer_head_dim", "mixer_ffn")
 RUNTIME_FIELDS = ("backend", "allow_tf32", "kv_hoist_max_segments", "kv_hoist_budget_bytes",
                   "cuda_graphs")   # how the model runs, not what it computes

@@ -16,7 +16,12 @@
 # 3. csrc/check_ext.py (build + check + time the CUDA extension) with what is left before the
 #    deadline, if that is at least EXT_MIN_S; otherwise it is skipped and the summary says so.
 #    Log in $OUT/check_ext.log, JSON in $OUT/check_ext.json;
-# 4. prints the tail of the extension log, then the suite's final table.
+# 4. when the extension was not built before the suite but is now (EXT_GLOB names its file), the
+#    kernel sections again (env, epilogue, gca), so that the cuda backend is timed beside torch
+#    and triton, with what is left if that is at least CUDA_PASS_MIN_S: $OUT/gpu_cuda.json and
+#    $OUT/gpu_suite_cuda.log (the suite times every available backend; a built extension
+#    makes "cuda" one);
+# 5. prints the tail of the extension log, then the suite's final table.
 # A process that outlives its timeout gets KILL_S more seconds, then SIGKILL; each timeout is
 # shortened so that this grace also ends by the deadline.
 # Exit status: the suite's (0 green, 1 red, 124 killed), or 2 when --plan finds the budgets
@@ -33,6 +38,8 @@ BUDGET_S=${BUDGET_S:-380}
 EXT_MIN_S=${EXT_MIN_S:-90}
 KILL_S=${KILL_S:-10}
 MIN_MARGIN_S=${MIN_MARGIN_S:-30}
+CUDA_PASS_MIN_S=${CUDA_PASS_MIN_S:-40}
+EXT_GLOB=${EXT_GLOB:-lcirc_fast/_C*.so}
 
 plan() {
     local ok=0 smi_end=$(( SMI_S + 2 )) suite_end ext_worst
@@ -80,6 +87,10 @@ timeout -k 2 "$SMI_S" nvidia-smi \
     --format=csv > "$OUT/nvidia-smi.csv" 2>&1 || true
 (git rev-parse HEAD 2>/dev/null || echo unknown) > "$OUT/commit.txt"
 
+ext_built() { compgen -G "$EXT_GLOB" > /dev/null; }
+ext_built_before=0
+ext_built && ext_built_before=1
+
 suite_t=$(( $(left) - KILL_S ))
 [ "$suite_t" -gt "$SUITE_S" ] && suite_t=$SUITE_S
 echo "== gpu_check: suite limit ${suite_t}s, sections start until ${BUDGET_S}s;" \
@@ -100,7 +111,24 @@ else
     ext="skipped: ${ext_left}s left of ${TOTAL_S}s, it needs ${EXT_MIN_S}s (EXT_MIN_S)"
 fi
 
+if [ "$ext_built_before" -eq 1 ]; then
+    cuda_pass="not needed: the extension was built before the suite, which timed it"
+elif ! ext_built; then
+    cuda_pass="skipped: the extension is not built"
+elif [ "$(left)" -lt "$CUDA_PASS_MIN_S" ]; then
+    cuda_pass="skipped: $(left)s left, it needs ${CUDA_PASS_MIN_S}s (CUDA_PASS_MIN_S)"
+else
+    cuda_t=$(( $(left) - KILL_S ))
+    pass_budget=$(( cuda_t - 5 ))
+    [ "$pass_budget" -lt 1 ] && pass_budget=1
+    timeout -k "$KILL_S" "$cuda_t" "$PY" benchmarks/gpu_suite.py --out "$OUT/gpu_cuda.json" \
+        --section env --section epilogue --section gca --budget-s "$pass_budget" \
+        > "$OUT/gpu_suite_cuda.log" 2>&1
+    cuda_pass="exit $? (limit ${cuda_t}s); table in $OUT/gpu_suite_cuda.log"
+fi
+
 echo "== csrc/check_ext.py: $ext"
+echo "== cuda backend pass: $cuda_pass"
 [ -f "$OUT/check_ext.log" ] && tail -n 15 "$OUT/check_ext.log"
 echo "== nvidia-smi: $(tail -n 1 "$OUT/nvidia-smi.csv")"
 echo "== benchmarks/gpu_suite.py: exit $suite_rc after $(( $(date +%s) - start ))s in all" \

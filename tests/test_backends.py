@@ -2,6 +2,9 @@
 
 tests/conftest.py sets TRITON_INTERPRET=1 before anything imports the kernels.
 """
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from lcirc_testutils import tiny_lcirc
@@ -102,3 +105,70 @@ def test_backend_env_var_switches_auto_models(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "cuda")                # the extension needs CUDA tensors
     with pytest.raises(ValueError, match=ENV_VAR):
         model.configure(backend="auto")
+
+
+# ---- --backend on the commands that run a model -------------------------------------------------
+
+MODEL_COMMANDS = ("bench", "compress", "eval", "train")
+TRAIN_YAML = str(Path(__file__).resolve().parents[1] / "train" / "configs" / "smollm2_kjv_copy.yaml")
+
+
+def test_every_model_command_takes_backend_with_the_registered_choices():
+    from lcirc_fast.backend import CHOICES
+    from lcirc_fast.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for cmd in MODEL_COMMANDS:
+        action = next((a for a in sub[cmd]._actions if a.dest == "backend"), None)
+        assert action is not None, cmd
+        assert tuple(action.choices) == CHOICES and action.default is None, cmd
+        assert "cuda:" in action.help and "TRITON_INTERPRET" in action.help, cmd
+    assert all(a.dest != "backend" for a in sub["convert"]._actions)   # convert runs no model
+
+
+@pytest.mark.parametrize("argv", [
+    ["compress", "{txt}", "--out", "{out}", "--backend", "cuda"],
+    ["train", "--config", TRAIN_YAML, "--backend", "cuda"],
+    ["bench", "--lengths", "64", "--out", "{dir}", "--backend", "cuda"],
+])
+def test_backend_that_cannot_run_here_is_one_line_exit_2(argv, tmp_path, capsys):
+    from lcirc_fast.cli import main
+
+    txt = tmp_path / "in.txt"
+    txt.write_text("In the beginning.")
+    fill = dict(txt=str(txt), out=str(tmp_path / "m.safetensors"), dir=str(tmp_path / "b"))
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--backend cuda" in err and "CUDA extension" in err
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "b" / "bench.json").exists()
+
+
+def test_backend_flag_switches_the_model(monkeypatch):
+    from lcirc_fast.cli.options import apply_backend, backend_for_new_models
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    model = tiny_lcirc()
+    assert model.resolved_backend() == "torch"
+    assert apply_backend(model, None).resolved_backend() == "torch"
+    assert apply_backend(model, "triton").resolved_backend() == "triton"
+    model.configure(backend="auto")
+    with backend_for_new_models("triton"):             # what `lcirc bench` wraps its sweep in
+        assert tiny_lcirc().resolved_backend() == "triton"
+    assert ENV_VAR not in os.environ
+    assert tiny_lcirc().resolved_backend() == "torch"
+
+
+def test_train_backend_flag_sets_the_config_backend(monkeypatch):
+    import lcirc_fast.training as training
+    from lcirc_fast.cli import main
+
+    seen = []
+
+    def fake_run(cfg, **kw):
+        seen.append(cfg.lcirc.backend)
+        return {"opt_step": 0, "best_val": None, "final_val": None}
+
+    monkeypatch.setattr(training, "run_training", fake_run)
+    assert main(["train", "--config", TRAIN_YAML, "--backend", "torch", "--quiet"]) == 0
+    assert seen == ["torch"]

@@ -4,7 +4,6 @@ torch on random data."""
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import shutil
 import subprocess
@@ -55,18 +54,17 @@ def nvcc_build(tmp_path_factory):
 
 @needs_nvcc
 def test_kernels_compile_for_sm90(nvcc_build):
-    assert {p.stem for p in KERNELS} >= {"split_kv_combine", "gated_residual"}
+    assert {p.stem for p in KERNELS} == {"gated_residual"}
     for obj in nvcc_build["objs"]:
         assert obj.stat().st_size > 0
     ptx = "\n".join(p.read_text() for p in nvcc_build["ptxs"])
     assert ".target sm_90" in ptx
     entries = [line for line in ptx.splitlines() if ".entry" in line]
-    for name in ("split_kv_combine_kernel", "gated_residual_fwd_kernel",
+    for name in ("gated_residual_fwd_kernel",
                  "gated_residual_bwd_stage1", "gated_residual_bwd_stage2_channel",
                  "gated_residual_bwd_stage2_scalar"):
         assert any(name in e for e in entries), f"no kernel entry for {name}"
-    # One combine and one stage-1 instantiation per dtype (float, half, bfloat16).
-    assert sum("split_kv_combine_kernel" in e for e in entries) == 3
+    # One stage-1 instantiation per dtype (float, half, bfloat16).
     assert sum("gated_residual_bwd_stage1" in e for e in entries) == 3
 
 
@@ -82,12 +80,6 @@ def test_kernel_c_api_rejects_bad_arguments_before_touching_the_device(nvcc_buil
     assert fwd(dummy, dummy, dummy, dummy, 4, 8, 1, 9, None) == CUDA_ERROR_INVALID_VALUE  # dtype
     assert fwd(None, dummy, dummy, dummy, 4, 8, 1, 0, None) == CUDA_ERROR_INVALID_VALUE  # null
     assert fwd(None, None, None, None, 0, 8, 8, 2, None) == 0  # empty: nothing to launch
-    comb = lib.lcirc_split_kv_combine
-    comb.restype, comb.argtypes = ctypes.c_int, [P, P, P, P, I64, I64, I64, ctypes.c_int, P]
-    assert comb(dummy, dummy, dummy, dummy, 0, 4, 8, 0, None) == CUDA_ERROR_INVALID_VALUE
-    assert comb(dummy, dummy, dummy, dummy, 1025, 4, 8, 0, None) == CUDA_ERROR_INVALID_VALUE
-    assert comb(dummy, dummy, dummy, dummy, 2, 4, 0, 0, None) == CUDA_ERROR_INVALID_VALUE
-    assert comb(None, None, None, None, 2, 0, 8, 0, None) == 0
     bwd = lib.lcirc_gated_residual_bwd
     bwd.restype = ctypes.c_int
     bwd.argtypes = [P, P, P, P, P, P, I64, I64, I64, ctypes.c_int, P]
@@ -116,57 +108,11 @@ def ref(tmp_path_factory):
         pytest.skip("no C++ compiler")
     subprocess.run(cmd, check=True)
     lib = ctypes.CDLL(str(out))
-    lib.lcirc_host_split_kv_combine.argtypes = [P, P, P, P, I64, I64, I64]
     lib.lcirc_host_gated_residual_fwd.argtypes = [P, P, P, P, I64, I64, I64]
     lib.lcirc_host_gated_residual_bwd.argtypes = [P, P, P, P, P, P, I64, I64, I64]
     lib.lcirc_host_gate_workspace_numel.argtypes = [I64, I64]
     lib.lcirc_host_gate_workspace_numel.restype = I64
     return lib
-
-
-def _combine(ref, o_part, lse_part):
-    s, d = o_part.shape[0], o_part.shape[-1]
-    rows = lse_part[0].numel()
-    out = torch.full(o_part.shape[1:], float("nan"))
-    lse = torch.full(lse_part.shape[1:], float("nan"))
-    rc = ref.lcirc_host_split_kv_combine(_ptr(o_part), _ptr(lse_part), _ptr(out), _ptr(lse), s, rows, d)
-    assert rc == 0
-    return out, lse
-
-
-def test_split_kv_combine_equals_full_attention(ref):
-    b, h, lq, lk, d = 2, 3, 5, 50, 16
-    q, k, v = (torch.randn(b, h, n, d) for n in (lq, lk, lk))
-    cuts = [0, 7, 7, 30, 31, 50]  # uneven chunks, one of them empty, one of length 1
-    scores = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(d)
-    o_parts, lse_parts = [], []
-    for a, z in zip(cuts[:-1], cuts[1:]):
-        if a == z:  # no keys: LSE -inf, output never written (NaN) and must be ignored
-            lse_parts.append(torch.full((b, h, lq), float("-inf")))
-            o_parts.append(torch.full((b, h, lq, d), float("nan")))
-            continue
-        sc = scores[..., a:z]
-        lse_parts.append(torch.logsumexp(sc, -1).float())
-        o_parts.append((torch.softmax(sc, -1) @ v.double()[:, :, a:z]).float())
-    o_part, lse_part = torch.stack(o_parts).contiguous(), torch.stack(lse_parts).contiguous()
-    out, lse = _combine(ref, o_part, lse_part)
-    full = torch.softmax(scores, -1) @ v.double()
-    torch.testing.assert_close(out.double(), full, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(lse.double(), torch.logsumexp(scores, -1), rtol=1e-6, atol=1e-5)
-
-
-def test_split_kv_combine_row_without_keys_is_zero(ref):
-    o_part = torch.randn(3, 4, 8)
-    lse_part = torch.randn(3, 4)
-    lse_part[:, 2] = float("-inf")
-    o_part[:, 2] = float("nan")
-    out, lse = _combine(ref, o_part, lse_part)
-    assert lse[2] == float("-inf") and torch.equal(out[2], torch.zeros(8))
-    assert torch.isfinite(out[[0, 1, 3]]).all() and torch.isfinite(lse[[0, 1, 3]]).all()
-    # A single chunk is returned unchanged.
-    out1, lse1 = _combine(ref, o_part[:1, [0, 1, 3]].contiguous(), lse_part[:1, [0, 1, 3]].contiguous())
-    torch.testing.assert_close(out1, o_part[0, [0, 1, 3]], rtol=1e-6, atol=0)
-    torch.testing.assert_close(lse1, lse_part[0, [0, 1, 3]], rtol=0, atol=0)
 
 
 def _inputs(rows, cols, gate_numel, dtype):
@@ -248,7 +194,6 @@ def test_host_reference_rejects_bad_arguments(ref):
     assert ref.lcirc_host_gated_residual_fwd(_ptr(a), _ptr(a), _ptr(g), _ptr(a), -1, 8, 1) == -1
     assert ref.lcirc_host_gated_residual_bwd(_ptr(a), _ptr(a), _ptr(g), _ptr(a), _ptr(g), None,
                                              4, 8, 3) == -1
-    assert ref.lcirc_host_split_kv_combine(_ptr(a), _ptr(a), _ptr(a), _ptr(a), 0, 4, 8) == -1
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
@@ -287,13 +232,6 @@ def test_check_ext_is_import_safe_and_needs_cuda(tmp_path):
 
 def test_check_ext_torch_references_agree_with_host_reference(ref):
     ce = _load_check_ext()
-    q, k, v = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 40, 8), torch.randn(1, 2, 40, 8)
-    o_p, lse_p = ce.split_attention(q, k, v, [0, 10, 10, 40])
-    out_t, lse_t = ce.combine_reference(o_p, lse_p)
-    out_h, lse_h = _combine(ref, o_p, lse_p)
-    torch.testing.assert_close(out_t, out_h, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(lse_t, lse_h, rtol=1e-6, atol=1e-6)
-
     rows, cols = 70, 12
     for g_n in (1, cols):
         x, o, gate = _inputs(rows, cols, g_n, torch.float32)

@@ -61,6 +61,13 @@ def test_cpu_smoke_whole_script_in_two_minutes(tmp_path):
     e2e = [r for r in rows if r["kind"] == "e2e"]
     assert [r["tokens"] for r in e2e] == [32, 64, 128]
     assert all(r["full_s"] > 0 and r["lcirc_s"] > 0 for r in e2e)
+    for r in e2e:                                  # the sweep on auto (torch here), triton beside it
+        assert r["lcirc_backend"] == "torch" and set(r["lcirc_s_by_backend"]) == {"torch", "triton"}
+        assert r["lcirc_s_by_backend"]["triton"] > 0 and "lcirc[triton]" in r["timing"]
+    assert {r["backend"]: r["available"] for r in rows if r["kind"] == "backend"} == {
+        "torch": True, "triton": True, "cuda": False}
+    gated = [r for r in rows if r["kind"] == "oracle" and r["op"] == "gated_residual"]
+    assert {r["backend"] for r in gated} == {"torch", "triton"} and all(r["ok"] for r in gated)
     dec = [r for r in rows if r["kind"] == "e2e_decode"]
     assert len(dec) == 1 and dec[0]["memory"] == 8 and dec[0]["cached_tok_s"] > 0
     assert (tmp_path / "e2e.json").exists() and (tmp_path / "e2e.png").exists()
@@ -253,6 +260,26 @@ def test_gpu_check_green_suite_then_extension(tmp_path):
                             **_FAST)
     assert proc.returncode == 0 and wall < 4, (proc.stdout, wall)
     assert "== csrc/check_ext.py: exit 0" in proc.stdout
+
+
+def test_gpu_check_times_the_cuda_backend_once_the_extension_is_built(tmp_path):
+    built = tmp_path / "_C.so"
+    stub = tmp_path / "py"                       # check_ext.py 'builds' the extension
+    stub.write_text(f"#!/bin/sh\ncase \"$1\" in\n  benchmarks/gpu_suite.py) echo suite \"$@\";;\n"
+                    f"  *) touch {built}; echo ext;;\nesac\n")
+    stub.chmod(0o755)
+    env = dict(PYTHON=stub, TOTAL_S=9, SUITE_S=5, BUDGET_S=3, EXT_MIN_S=2, CUDA_PASS_MIN_S=2,
+               EXT_GLOB=str(built), **_FAST)
+    proc, _ = _gpu_check(tmp_path, **env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "== cuda backend pass: exit 0" in proc.stdout
+    log = (tmp_path / "out" / "gpu_suite_cuda.log").read_text()
+    assert "--section env --section epilogue --section gca" in log and "gpu_cuda.json" in log
+    proc, _ = _gpu_check(tmp_path, **env)        # built before the suite: the suite timed it
+    assert "== cuda backend pass: not needed" in proc.stdout
+    built.unlink()
+    proc, _ = _gpu_check(tmp_path, **dict(env, PYTHON=_stub_python(tmp_path, 0, 0)))
+    assert "== cuda backend pass: skipped: the extension is not built" in proc.stdout
 
 
 def test_sections_start_with_correctness_and_measuring_ones_have_budgets(suite):

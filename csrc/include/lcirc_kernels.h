@@ -15,18 +15,6 @@ extern "C" {
 // Element types of activations.
 typedef enum { LCIRC_FLOAT32 = 0, LCIRC_FLOAT16 = 1, LCIRC_BFLOAT16 = 2 } lcirc_dtype_t;
 
-// Split-KV combine.
-//   o_part   [splits, rows, head_dim] fp32  per-chunk outputs (each normalised within its chunk)
-//   lse_part [splits, rows]           fp32  per-chunk natural-log log-sum-exp
-//   out      [rows, head_dim]         out_dtype   merged output
-//   lse_out  [rows]                   fp32  merged log-sum-exp
-// rows = B * H * Lq for the [chunks, B, H, Lq, D] layout. Chunks are merged in index order, so
-// the result is deterministic.
-cudaError_t lcirc_split_kv_combine(const float* o_part, const float* lse_part, void* out,
-                                   float* lse_out, int64_t splits, int64_t rows,
-                                   int64_t head_dim, lcirc_dtype_t out_dtype,
-                                   cudaStream_t stream);
-
 // Gated residual forward: y = x + tanh(gate) * o.
 //   x, o, y [rows, cols] of `dtype`; gate fp32 with gate_numel = 1 or cols elements.
 cudaError_t lcirc_gated_residual_fwd(const void* x, const void* o, const float* gate, void* y,

@@ -17,28 +17,6 @@
 
 namespace lcirc {
 
-// ---- split-KV combine --------------------------------------------------------------------
-// Partial results of one query row over `splits` key chunks: o_c (normalised within chunk c)
-// and lse_c (natural-log log-sum-exp of chunk c's scores). The merged row is
-//   LSE = log sum_c exp(lse_c),   O = sum_c exp(lse_c - LSE) * o_c,
-// accumulated for c = 0 .. splits-1 in that order. A chunk with lse_c = -inf (no keys)
-// contributes nothing; a row whose chunks are all -inf gets LSE = -inf and O = 0.
-
-// Merged log-sum-exp of lse[0], lse[stride], ..., lse[(splits-1)*stride].
-LCIRC_HD float combine_lse(const float* lse, int64_t splits, int64_t stride) {
-  float m = -INFINITY;
-  for (int64_t c = 0; c < splits; ++c) m = fmaxf(m, lse[c * stride]);
-  if (m == -INFINITY) return -INFINITY;
-  float s = 0.f;
-  for (int64_t c = 0; c < splits; ++c) s += expf(lse[c * stride] - m);
-  return m + logf(s);
-}
-
-// Weight exp(lse_c - lse) of chunk c in the merged output (0 when the row is empty).
-LCIRC_HD float combine_weight(float lse_c, float lse) {
-  return lse == -INFINITY ? 0.f : expf(lse_c - lse);
-}
-
 // ---- gated residual: y = x + tanh(g) * o -------------------------------------------------
 // x, o, y are [rows, cols]; the gate g has 1 element (one scalar gate) or `cols` elements
 // (one gate per channel).

@@ -12,27 +12,6 @@ using namespace lcirc;
 
 extern "C" {
 
-// Same layout as lcirc_split_kv_combine: o_part [splits, rows, d], lse_part [splits, rows].
-int lcirc_host_split_kv_combine(const float* o_part, const float* lse_part, float* out,
-                                float* lse_out, int64_t splits, int64_t rows, int64_t d) {
-  if (splits < 1 || rows < 0 || d < 1 || !o_part || !lse_part || !out || !lse_out) return -1;
-  float* w = static_cast<float*>(malloc(sizeof(float) * splits));
-  if (!w) return -1;
-  for (int64_t row = 0; row < rows; ++row) {
-    const float lse = combine_lse(lse_part + row, splits, rows);
-    lse_out[row] = lse;
-    for (int64_t c = 0; c < splits; ++c) w[c] = combine_weight(lse_part[c * rows + row], lse);
-    for (int64_t j = 0; j < d; ++j) {
-      float acc = 0.f;
-      for (int64_t c = 0; c < splits; ++c)
-        if (w[c] != 0.f) acc = fma_accumulate(acc, w[c], o_part[(c * rows + row) * d + j]);
-      out[row * d + j] = acc;
-    }
-  }
-  free(w);
-  return 0;
-}
-
 // y = x + tanh(gate) * o over [rows, cols]; gate has 1 or cols elements.
 int lcirc_host_gated_residual_fwd(const float* x, const float* o, const float* gate, float* y,
                                   int64_t rows, int64_t cols, int64_t gate_numel) {

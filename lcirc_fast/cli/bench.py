@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError, RunError
+from .options import add_backend_option, backend_for_new_models, check_backend
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -71,6 +72,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory measurements (one isolated run per method and "
                         "length)")
+    add_backend_option(p)
     p.add_argument("--flops-only", action="store_true",
                    help="analytic FLOP model only (no model is built)")
     return p
@@ -176,6 +178,7 @@ def run(args) -> int:
     lengths = lengths or list(preset.lengths)
     preset = preset.replace(lengths=tuple(lengths))    # position table sized for the sweep
     _check_fits(preset, dtype, device)
+    check_backend(args.backend, device)
 
     from tqdm.auto import tqdm
 
@@ -196,7 +199,8 @@ def run(args) -> int:
         bar.update(1)
 
     try:
-        res = run_sweep(preset, opts, progress=tick)
+        with backend_for_new_models(args.backend):
+            res = run_sweep(preset, opts, progress=tick)
     finally:
         bar.close()
     rows, meta, flags = res["rows"], res["meta"], res["flags"]

@@ -16,6 +16,7 @@ import tempfile
 import time
 
 from ..errors import CheckpointError, ConfigError, DataError
+from .options import add_backend_option, apply_backend, check_backend
 
 BUNDLED_BASE = "smollm2-135m"          # lcirc_fast.assets.SMOLLM2_NAME; alias 'smollm2'
 MEMORY_SUFFIX = ".safetensors"
@@ -47,6 +48,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"memory vectors per segment of fresh weights (default "
                         f"{DEFAULT_NUM_LATENTS}; a trained --lcirc model has its own)")
     p.add_argument("--seed", type=int, default=0)
+    add_backend_option(p)
     p.add_argument("--max-tokens", type=int, default=None,
                    help="refuse inputs longer than this many tokens (default: no limit)")
     return p
@@ -275,8 +277,10 @@ def run(args) -> int:
     import torch
 
     check_args(args)
+    check_backend(args.backend)
     text = read_text(args.input)
     model, tok = build_model(args)
+    apply_backend(model, args.backend)
     ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
     n = ids.shape[1]
     if args.max_tokens is not None and n > args.max_tokens:

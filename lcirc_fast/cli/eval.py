@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError, DataError, RunError
+from .options import add_backend_option, apply_backend, check_backend
 
 MAX_LISTED = 5  # problems named in a failed run's message; the rest are counted
 BENCHMARKS = ("longbench", "infinitebench", "leval")
@@ -73,6 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--memory-cap", type=int, default=-1,
                    help="memory vectors kept at inference (-1: the trained model's setting, 0: no cap)")
     p.add_argument("--threads", type=int, default=None)
+    add_backend_option(p)
     p.add_argument("--out", default="runs/eval", help="output directory")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -296,12 +298,14 @@ def run(args) -> int:
     from ..eval import format_table, plot_lines
 
     check_args(args)
+    check_backend(args.backend)
     out = _check_out_dir(Path(args.out))
     data = _read_data(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     model, tok = _load(args)
+    apply_backend(model, args.backend)
     if tok is None:
         raise ConfigError(f"{args.task} needs a base model with a tokenizer; --base {args.base} has none")
     has_lcirc = args.lcirc is not None or args.official_checkpoint is not None

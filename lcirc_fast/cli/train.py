@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .options import add_backend_option, check_backend
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train LCIRC (stage 1) or QD-LCIRC (stage 2) from a YAML config",
@@ -22,6 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help="set by the deepspeed launcher (LOCAL_RANK is read from the environment)")
+    add_backend_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-step lines")
     return p
 
@@ -67,7 +70,9 @@ def run(args) -> int:
 
     from ..training import load_config, run_training
 
-    cfg = load_config(args.config, args.overrides)
+    check_backend(args.backend)
+    backend = [f"lcirc.backend={args.backend}"] if args.backend else []   # --set lcirc.backend=...
+    cfg = load_config(args.config, [*args.overrides, *backend])
     check_inputs(cfg, args)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

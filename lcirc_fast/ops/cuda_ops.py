@@ -2,15 +2,8 @@
 
 `register_extension_ops` runs when `lcirc_fast._ext` loads the extension. It gives
 ``lcirc::cuda_gated_residual`` an autograd formula (backward: ``cuda_gated_residual_backward``)
-and registers:
-
-* ``gated_residual`` (backend "cuda");
-* ``split_kv_combine`` (backend "cuda"): ``(o_partial [S, *rows, D] fp32, lse_partial [S, *rows]
-  fp32 natural-log, out_dtype=None) -> (out [*rows, D], lse [*rows] fp32)``; the "torch" backend
-  has the reference (`lcirc_fast.ops.torch_ops.torch_split_kv_combine`).
-
-``cross_attention`` and ``layer_norm`` have no CUDA kernel and fall back to "triton" (the Triton
-split-KV forward merges its partials in its own fused combine kernel).
+and registers `cuda_gated_residual` as ``gated_residual`` on backend "cuda". The other ops have
+no CUDA kernel; the record of "cuda" (`lcirc_fast.ops.registry.RECORDS`) sends them to "triton".
 """
 from __future__ import annotations
 
@@ -36,7 +29,7 @@ def _backward(ctx, grad_y):
             (d_gate if need_gate else None))
 
 
-def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+def cuda_gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + tanh(gate) * branch by the extension: x, branch CUDA [..., C] of one dtype (fp32, fp16,
     bf16); gate a one-element fp32 tensor. Output in x's dtype, fp32 math."""
     if x.shape != branch.shape:
@@ -44,12 +37,6 @@ def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) ->
     if gate.numel() != 1:
         raise ValueError(f"gate must be a one-element float tensor, got shape {tuple(gate.shape)}")
     return torch.ops.lcirc.cuda_gated_residual(x, branch, gate)
-
-
-def split_kv_combine(o_partial: torch.Tensor, lse_partial: torch.Tensor,
-                     out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The extension's deterministic split-KV combine (see the module docstring for shapes)."""
-    return torch.ops.lcirc.cuda_split_kv_combine(o_partial, lse_partial, out_dtype)
 
 
 _AUTOGRAD_REGISTERED: list[bool] = []
@@ -62,5 +49,4 @@ def register_extension_ops() -> None:
         torch.library.register_autograd("lcirc::cuda_gated_residual", _backward,
                                         setup_context=_setup_context)
         _AUTOGRAD_REGISTERED.append(True)
-    register("gated_residual", "cuda", gated_residual, replace=True)
-    register("split_kv_combine", "cuda", split_kv_combine, replace=True)
+    register("gated_residual", "cuda", cuda_gated_residual, replace=True)

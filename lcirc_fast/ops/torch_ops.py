@@ -43,15 +43,3 @@ def torch_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     """LayerNorm(x + add) over the last dim; add broadcastable to x."""
     return naive_layer_norm(x, weight, bias, eps, add)
 
-
-@register("split_kv_combine", "torch")
-def torch_split_kv_combine(o_partial: torch.Tensor, lse_partial: torch.Tensor,
-                     out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge split-KV partials: o_partial [S, *rows, D] fp32 (each chunk normalised), lse_partial
-    [S, *rows] fp32 natural-log LSE (-inf: a chunk without keys) -> (out [*rows, D] in
-    ``out_dtype`` (fp32 by default), lse [*rows] fp32). A row without keys gives zeros, LSE -inf.
-    Chunks are summed in index order."""
-    lse = torch.logsumexp(lse_partial, 0)
-    w = torch.where(torch.isneginf(lse), torch.zeros_like(lse_partial), torch.exp(lse_partial - lse))
-    out = (w.unsqueeze(-1) * o_partial).sum(0)
-    return out.to(out_dtype or torch.float32), lse

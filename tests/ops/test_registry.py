@@ -1,18 +1,29 @@
-"""The ops registry: lookup, per-op fallback, bind errors, the CUDA extension's registration
-(with a CPU stand-in for its ops), modules bound through bind_ops, backend resolution."""
+"""The ops registry: the backend records, lookup, per-op fallback, bind errors, the CUDA extension's
+registration (with a CPU stand-in for its ops), modules bound through bind_ops, backend resolution."""
 import copy
 import dataclasses
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 
-from lcirc_fast import _ext
-from lcirc_fast.backend import ENV_VAR, resolve_backend
+from lcirc_fast import _ext, config
+from lcirc_fast.backend import CHOICES, ENV_VAR, resolve_backend
 from lcirc_fast.modules import FeedForward, GatedCrossAttentionBlock, PerceiverCompressor, bind_ops
 from lcirc_fast.ops import registry
-from lcirc_fast.ops.registry import BackendUnavailableError, OpSet, bind, lookup, register, unregister
+from lcirc_fast.ops.registry import (
+    RECORDS,
+    BackendUnavailableError,
+    OpSet,
+    auto_backend,
+    available_backends,
+    bind,
+    lookup,
+    register,
+    unregister,
+)
 from lcirc_fast.ops.utils.runtime import LAUNCHES
 
 pytestmark = pytest.mark.interpreter
@@ -21,8 +32,8 @@ pytestmark = pytest.mark.interpreter
 @pytest.fixture
 def cuda_available(monkeypatch):
     """Pretend the CUDA extension is usable (its kernels are what the tests register)."""
-    monkeypatch.setitem(registry._REASONS, "cuda", lambda: None)
-    monkeypatch.setitem(registry._LOADERS, "cuda", lambda: None)
+    cuda = dataclasses.replace(RECORDS["cuda"], unavailable=lambda: None, load=lambda: None)
+    monkeypatch.setitem(RECORDS, "cuda", cuda)
 
 
 @pytest.fixture
@@ -36,6 +47,45 @@ def fake_cuda_gated_residual(cuda_available):
     register("gated_residual", "cuda", fake)
     yield calls
     unregister("gated_residual", "cuda")
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_one_record_per_backend_names_every_choice():
+    assert config.BACKENDS == CHOICES == ("auto", *RECORDS)
+    for name, rec in RECORDS.items():
+        assert rec.name == name and set(rec.ops) <= set(registry.OPS) and rec.summary
+        if rec.fallback is None:                     # a backend without fallback has every op
+            assert set(rec.ops) == set(registry.OPS)
+    assert registry.chain("cuda") == ["cuda", "triton"] and registry.chain("torch") == ["torch"]
+    for name in ("torch", "triton"):                 # what a backend registers is what it declares
+        RECORDS[name].load()
+        assert {op for (op, b) in registry._IMPLS if b == name} == set(RECORDS[name].ops)
+
+
+def test_register_refuses_an_op_the_record_does_not_declare():
+    with pytest.raises(ValueError, match="declares no op 'layer_norm'.*BackendInfo"):
+        register("layer_norm", "cuda", lambda *a: None)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        register("layer_norm", "tpu", lambda *a: None)
+
+
+def test_docs_describe_every_backend():
+    env = (DOCS / "environment.md").read_text()
+    api = (DOCS / "api.md").read_text()
+    for name, rec in RECORDS.items():
+        assert f"`{name}`" in env and rec.summary in env, name
+        assert f"`{name}`" in api, name
+    assert "LCIRC_BACKEND" in env and "--backend" in env
+
+
+def test_available_and_auto_backends_on_this_machine():
+    # tests run with TRITON_INTERPRET=1 and without the CUDA extension
+    assert available_backends() == ("torch", "triton")
+    assert available_backends("cpu") == ("torch", "triton")
+    assert auto_backend("cpu") == "torch"              # triton is picked by "auto" on CUDA tensors only
+    assert auto_backend("cuda") == "triton"
 
 
 def test_bind_torch_and_triton():
@@ -113,17 +163,15 @@ def test_cuda_falls_back_to_triton_per_op(fake_cuda_gated_residual):
 
 @pytest.fixture
 def cpu_extension_ops(cuda_available):
-    """Define lcirc::cuda_gated_residual(_backward) and cuda_split_kv_combine with CPU kernels
-    (the host reference math) and run the registration the extension's loader runs."""
+    """Define lcirc::cuda_gated_residual(_backward) with CPU kernels (the host reference math)
+    and run the registration the extension's loader runs."""
     if hasattr(torch.ops.lcirc, "cuda_gated_residual"):
         pytest.skip("the real extension is loaded")
-    from lcirc_fast.ops import cuda_ops, torch_ops
+    from lcirc_fast.ops import cuda_ops
 
     lib = torch.library.Library("lcirc", "FRAGMENT")
     lib.define("cuda_gated_residual(Tensor x, Tensor o, Tensor gate) -> Tensor")
     lib.define("cuda_gated_residual_backward(Tensor grad_y, Tensor o, Tensor gate) -> (Tensor, Tensor)")
-    lib.define("cuda_split_kv_combine(Tensor o_partial, Tensor lse_partial, ScalarType? out_dtype=None)"
-               " -> (Tensor, Tensor)")
 
     def acc(t):                                      # fp32 math (fp64 inputs: fp64, for gradcheck)
         return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -138,11 +186,9 @@ def cpu_extension_ops(cuda_available):
 
     lib.impl("cuda_gated_residual", fwd, "CPU")
     lib.impl("cuda_gated_residual_backward", bwd, "CPU")
-    lib.impl("cuda_split_kv_combine", torch_ops.torch_split_kv_combine, "CPU")
     cuda_ops.register_extension_ops()
     yield
     unregister("gated_residual", "cuda")
-    unregister("split_kv_combine", "cuda")
     lib._destroy()
 
 
@@ -154,27 +200,8 @@ def test_extension_registration_and_autograd(cpu_extension_ops):
     assert torch.autograd.gradcheck(ops.gated_residual, (x, y, g))
     ref = bind("torch").gated_residual(x, y, g)
     torch.testing.assert_close(ops.gated_residual(x, y, g), ref)
-    assert lookup("split_kv_combine", "cuda")[1] == "cuda"
-
-
-def test_split_kv_combine_reference_matches_full_softmax():
-    fn, provider = lookup("split_kv_combine", "torch")
-    assert provider == "torch"
-    with pytest.raises(NotImplementedError):
-        lookup("split_kv_combine", "triton")
-    s = torch.randn(2, 3, 10, dtype=torch.float64)       # [B, Lq, Lk] scores
-    v = torch.randn(2, 10, 4, dtype=torch.float64)
-    cuts = [0, 3, 3, 10]                                    # one empty chunk
-    o_p, lse_p = [], []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        sc = s[..., a:b]
-        lse_p.append(torch.logsumexp(sc, -1) if b > a else torch.full(s.shape[:-1], -math.inf, dtype=s.dtype))
-        o_p.append(torch.softmax(sc, -1) @ v[:, a:b] if b > a else torch.zeros(2, 3, 4, dtype=s.dtype))
-    out, lse = fn(torch.stack(o_p).float(), torch.stack(lse_p).float(), torch.float64)
-    torch.testing.assert_close(out, torch.softmax(s, -1) @ v, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(lse.double(), torch.logsumexp(s, -1), rtol=1e-5, atol=1e-6)
-    empty, lse0 = fn(torch.zeros(2, 1, 4), torch.full((2, 1), -math.inf))
-    assert torch.all(empty == 0) and torch.all(torch.isneginf(lse0))
+    from lcirc_fast.ops.cuda_ops import cuda_gated_residual
+    assert ops.gated_residual is cuda_gated_residual
 
 
 # ---- modules --------------------------------------------------------------------------------
