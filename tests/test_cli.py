@@ -88,3 +88,17 @@ def test_eval_modes_fit_the_task_and_the_model():
         resolve_modes("passkey", ["lcirc_swapped"], True, True)
     with pytest.raises(ValueError, match="not available"):
         resolve_modes("passkey", ["fulll"], True, False)
+
+
+def test_compress_error_after_loading_the_bundled_base_is_one_line(tmp_path, capfd):
+    """Loading the bundled base prints no progress bar, and leaves transformers' setting as it was."""
+    from transformers.utils import logging as hf_logging
+
+    src = tmp_path / "verse.txt"
+    src.write_text("In the beginning God created the heaven and the earth.\n", encoding="utf-8")
+    bars = hf_logging.is_progress_bar_enabled()
+    rc = main(["compress", str(src), "--out", str(tmp_path / "m.safetensors"), "--num-latents", "100000000000"])
+    err = capfd.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("lcirc compress: --num-latents 100000000000: ")
+    assert hf_logging.is_progress_bar_enabled() == bars

@@ -164,9 +164,9 @@ def test_compress_tables_beyond_memory(monkeypatch, tmp_path, text, capsys, tiny
                                                                         max_segment_len=4096))
     rc, line = compress(capsys, text, "--out", tmp_path / "m.safetensors", "--num-latents", "100000000")
     assert rc == EXIT_USAGE
-    assert line == ("lcirc compress: --num-latents 100000000: its table of 100000000 x 16 float32 values "
-                    "needs 6 GiB, more than this machine's 4 GiB of memory; use a smaller --num-latents "
-                    "(default 64)")
+    assert line == ("lcirc compress: --num-latents 100000000: the latent and position tables (100000000 and "
+                    "4096 rows of 16 float32 values) need 6 GiB, more than this machine's 4 GiB of memory; use "
+                    "a smaller --num-latents (default 64)")
 
 
 @pytest.mark.parametrize("weights", ["pytorch_model.bin", "pytorch_model.bin.index.json"])
@@ -448,6 +448,7 @@ def test_backend_and_build_errors(monkeypatch, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["compress", "{tmp}/blob.bin", "--out", "{tmp}/m.safetensors"], "not UTF-8 text"),
     (["bench", "--flops-only", "--lengths", "0", "--out", "{tmp}/o"], "must be >= 1"),
+    (["eval", "pp", "--out", "{tmp}/o"], "argument task: invalid choice: 'pp'"),
 ])
 def test_subprocess_prints_one_line(argv, message, tmp_path):
     (tmp_path / "blob.bin").write_bytes(b"\x00\xff\xfe")

@@ -1,7 +1,8 @@
 """The `lcirc` command line: `lcirc <command> --help` for each command.
 
-Errors are printed as one line, ``lcirc <command>: <what to fix>``, with a non-zero exit status;
-``--debug`` (before the command) or ``LCIRC_DEBUG=1`` shows the traceback instead.
+Errors are printed as one line, ``lcirc <command>: <what to fix>``, with a non-zero exit status
+(2 bad input, usage errors included; 1 a failed run; 3 a bug; 130 interrupted); ``--debug``
+(before the command) or ``LCIRC_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 

@@ -212,14 +212,16 @@ def check_tables_fit(config, hidden: int) -> None:
     except (ValueError, OSError, AttributeError):
         return
     rows = {"num_latents": config.num_latents, "max_segment_len": config.max_segment_len}
-    if sum(rows.values()) * hidden * 4 <= memory:
+    need = sum(rows.values()) * hidden * 4
+    if need <= memory:
         return
     field = max(rows, key=rows.get)
     flag, value = FLAG_OF_FIELD[field], rows[field]
     default = DEFAULT_NUM_LATENTS if field == "num_latents" else DEFAULT_MAX_SEGMENT_LEN
-    raise ConfigError(f"{flag} {value}: its table of {value} x {hidden} float32 values needs "
-                      f"{value * hidden * 4 / 2**30:,.0f} GiB, more than this machine's "
-                      f"{memory / 2**30:,.0f} GiB of memory; use a smaller {flag} (default {default})")
+    raise ConfigError(f"{flag} {value}: the latent and position tables ({rows['num_latents']} and "
+                      f"{rows['max_segment_len']} rows of {hidden} float32 values) need {need / 2**30:,.0f} "
+                      f"GiB, more than this machine's {memory / 2**30:,.0f} GiB of memory; use a smaller "
+                      f"{flag} (default {default})")
 
 
 def load_base(name: str):

@@ -114,7 +114,7 @@ def load_base(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float3
     if name == SMOLLM2_NAME:
         from .. import assets
 
-        model, tok = assets.load_smollm2(dtype)
+        model, tok = quietly(assets.load_smollm2, dtype)
     elif name == TINY_RANDOM:
         from transformers import LlamaConfig
 

@@ -105,12 +105,18 @@ class LCIRCForCausalLM(nn.Module):
         """The trainable modules (compressor, GCA blocks, mixer)."""
         return [m for m in (self.compressor, self.gca, self.mixer) if m is not None]
 
+    @staticmethod
+    def is_lcirc_key(name: str) -> bool:
+        """True for a parameter or state-dict name of the LCIRC weights, False for the frozen
+        base model's (the one place that tells them apart)."""
+        return not name.startswith("base.")
+
     def trainable_parameters(self):
-        return [p for n, p in self.named_parameters() if not n.startswith("base.")]
+        return [p for n, p in self.named_parameters() if self.is_lcirc_key(n)]
 
     def lcirc_state_dict(self) -> dict[str, torch.Tensor]:
         """The LCIRC weights alone (no base-model tensors)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("base.")}
+        return {k: v for k, v in self.state_dict().items() if self.is_lcirc_key(k)}
 
     # ------------------------------------------------------------------ how it runs
     def configure(self, **runtime) -> "LCIRCForCausalLM":

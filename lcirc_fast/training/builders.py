@@ -48,11 +48,11 @@ def _load_partial(directory, base, lcfg):
         raise FileNotFoundError(f"init_from: no {WEIGHTS_NAME} in {directory}")
     model = LCIRCForCausalLM.from_base(base, lcfg)
     state = read_pretrained_weights(str(path))
-    own = model.state_dict()
+    own = model.lcirc_state_dict()
     bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if bad:
         raise ValueError(f"init_from {directory}: weights {bad[:5]} do not fit this config")
-    missing = [k for k in own if k not in state and not k.startswith(("base.", "mixer."))]
+    missing = [k for k in own if k not in state and not k.startswith("mixer.")]
     if missing:
         raise ValueError(f"init_from {directory}: this config has weights {missing[:5]} that the "
                          "checkpoint lacks (gca_layers, num_latents or compressor_layers differ?)")

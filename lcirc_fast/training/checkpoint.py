@@ -1,27 +1,28 @@
-"""Checkpoint files that load without running code, and the run's housekeeping.
+"""Checkpoints: files that load without running code, and the policy of when and where they go.
 
 A checkpoint directory holds states written by :func:`save_state` (``<name>.safetensors`` for the
 tensors, ``<name>.json`` for the structure around them), the engine's own files, and a
 ``manifest.json`` written last with the size and SHA-256 of every file. :func:`verify_checkpoint`
 checks the manifest before anything is loaded; :func:`safe_torch_load` reads ``.pt`` files with
 ``weights_only=True`` and an explicit allow-list, so no file is ever unpickled freely.
+:class:`Checkpoints` writes ``checkpoints/step<N>`` atomically, keeps the newest
+``train.keep_last``, picks the newest usable one to resume from, and publishes the ``best`` and
+``final`` weights.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
 import os
-import socket
-import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, RunError
+from ..errors import CheckpointError
+from .run_dir import fresh_dir, remove_tree, replace_text, writable
 
 FORMAT = "lcirc-checkpoint/2"
 MANIFEST = "manifest.json"
@@ -230,63 +231,123 @@ def _verify_file(directory: Path, rel: str, meta) -> None:
         raise CheckpointError(f"checkpoint {directory} is corrupt: the SHA-256 of {rel} does not match")
 
 
-# ---------------------------------------------------------------- log.jsonl
-def _step_of(line: str) -> int | None:
-    """Optimizer step a log line belongs to; None for a line that is not a complete record."""
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(rec, dict):
-        return None
-    step = rec["validation"].get("step") if isinstance(rec.get("validation"), dict) else rec.get("step")
-    return step if isinstance(step, int) else None
 
 
-def truncate_log(path: Path, step: int) -> int:
-    """Keep the records of optimizer steps <= `step` (atomically); returns how many were dropped."""
-    if not path.is_file():
-        return 0
-    lines = path.read_text().splitlines()
-    keep = [ln for ln in lines if (s := _step_of(ln)) is not None and s <= step]
-    if len(keep) == len(lines):
-        return 0
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
-    return len(lines) - len(keep)
+# ---------------------------------------------------------------- the policy
+class Checkpoints:
+    """The checkpoints of a run in `out`: ``checkpoints/step<N>`` (written by every rank through
+    `engine`, finished by rank 0), ``checkpoints/LATEST``, and the ``best`` / ``final`` weights.
+    `warn(msg)` reports a checkpoint that is skipped (called on rank 0 only)."""
 
+    def __init__(self, out: Path, engine, keep_last: int, warn):
+        self.out = Path(out)
+        self.dir = self.out / "checkpoints"
+        self.engine, self.keep_last, self.warn = engine, keep_last, warn
 
-# ---------------------------------------------------------------- one run per output_dir
-class RunLock:
-    """An exclusive lock on <output_dir>/.lock for the life of a run (released by the OS on a crash)."""
+    def prepare(self) -> None:
+        """Rank 0: make checkpoints/ (a link there is refused)."""
+        writable(self.dir).mkdir(parents=True, exist_ok=True)
 
-    def __init__(self, directory: Path):
-        self.path = Path(directory) / ".lock"
-        self._close = None
+    def save(self, step: int, client_state: dict) -> Path:
+        """Write checkpoints/step<N> atomically (temp dir, manifest, rename), point LATEST at it
+        and remove all but the newest `keep_last`. Every rank calls it."""
+        rank = self.engine.rank
+        name = f"step{step:07d}"
+        tmp = self.dir / f".tmp-{name}"
+        final = self.dir / name
+        if rank == 0:
+            fresh_dir(tmp)
+        self.engine.barrier()
+        self.engine.save(tmp)
+        save_state(tmp, f"trainer_rank{rank}", client_state)
+        self.engine.barrier()
+        if rank == 0:
+            write_manifest(tmp, step)
+            remove_tree(final)
+            os.rename(tmp, final)
+            replace_text(self.dir / "LATEST", name)
+            steps = sorted(p for p in self.dir.glob("step*") if p.is_dir() and not p.is_symlink())
+            for old in steps[:-max(1, self.keep_last)]:
+                remove_tree(old)
+        self.engine.barrier()
+        return final
 
-    def acquire(self) -> None:
-        """Take the lock now, or raise RunError naming the directory and the process holding it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def pick(self, resume: str) -> Path | None:
+        """The checkpoint `resume` names ('auto': the newest complete one, or None if there is
+        none; 'none': None; else a directory). Rank 0 picks and verifies; every rank gets its choice."""
+        if resume == "none":
+            return None
+        code = 0
+        if self.engine.rank == 0:
+            try:
+                code = self._newest_usable() if resume == "auto" else max(1, verify_checkpoint(Path(resume)))
+            except Exception:
+                self.engine.broadcast_int(-1)  # the other ranks stop too
+                raise
+        code = self.engine.broadcast_int(code)
+        if code < 0:
+            raise CheckpointError(f"rank 0 found no usable checkpoint for --resume {resume} (see its error)")
+        if code == 0:
+            return None
+        return self.dir / f"step{code:07d}" if resume == "auto" else Path(resume)
+
+    def _newest_usable(self) -> int:
+        """Step of the newest verifiable checkpoint in checkpoints/ (0 if there is none at all);
+        each newer one that fails verification is named in a warning."""
+        found = sorted((p for p in self.dir.glob("step*") if p.is_dir()), reverse=True)
+        latest = self.dir / "LATEST"
+        named = latest.read_text().strip() if latest.is_file() else None
+        if named and not (self.dir / named).is_dir():
+            self.warn(f"LATEST names checkpoint {self.dir / named}, which is missing")
+        if not found:
+            if named:
+                raise CheckpointError(f"no checkpoint left in {self.dir} although LATEST names "
+                                      f"{named}; start fresh with --resume none or a new output_dir")
+            return 0
+        reasons = []
+        for p in found:
+            try:
+                step = verify_checkpoint(p)
+                if p.name != f"step{step:07d}":
+                    raise CheckpointError(f"checkpoint {p}: its manifest is for optimizer step {step}")
+                return step
+            except CheckpointError as e:
+                reasons.append(str(e))
+                self.warn(f"skipping checkpoint {p}: {e}")
+        why = "; ".join(reasons)
+        advice = "" if "start fresh" in why else "; start fresh with --resume none or a new output_dir"
+        raise CheckpointError(f"no usable checkpoint in {self.dir}: {why}{advice}")
+
+    def load(self, path: Path, restore) -> None:
+        """Load the engine's files of checkpoint `path`, then `restore(trainer state)`; a state
+        that does not fit this run is a CheckpointError naming the checkpoint."""
+        rank, world = self.engine.rank, self.engine.world
+        name = f"trainer_rank{rank}"
+        if not (path / f"{name}.json").is_file():
+            raise CheckpointError(f"checkpoint {path} has no {name}.json: it was written by fewer "
+                                  f"processes than this run's {world}")
+        st = load_state(path, name)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            if holder.startswith(f"pid {os.getpid()} "):
-                raise RunError(f"output_dir {self.path.parent} is locked by another Trainer in this "
-                               "process; call close() on it first") from None
-            raise RunError(f"output_dir {self.path.parent} is in use by another training run "
-                           f"({holder}); wait for it to finish or stop it, or use another output_dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self._close = weakref.finalize(self, os.close, fd)  # closing the file releases the lock
+            if st["world"] != world:
+                raise ValueError(f"it was written by {st['world']} processes, this run has {world}")
+            self.engine.load(path)
+            restore(st)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"checkpoint {path}: cannot restore the trainer state ({e!r})") from None
 
-    @property
-    def held(self) -> bool:
-        return self._close is not None and self._close.alive
-
-    def release(self) -> None:
-        if self._close is not None:
-            self._close()
+    def publish(self, model, name: str, metrics: dict | None = None) -> Path:
+        """Write `model.save_pretrained` (and metrics.json when given) as out/<name>, replacing the
+        old one whole (temp dir, rename). Every rank calls it (a collective under ZeRO-3)."""
+        target = self.out / name
+        with self.engine.whole_weights():
+            if self.engine.rank == 0:
+                tmp = fresh_dir(self.out / f".{name}.tmp")
+                model.save_pretrained(tmp)
+                if metrics is not None:
+                    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+                remove_tree(target)
+                os.rename(tmp, target)
+        self.engine.barrier()
+        return target

@@ -113,7 +113,7 @@ class PlainEngine:
         return scheduled_lr(self.optimizer, self.base_lr)
 
     def state_dict(self) -> dict:
-        return {"model": {k: v for k, v in self.model.state_dict().items() if not k.startswith("base.")},
+        return {"model": self.model.lcirc_state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
     def save(self, directory: Path) -> None:
@@ -126,7 +126,7 @@ class PlainEngine:
         st = load_state(directory, "engine")
         try:
             missing, unexpected = self.model.load_state_dict(gates_to_1d(st["model"]), strict=False)
-            missing = [k for k in missing if not k.startswith("base.")]
+            missing = [k for k in missing if self.model.is_lcirc_key(k)]
             if missing or unexpected:
                 raise ValueError(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
             self.optimizer.load_state_dict(st["optimizer"])

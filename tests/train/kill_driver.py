@@ -1,7 +1,7 @@
 """Helper for test_kill_resume: `lcirc train ...` that kill -9s itself at a point of checkpoint writing.
 
 usage: python kill_driver.py WHEN FUNCTION N <lcirc train arguments>
-WHEN is before/after, FUNCTION a name in lcirc_fast.training.trainer (save_state, write_manifest),
+WHEN is before/after, FUNCTION a name in lcirc_fast.training.checkpoint (save_state, write_manifest),
 N which call of it; WHEN=never runs without a kill.
 """
 import os
@@ -9,12 +9,12 @@ import signal
 import sys
 
 from lcirc_fast.cli import main
-from lcirc_fast.training import trainer
+from lcirc_fast.training import checkpoint
 
 
 def arm(when: str, name: str, n: int) -> None:
-    """Replace trainer.<name> by a wrapper that SIGKILLs the process around its n-th call."""
-    orig, calls = getattr(trainer, name), [0]
+    """Replace checkpoint.<name> by a wrapper that SIGKILLs the process around its n-th call."""
+    orig, calls = getattr(checkpoint, name), [0]
 
     def wrapped(*args, **kwargs):
         calls[0] += 1
@@ -25,7 +25,7 @@ def arm(when: str, name: str, n: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return out
 
-    setattr(trainer, name, wrapped)
+    setattr(checkpoint, name, wrapped)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import yaml
 from lcirc_fast.cli import main
 from lcirc_fast.errors import CheckpointError
 from lcirc_fast.training import Trainer, config_from_dict, run_training
-from lcirc_fast.training.checkpoint import truncate_log
+from lcirc_fast.training.run_dir import truncate_log
 
 FAST = {"max_steps": 4, "eval_every": 2, "save_every": 2}
 

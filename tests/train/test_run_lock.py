@@ -13,11 +13,12 @@ import yaml
 from lcirc_fast.cli import main
 from lcirc_fast.errors import CheckpointError, RunError
 from lcirc_fast.training import Trainer, config_from_dict, run_training
-from lcirc_fast.training.checkpoint import RunLock
+from lcirc_fast.training.run_dir import RunLock
 
 ROOT = Path(__file__).resolve().parents[2]
-HOLD = ("import sys, time; from lcirc_fast.training.checkpoint import RunLock; "
-        "lock = RunLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(120)")
+HOLD = ("import sys, time; from lcirc_fast.training.run_dir import RunLock, claim; "
+        "claim(sys.argv[1]); lock = RunLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); "
+        "time.sleep(120)")
 
 
 def _hold(out: Path) -> subprocess.Popen:

@@ -63,7 +63,7 @@ def test_activation_checkpointing_matches_plain_gradients(tiny_cfg):
                 blk.ff_gate.fill_(0.5)
         ids = torch.arange(10, 90) % 250
         for i, (lo, hi) in enumerate([(0, 20), (20, 45)]):
-            loss = tr._stage1_micro(Stage1Step(ids[lo:hi], ids[hi:hi + 32], i, 0))[0]
+            loss = tr.objectives.stage1(Stage1Step(ids[lo:hi], ids[hi:hi + 32], i, 0))[0]
             loss.backward()
         grads.append({n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None})
         tr.close()  # both trainers use the same output_dir

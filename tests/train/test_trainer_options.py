@@ -76,7 +76,7 @@ def test_hay_schedule_and_needles_in_the_middle(tiny_cfg):
         lengths = []
         for step in (0, 1, 5):
             tr.opt_step = step
-            lengths.append({it[1].input_ids.numel() for it in tr._qa_items(step)})
+            lengths.append({it[1].input_ids.numel() for it in tr.objectives.qa_items(step, tr.opt_step)})
         assert lengths == [{53}, {73}, {73}]    # BOS + n + needle 6 + query 2 + key 4
     finally:
         tr.close()
@@ -90,13 +90,13 @@ def test_a_batch_is_the_token_mean_of_its_samples(tiny_cfg):
     try:
         singles = []
         for micro in range(3):
-            items = tr._qa_items(micro)
+            items = tr.objectives.qa_items(micro, 0)
             n = int((items[0][3][1:] != -100).sum())
-            singles.append((float(tr._stage2_micro(micro)[0].detach()), n))
-        lengths = {tr._qa_items(m)[0][1].input_ids.numel() for m in range(3)}
+            singles.append((float(tr.objectives.stage2(micro, 0)[0].detach()), n))
+        lengths = {tr.objectives.qa_items(m, 0)[0][1].input_ids.numel() for m in range(3)}
         assert len(lengths) > 1     # the batch below pads and stacks
         tr.cfg.train.batch_size = 3
-        batch = float(tr._stage2_micro(0)[0].detach())
+        batch = float(tr.objectives.stage2(0, 0)[0].detach())
     finally:
         tr.close()
     mean = sum(x * n for x, n in singles) / sum(n for _, n in singles)
@@ -121,7 +121,7 @@ def test_contrast_and_centering(tiny_cfg):
         mem = CompressedMemory([], None, 1, torch.full((4,), 6), cap=None,
                                lengths=torch.full((4,), 6), hidden=leaf, owner=tr.model)
         ids = torch.randint(4, 200, (4, 10))
-        loss, _ = tr._objective(ids, None, ids, mem)
+        loss, _ = tr.objectives.objective(ids, None, ids, mem)
         loss.backward()
         assert leaf.grad.abs().sum() > 0
         torch.testing.assert_close(leaf.grad.mean(0), torch.zeros_like(leaf.grad[0]), atol=1e-7, rtol=0)
@@ -147,17 +147,17 @@ def test_validation_scores_own_swapped_and_digits(tiny_cfg):
                   "val_exact", "val_answer_acc_swapped_memory"):
             assert math.isfinite(m[k])
         assert m["val_loss"] != m["val_loss_swapped_memory"] != m["val_loss_no_memory"]
-        tr.tok = _DigitTokenizer()     # pass-key digits: answer tokens that decode to one digit
+        tr.validator.tok = _DigitTokenizer()     # pass-key digits: answer tokens that decode to one digit
         ids = torch.tensor([[5, 6, 7, 101, 102, 103], [5, 6, 7, 104, 105, 106]])
         lab = torch.full_like(ids, -100)
         lab[:, 3:] = ids[:, 3:]
         with torch.no_grad():
             logits = tr.model(ids).logits
-        rows = tr._score_rows(ids, None, lab, None, ["passkey", "fact"])
+        rows = tr.validator.score_rows(ids, None, lab, None, ["passkey", "fact"])
         hits = (logits[0, 2:5].argmax(-1) == ids[0, 3:]).double()
         assert rows[0, 5:8].tolist() == hits.tolist() and rows[0, 10:13].tolist() == [1.0] * 3
         assert rows[1, 5:].sum() == 0                  # not a pass key
-        metrics = tr._qa_metrics(torch.stack([rows.sum(0)] * 3))
+        metrics = tr.validator.qa_metrics(torch.stack([rows.sum(0)] * 3))
         assert metrics["val_digit_acc"] == pytest.approx(float(hits.mean()))
         assert len(metrics["val_digit_acc_by_pos"]) == 5
     finally:
