@@ -290,7 +290,6 @@ def test_save_refuses_non_finite_memory(model, tmp_path):
     with torch.no_grad():
         mem = model.compress(torch.randint(0, 256, (1, 20)))
     mem.slots[0][0, 0, 0] = float("nan")
-    mem.invalidate_cache()
     path = tmp_path / "nan.safetensors"
     with pytest.raises(MemoryFileError, match=r"refusing to write .*nan.safetensors.*'hidden' "
                                               r"holds NaN or Inf"):
@@ -306,21 +305,22 @@ def test_load_names_a_missing_metadata_key(model, tmp_path, key):
     _load_error(path, model, f"lacks the metadata key(s) ['{key}']")
 
 
-@pytest.mark.parametrize("key,value,expected", [
-    ("uniform", "tru", "true or false"),
-    ("uniform", "1", "true or false"),
-    ("cap", "{", "null or an int"),
-    ("cap", "0", "null or an int"),
-    ("num_segments", "two", "an int >= 1"),
-    ("num_segments", "0", "an int >= 1"),
-    ("num_slots", "9", "an int in [0, num_segments=2]"),
+@pytest.mark.parametrize("key,value,words", [
+    ("uniform", "tru", "metadata 'uniform' is 'tru', expected true or false"),
+    ("uniform", "1", "'uniform' is 1, expected true or false"),
+    ("cap", "{", "metadata 'cap' is '{', expected null or an int"),
+    ("cap", "0", "'cap' is 0, expected null or an int"),
+    ("num_segments", "two", "metadata 'num_segments' is 'two', expected an int >= 1"),
+    ("num_segments", "0", "'num_segments' is 0, expected an int >= 1"),
+    ("num_slots", "9", "'num_slots' is 9, but 8 vectors of 4-latent steps make 2 slots"),
+    ("record_steps", "[1.5]", "metadata 'record_steps' is '[1.5]', expected a JSON list"),
 ])
-def test_load_names_a_bad_metadata_value(model, tmp_path, key, value, expected):
+def test_load_names_a_bad_metadata_value(model, tmp_path, key, value, words):
     def edit(meta):
         meta[key] = value
 
     path = _rewrite(_saved(model, tmp_path), tmp_path / "v.safetensors", meta_edit=edit)
-    _load_error(path, model, f"metadata '{key}' is '{value}', expected {expected}")
+    _load_error(path, model, words)
 
 
 def test_load_refuses_version_1_files(model, tmp_path):
@@ -388,7 +388,7 @@ def test_load_checks_stacked_lengths(model, tmp_path):
         t["lengths"][0] = 99
 
     bad = _rewrite(tmp_path / "s.safetensors", tmp_path / "bad.safetensors", tensor_edit=too_long)
-    _load_error(bad, model, "'lengths' is [99, 8], expected values in [1, 8]")
+    _load_error(bad, model, "'lengths' is [99, 8], expected multiples of 4 latents in [1, 8]")
 
 
 def test_save_refuses_a_memory_without_a_model(tmp_path):
@@ -478,3 +478,61 @@ def test_from_state_dict_names_what_is_wrong(model):
     with pytest.raises(MemoryFileError, match=r"'record\.0\.segment_ids' must hold at most"):
         CompressedMemory.from_state_dict(bad, model)
     assert torch.equal(CompressedMemory.from_state_dict(state, model).hidden, mem.hidden)
+
+
+# ---------------------------------------------------------------------- the memory's operations
+
+def test_memory_state_is_changed_only_through_its_operations(model):
+    with torch.no_grad():
+        mem = model.compress(torch.randint(0, 256, (1, 16)), segment_len=8)
+    assert isinstance(mem.slots, tuple) and isinstance(mem.records, list)
+    for name in ("slots", "state", "num_segments", "context_tokens", "records"):
+        with pytest.raises(AttributeError):
+            setattr(mem, name, None)
+    mem.records.append("x")                     # a copy: the memory is unchanged
+    assert mem.records == []
+
+
+def test_add_step_and_replace_step_keep_the_caches_coherent(model):
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (1, 5))
+    with torch.no_grad():
+        mem = model.compress(torch.randint(0, 256, (1, 16)), segment_len=8)
+        before = model(x, memory=mem).logits              # fills both caches
+        out = torch.randn(1, 4, 64)
+        mem.add_step(out, 8)
+        assert mem.num_segments == 3 and mem.context_tokens.tolist() == [24]
+        assert mem.state is out and torch.equal(mem.hidden[:, -4:], out)
+        fresh = CompressedMemory(mem.slots, mem.state, 3, mem.context_tokens, owner=model)
+        torch.testing.assert_close(model(x, memory=mem).logits, model(x, memory=fresh).logits,
+                                   rtol=0, atol=0)
+        again = torch.randn(1, 4, 64)
+        mem.replace_step(0, again)
+        assert torch.equal(mem.hidden[:, :4], again) and mem.state is out
+        fresh = CompressedMemory(mem.slots, mem.state, 3, mem.context_tokens, owner=model)
+        torch.testing.assert_close(model(x, memory=mem).logits, model(x, memory=fresh).logits,
+                                   rtol=0, atol=0)
+    assert not torch.equal(model(x, memory=mem).logits, before)
+
+
+def test_add_step_prunes_to_the_cap_and_cuts_old_graphs():
+    model = tiny_lcirc(memory_cap=10)
+    with torch.no_grad():
+        mem = model.compress(torch.randint(0, 256, (1, 24)), segment_len=8)   # 12 -> 10 vectors
+    assert [s.shape[1] for s in mem.slots] == [4, 4, 4] and len(mem) == 10
+    leaf = torch.randn(1, 4, 64, requires_grad=True)
+    mem.add_step(leaf * 2, 8, graph_window=1)
+    assert [s.shape[1] for s in mem.slots] == [4, 4, 4] and len(mem) == 10
+    assert [s.requires_grad for s in mem.slots] == [False, False, True]
+    mem.add_step(leaf * 3, 8, graph_window=1)
+    assert [s.requires_grad for s in mem.slots] == [False, False, True]
+    mem.replace_step(0, leaf)                    # step 0 is no longer kept: ignored
+    assert not any(s is leaf for s in mem.slots) and mem.num_segments == 5
+
+
+def test_a_stacked_memory_takes_no_step(model):
+    with torch.no_grad():
+        mem = model.compress([torch.randint(0, 256, (8,)), torch.randint(0, 256, (20,))])
+    with pytest.raises(ValueError, match="cannot append to a stacked memory"):
+        mem.add_step(torch.zeros(2, 4, 64), 8)
+    assert mem.num_segments == 2 and mem.lengths.tolist() == [4, 8]

@@ -1,7 +1,8 @@
-"""`lcirc eval {ppl,passkey,longbench,infinitebench,leval}`: evaluate the truncated base model,
-LCIRC, QD-LCIRC and full attention; results as Markdown tables, JSON and (ppl, passkey) a PNG plot.
-The benchmarks read their released files (`<task>.jsonl`) with each task's own prompt, answer
-limit and metric; predictions go to predictions.jsonl."""
+"""`lcirc eval {ppl,passkey,ruler,longbench,infinitebench,leval,compare}`: evaluate the truncated
+base model, LCIRC, QD-LCIRC and full attention; results as Markdown tables, JSON and (ppl, passkey)
+a PNG plot. The benchmarks read their released files (`<task>.jsonl`) with each task's own prompt,
+answer limit and metric; passkey, ruler and the benchmarks write every answer to predictions.jsonl,
+and `compare` sets two such files side by side, paired per sample."""
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,9 @@ def _strs(s: str) -> list[str]:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="perplexity by length, pass-key retrieval, LongBench, InfiniteBench, "
-                              "L-Eval", description=__doc__)
-    p.add_argument("task", choices=["ppl", "passkey", *BENCHMARKS])
+    p = subparsers.add_parser("eval", help="perplexity by length, pass-key retrieval, RULER needles, LongBench, "
+                              "InfiniteBench, L-Eval, paired comparison", description=__doc__)
+    p.add_argument("task", choices=["ppl", "passkey", "ruler", *BENCHMARKS, "compare"])
     p.add_argument("--base", default="smollm2",
                    help="smollm2-135m (bundled; alias smollm2) | tiny_random | Hugging Face model directory "
                    "of a supported family")
@@ -52,13 +53,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--segment-len", type=int, default=2048, help="~segment length for compression")
     p.add_argument("--modes", type=_strs, default=None,
                    help="comma list of base,lcirc,qd,full (ppl and passkey also: lcirc_swapped, a "
-                        "control: another document's / sample's memory)")
+                        "control: another document's / sample's memory; ruler also lcirc_swapped, qd_swapped; "
+                        "compare: the mode of each file, A,B)")
     p.add_argument("--data", default="kjv-test",
                    help="kjv-test | kjv-validation | jsonl/parquet/txt file(s); benchmarks: a directory of "
-                        "<task>.jsonl files or a comma list of them")
+                        "<task>.jsonl files or a comma list of them; compare: A/predictions.jsonl,"
+                        "B/predictions.jsonl")
     p.add_argument("--tasks", type=_strs, default=None,
                    help="benchmark tasks to run (file stems, e.g. narrativeqa,hotpotqa_e; InfiniteBench also "
-                        "En.QA, ...); default: every task file found in --data")
+                        "En.QA, ...); default: every task file found in --data; ruler: niah_single, niah_multikey, "
+                        "niah_multivalue, niah_multiquery, vt (default niah_single,niah_multikey)")
     p.add_argument("--field", default="text", help="text column of --data files (ppl)")
     p.add_argument("--docs", type=int, default=16, help="documents (ppl)")
     p.add_argument("--multipliers", type=_ints, default=[1, 2, 4, 8, 16, 32], help="context lengths / window (ppl)")
@@ -66,9 +70,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="ppl copy test: each document is a --window-token passage P followed by P "
                         "again; P is compressed and its copy scored (multipliers fixed to 2)")
     p.add_argument("--max-full-tokens", type=int, default=8192, help="longest input for full attention")
-    p.add_argument("--lengths", type=_ints, default=None, help="context tokens (passkey); default 1,2,4x window")
+    p.add_argument("--lengths", type=_ints, default=None,
+                   help="context tokens (passkey: default 1,2,4x window; ruler: 4,16x window)")
     p.add_argument("--depths", type=_floats, default=[0.1, 0.5, 0.9], help="needle depths (passkey)")
-    p.add_argument("--samples", type=int, default=5, help="samples per cell (passkey)")
+    p.add_argument("--samples", type=int, default=5, help="samples per cell (passkey, ruler)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer tokens (default: each benchmark task's own limit; 32 otherwise)")
     p.add_argument("--memory-cap", type=int, default=-1,
@@ -84,22 +89,24 @@ def resolve_modes(task: str, requested: list[str] | None, has_lcirc: bool, query
     """The modes to evaluate: `requested`, or by default the truncated base plus the trained model
     (lcirc, or qd for a QD-LCIRC model). Raises on a mode the task or the model cannot run."""
     allowed = {"ppl": ("base", "lcirc", "lcirc_swapped", "full"),
-               "passkey": ("base", "lcirc", "lcirc_swapped", "qd", "full")}.get(
+               "passkey": ("base", "lcirc", "lcirc_swapped", "qd", "full"),
+               "ruler": ("base", "lcirc", "lcirc_swapped", "qd", "qd_swapped", "full")}.get(
         task, ("base", "lcirc", "qd", "full"))
     compressed = "qd" if query_dependent else "lcirc"
     default = "lcirc" if task == "ppl" else compressed     # ppl refuses a QD model below
-    modes = requested or (["base", default] if has_lcirc else ["base"])
+    model_modes = [default, default + "_swapped"] if task == "ruler" else [default]   # ruler: and its control
+    modes = requested or (["base", *model_modes] if has_lcirc else ["base"])
     bad = [m for m in modes if m not in allowed]
     if bad:
         raise ValueError(f"mode(s) {bad} are not available for {task}; choose from {list(allowed)}"
                          + (" (perplexity has no question for qd)" if task == "ppl" and "qd" in bad else ""))
-    wants_model = [m for m in modes if m in ("lcirc", "qd", "lcirc_swapped")]
+    wants_model = [m for m in modes if m in ("lcirc", "qd", "lcirc_swapped", "qd_swapped")]
     if wants_model and not has_lcirc:
         raise ValueError(f"mode(s) {wants_model} need --lcirc <trained directory>")
     if wants_model and task == "ppl" and query_dependent:
         raise ValueError("this is a QD-LCIRC model (query_dependent=True): it compresses with the question, "
                          "and perplexity has none; score its stage-1 model, or use --modes base,full")
-    fits = ("qd",) if query_dependent else ("lcirc", "lcirc_swapped")
+    fits = ("qd", "qd_swapped") if query_dependent else ("lcirc", "lcirc_swapped")
     wrong = [m for m in wants_model if m not in fits]
     if wrong:
         kind = "a QD-LCIRC model (query_dependent=True)" if query_dependent else "an LCIRC model without a mixer"
@@ -122,6 +129,12 @@ def _positive_list(name: str, values: list) -> None:
 
 def check_args(args) -> None:
     """Refuse out-of-range numbers, missing paths and task/data mismatches before any loading."""
+    if args.task == "ruler" and args.tasks:
+        from ..data.ruler import TASKS
+
+        bad = [t for t in args.tasks if t not in TASKS]
+        if bad:
+            raise ConfigError(f"--tasks {','.join(bad)}: not RULER task(s); choose from {', '.join(TASKS)}")
     for name in ("segment_len", "max_new_tokens", "max_full_tokens", "docs", "samples"):
         if getattr(args, name) is not None:
             _positive("--" + name.replace("_", "-"), getattr(args, name))
@@ -134,15 +147,23 @@ def check_args(args) -> None:
         _positive_list("--lengths", args.lengths)
     if not args.depths:
         raise ConfigError("--depths needs at least one value")
-    if args.task == "passkey" and args.modes and "lcirc_swapped" in args.modes and args.samples < 2:
-        raise ConfigError("--modes lcirc_swapped answers each sample with another sample's memory: "
+    swapped = [m for m in args.modes or [] if m.endswith("_swapped")]
+    if args.task == "ruler" and not args.modes and args.samples < 2:
+        raise ConfigError("ruler's default modes include the swapped-memory control, which answers each sample "
+                          "with another sample's memory: use --samples >= 2 or name --modes")
+    if args.task in ("passkey", "ruler") and swapped and args.samples < 2:
+        raise ConfigError(f"--modes {swapped[0]} answers each sample with another sample's memory: "
                           "it needs --samples >= 2")
     bad = [d for d in args.depths if not 0.0 <= d <= 1.0]
     if bad:
         raise ConfigError(f"--depths must lie in [0, 1], got {bad}")
-    if args.task != "ppl" and (args.max_new_tokens is not None or args.task == "passkey"):
+    if args.task != "ppl" and (args.max_new_tokens is not None or args.task in ("passkey", "ruler")):
         new = _max_new(args)
         new = min(new, 16) if args.task == "passkey" else new
+        if args.task == "ruler" and args.max_new_tokens is None:
+            from ..data.ruler import TOKENS_TO_GENERATE
+
+            new = max(TOKENS_TO_GENERATE[t] for t in args.tasks or ["niah_single"])
         if args.window - new < 2:
             raise ConfigError(f"--window {args.window} leaves no room for a prompt with --max-new-tokens "
                               f"{new}; use a window of at least {new + 2}")
@@ -172,8 +193,8 @@ def check_args(args) -> None:
     if args.task in BENCHMARKS and args.task != "longbench" and args.data.startswith("kjv-"):
         raise ConfigError(f"{args.task} needs --data <directory of its released <task>.jsonl files, or "
                           "a comma list of them>")
-    if args.tasks is not None and args.task not in BENCHMARKS:
-        raise ConfigError(f"--tasks is for longbench, infinitebench and leval, not {args.task}")
+    if args.tasks is not None and args.task not in (*BENCHMARKS, "ruler"):
+        raise ConfigError(f"--tasks is for longbench, infinitebench, leval and ruler, not {args.task}")
 
 
 def _max_new(args) -> int:
@@ -297,6 +318,11 @@ def run(args) -> int:
     from ..data import tokenize_documents
     from ..eval import format_table, plot_lines
 
+    if args.task == "compare":
+        from .eval_synthetic import run_compare
+
+        _check_out_dir(Path(args.out))
+        return run_compare(args)
     check_args(args)
     check_backend(args.backend)
     out = _check_out_dir(Path(args.out))
@@ -316,7 +342,7 @@ def run(args) -> int:
     meta = {"task": args.task, "base": args.base, "lcirc": args.lcirc or args.official_checkpoint,
             "window": args.window,
             "segment_len": args.segment_len, "modes": modes, "memory_cap": model.config.memory_cap}
-    if args.task in ("ppl", "passkey"):
+    if args.task in ("ppl", "passkey", "ruler"):
         ids = tokenize_documents([t for _, t in data], tok, None if not args.data.startswith("kjv-") else _tok_cache())
     if args.task == "ppl":
         from ..eval import perplexity_by_length
@@ -335,30 +361,15 @@ def run(args) -> int:
         plot_lines(out / "ppl_by_length.png", series, "context tokens", "perplexity (last window)",
                    f"perplexity by context length (window {args.window})")
     elif args.task == "passkey":
-        from ..eval import passkey_eval
-        from ..eval.passkey import by_length
+        from .eval_synthetic import run_passkey
 
         lengths = args.lengths or [args.window, 2 * args.window, 4 * args.window]
-        docs = list(zip([n for n, _ in data], ids))
-        res = passkey_eval(model, tok, docs, args.window, lengths, args.depths, modes, args.samples,
-                           args.seed, args.segment_len, min(_max_new(args), 16),
-                           max_full_tokens=args.max_full_tokens)
-        partner = ["partner_accuracy", "partner_digit_accuracy"] if "lcirc_swapped" in modes else []
-        table = format_table(res["rows"], ["mode", "length", "depth", "accuracy", "digit_accuracy",
-                                           *partner, "n", "failed"])
-        res["by_length"] = by_length(res["rows"])
-        table += ("\n\npooled over depths (digit accuracy per key position in order):\n"
-                  + format_table(res["by_length"], ["mode", "length", "n", "failed", "accuracy",
-                                                   "digit_accuracy", "digit_accuracy_by_pos",
-                                                   *partner]))
-        series = {}
-        for m in modes:
-            for length in lengths:
-                cells = [r for r in res["rows"] if r["mode"] == m and r["length"] == length]
-                acc = sum(r["accuracy"] for r in cells) / len(cells)
-                series.setdefault(m, []).append((length, acc))
-        plot_lines(out / "passkey_by_length.png", series, "context tokens", "accuracy (mean over depths)",
-                   f"pass-key retrieval (window {args.window})")
+        res, table = run_passkey(args, model, tok, list(zip([n for n, _ in data], ids)), modes, lengths,
+                                 min(_max_new(args), 16), out)
+    elif args.task == "ruler":
+        from .eval_synthetic import run_ruler
+
+        res, table = run_ruler(args, model, tok, list(zip([n for n, _ in data], ids)), modes, out)
     else:
         from ..eval import longbench_eval
 
@@ -422,7 +433,8 @@ def _failure_line(failure: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in failure.items() if k != "trace")
 
 
-_METRICS = {"ppl": ("ppl",), "passkey": ("accuracy", "digit_accuracy"), "longbench": ("f1", "em", "score"),
+_METRICS = {"ppl": ("ppl",), "passkey": ("accuracy", "digit_accuracy"), "ruler": ("score",),
+            "longbench": ("f1", "em", "score"),
             "infinitebench": ("score",), "leval": ("score",)}
 
 
@@ -439,6 +451,8 @@ def _cell(task: str, row: dict) -> str:
                 f"{row['failures']} failed, {row['skipped_short']} too short)")
     if task == "passkey":
         return f"mode {row['mode']} at length {row['length']}, depth {row['depth']}"
+    if task == "ruler":
+        return f"task {row['task']}, mode {row['mode']} at length {row['length']}"
     if "task" in row:
         return f"task {row['task']}, mode {row['mode']}"
     return f"mode {row['mode']}"

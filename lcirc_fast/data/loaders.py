@@ -219,9 +219,11 @@ def load_qa_records(source, split: str = "train", context: str = "context",
 
 
 def longbench_problems(row: dict) -> list[str]:
-    """What is wrong with a LongBench row: `input` and `context` strings, `answers` a non-empty
-    list of strings; [] when it can be scored."""
+    """What is wrong with a LongBench row: `input` and `context` strings (the context not blank),
+    `answers` a non-empty list of strings, not all blank; [] when it can be scored."""
     out = [p for p in (_text_problem(row, "input"), _text_problem(row, "context")) if p]
+    if isinstance(row.get("context"), str) and not row["context"].strip():
+        out.append("'context' is empty (every LongBench task reads one)")
     if "answers" not in row:
         out.append("no 'answers' field")
     elif row["answers"] is None:
@@ -234,6 +236,8 @@ def longbench_problems(row: dict) -> list[str]:
         kinds = sorted({type(a).__name__ for a in row["answers"] if not isinstance(a, str)})
         if kinds:
             out.append(f"'answers' holds {'/'.join(kinds)} items, not only strings")
+        elif not any(a.strip() for a in row["answers"]):
+            out.append("'answers' holds only empty strings (nothing to score against)")
     return out
 
 

@@ -21,10 +21,12 @@ class QASample:
     """One teacher-forced QA example.
 
     input_ids: int64 [T] prefix ++ context ++ suffix ++ answer (BOS first if the tokenizer uses one).
-    labels: int64 [T], -100 everywhere except the answer tokens (no EOS).
+    labels: int64 [T], -100 everywhere except the answer tokens and the end token after them
+        (`answer_end_ids`: the tokenizer's EOS), so that training teaches greedy decoding to stop.
     query_ids: int64 [Tq] the suffix from "Question:" on, without BOS (QD mixer input).
     prompt_len: tokens before the answer; answer: the gold answer text; task: generator name;
-    context_start: index of the context's first token in input_ids.
+    context_start: index of the context's first token in input_ids; references: the parts of the
+    answer a scorer looks for one by one (RULER tasks), () otherwise.
     """
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -33,6 +35,7 @@ class QASample:
     answer: str
     task: str = "qa"
     context_start: int = 0
+    references: tuple = ()
 
     @property
     def prompt_ids(self) -> torch.Tensor:
@@ -46,16 +49,24 @@ def bos_ids(tokenizer) -> list[int]:
     return [bos] if bos is not None and ids and ids[0] == bos else []
 
 
+def answer_end_ids(tokenizer) -> list[int]:
+    """The token(s) that close every QA answer: [eos] (generation stops there); [] for a
+    tokenizer without an EOS token."""
+    eos = tokenizer.eos_token_id
+    return [] if eos is None else [int(eos)]
+
+
 def build_qa_sample(tokenizer, context_ids: torch.Tensor, question: str, answer: str,
                     template: Template, options: list[str] | None = None,
                     task: str = "qa") -> QASample:
-    """Assemble prompt + answer tokens for `template` around `context_ids` (int64 [n])."""
+    """Assemble prompt + answer (+ its end token) for `template` around `context_ids` (int64 [n])."""
     if not answer.strip():
         raise ValueError("empty answer")
     suffix = template.fill_suffix(question, options, n_words=len(answer.split()))
     prefix_ids = bos_ids(tokenizer) + tokenizer(template.prefix, add_special_tokens=False).input_ids
     suffix_ids = encode(tokenizer, suffix)
-    answer_ids = encode(tokenizer, " " + answer.strip())
+    answer_ids = torch.cat([encode(tokenizer, " " + answer.strip()),
+                            torch.tensor(answer_end_ids(tokenizer), dtype=torch.long)])
     prompt = torch.cat([torch.tensor(prefix_ids, dtype=torch.long), context_ids.long(), suffix_ids])
     ids = torch.cat([prompt, answer_ids])
     labels = torch.full_like(ids, IGNORE)
@@ -80,16 +91,19 @@ _NAMES = ("Azariel", "Beronike", "Caleph", "Dorimon", "Elisheva", "Fendrel", "Gi
 class SyntheticQA:
     """Long-context QA built from tokenised documents of one split.
 
-    Tasks: "passkey" (a 5-digit key planted at a random depth), "fact" (a planted invented fact)
-    and "book" (which named passage a quoted verse comes from; open or 4-way multiple choice).
+    Tasks: "passkey" (a 5-digit key planted at a random depth), "fact" (a planted invented fact),
+    "book" (which named passage a quoted verse comes from; open or 4-way multiple choice) and
+    RULER's needle tasks (`ruler.TASKS`: niah_single, niah_multikey, niah_multivalue,
+    niah_multiquery, vt; their own wording, the template argument unused).
 
     needle_window: when set, the planted needles (passkey, fact) lie wholly inside the middle that
     a head + tail cut to this many tokens (`prepare_training`) compresses; `depth` then places the
     needle within that allowed range (0 its first, 1 its last position).
     """
 
-    TASKS = ("passkey", "fact", "book")
-    NEEDLE_TASKS = ("passkey", "fact")
+    RULER_TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt")
+    TASKS = ("passkey", "fact", "book") + RULER_TASKS
+    NEEDLE_TASKS = ("passkey", "fact") + RULER_TASKS
 
     def __init__(self, tokenizer, docs: Sequence[tuple[str, torch.Tensor]],
                  tasks: Sequence[str] = TASKS, templates: Sequence[Template] = TEMPLATES,
@@ -218,4 +232,15 @@ class SyntheticQA:
         task = task or rng.choice(self.tasks)
         if task not in self.TASKS:
             raise ValueError(f"unknown task {task!r}")
+        if task in self.RULER_TASKS:
+            return self.ruler(rng, n, task)
         return getattr(self, task)(rng, n, depth, template)
+
+    def ruler(self, rng: random.Random, n: int, task: str, with_answer: bool = True,
+              needle_window: int | None = None) -> QASample:
+        """A RULER needle task on n haystack tokens (`ruler.build_ruler_sample`); needles in the
+        compressed middle of `needle_window` (default: this generator's)."""
+        from .ruler import build_ruler_sample
+
+        return build_ruler_sample(self.tok, self._haystack, rng, task, n,
+                                  needle_window if needle_window is not None else self.needle_window, with_answer)

@@ -40,15 +40,18 @@ def _infinitebench_problems(task: str, row: dict) -> list[str]:
     out = [f"'{k}' is not a string" if k in row else f"no '{k}' field"
            for k in ("context", "input") if not isinstance(row.get(k), str)]
     answer = row.get("answer")
-    if answer is None or answer == [] or answer == "":
-        out.append("'answer' is missing or empty")
+    problem = infinitebench.answer_problem(task, answer)
+    if problem:
+        out.append(problem)
+    if task == "code_run" and isinstance(row.get("input"), str) and not infinitebench.FUNC_CALL.search(row["input"]):
+        out.append("'input' names no func_<n>(<int>) call")
     if task == "math_find" and isinstance(row.get("input"), str) and not re.search(r"The .+ of", row["input"]):
         out.append("'input' names no 'The ... of' target")
     if task in infinitebench.CHOICE_TASKS:
         options = row.get("options")
         if not _is_str_list(options) or len(options) != 4:
             out.append("'options' is not a list of 4 strings")
-        elif answer is not None:
+        elif problem is None:
             try:
                 infinitebench.choice_label(answer, options)
             except ValueError as e:

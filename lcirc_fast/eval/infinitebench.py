@@ -13,9 +13,12 @@ from .scoring import f1_of_tokens, max_over, normalize_zh, qa_f1
 ALIASES = {"En.Sum": "longbook_sum_eng", "En.QA": "longbook_qa_eng", "En.MC": "longbook_choice_eng",
            "En.Dia": "longdialogue_qa_eng", "Zh.QA": "longbook_qa_chn", "Code.Debug": "code_debug",
            "Math.Find": "math_find", "Retrieve.PassKey": "passkey", "Retrieve.Number": "number_string",
-           "Retrieve.KV": "kv_retrieval"}
+           "Retrieve.KV": "kv_retrieval", "Code.Run": "code_run", "Math.Calc": "math_calc"}
 TASKS = tuple(PROMPTS)
 CHOICE_TASKS = ("longbook_choice_eng", "code_debug")
+KV_TASKS = ("kv_retrieval", "kv_retrieval_prefix", "kv_retrieval_both")
+NUMBER_TASKS = ("math_find", "code_run", "math_calc")      # answers are numbers, not text
+FUNC_CALL = re.compile(r"func_[0-9]+\(-?[0-9]+\)")      # what code_run's input asks to evaluate
 
 
 def task_name(name: str) -> str:
@@ -111,6 +114,58 @@ def _math_find(pred: str, label) -> float:
     return float(float(m.group(0)) == label)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def answer_problem(task: str, answer) -> str | None:
+    """Why `answer` (a released `answer` field) cannot be scored for `task`, or None. Text tasks
+    take a string or a list of strings: the official scorer compares an int label with the text it
+    reads from the answer and so scores such a row 0 whatever the answer, hence a refusal rather
+    than a silent 0 or a conversion the official score would not make."""
+    task = task_name(task)
+    if answer is None or answer == [] or answer == "":
+        return "'answer' is missing or empty"
+    if task == "math_find":
+        v = _first(answer)
+        return None if _is_int(v) or isinstance(v, float) else f"'answer' {answer!r} is not a number"
+    if task == "code_run":
+        return None if _is_int(_first(answer)) else f"'answer' {answer!r} is not an integer"
+    if task == "math_calc":
+        values = answer[0] if isinstance(answer, list) and answer and isinstance(answer[0], list) else answer
+        ok = isinstance(values, list) and values and all(_is_int(v) for v in values)
+        return None if ok else f"'answer' {answer!r} is not a list of integers"
+    golds = answer if isinstance(answer, list) else [answer]
+    if not all(isinstance(g, str) for g in golds):
+        return (f"'answer' {answer!r} holds a {type(next(g for g in golds if not isinstance(g, str))).__name__}, "
+                f"not text: {task} answers are a string or a list of strings (e.g. [\"71432\"])")
+    return None
+
+
+def _code_run(pred: str, label) -> float:
+    """1 when the last word of the answer (after dropping newlines and . ` ' " :) is the integer."""
+    words = _replace(pred.strip(), "\n.`'\":").split()
+    if not words:
+        return 0.0
+    try:
+        return float(int(words[-1]) == _first(label))
+    except ValueError:
+        return 0.0
+
+
+def _math_calc(pred: str, label) -> float:
+    """Share of the expected values matched in order by the answer's digit runs, stopping at the
+    first mismatch (a '-' is not read, so a negative value never matches)."""
+    values = label[0] if isinstance(label[0], list) else label
+    got = [int(x) for x in re.split("[^0-9]", pred) if x]
+    hits = 0
+    for want, have in zip(values, got):
+        if want != have:
+            break
+        hits += 1
+    return hits / len(values)
+
+
 def _rouge_lsum(pred: str, golds) -> float:
     from rouge_score import rouge_scorer
 
@@ -127,6 +182,9 @@ def score(task: str, prediction: str, answer, options: Sequence[str] | None = No
     """InfiniteBench's score of one prediction, in [0, 1] (the task score is 100 x the mean).
     `answer` is the released `answer` field; `options` the released options (En.MC, Code.Debug)."""
     task = task_name(task)
+    problem = answer_problem(task, answer)
+    if problem:
+        raise ValueError(problem)
     golds = answer if isinstance(answer, list) else [answer]
     if task == "longbook_qa_eng":
         return max_over(qa_f1, prediction, golds)
@@ -140,12 +198,16 @@ def score(task: str, prediction: str, answer, options: Sequence[str] | None = No
         label = choice_label(answer, options)
         return _choice(prediction, label) if task == "longbook_choice_eng" else _code_debug(prediction, label)
     if task in ("passkey", "number_string"):
-        return float(str(_first(answer)) == first_integer(prediction))
-    if task == "kv_retrieval":
-        return float(str(_first(answer)) in _replace(prediction, "\n:\"'.,?!{}").split())
+        return float(_first(answer) == first_integer(prediction))
+    if task in KV_TASKS:
+        return float(_first(answer) in _replace(prediction, "\n:\"'.,?!{}").split())
     if task == "longdialogue_qa_eng":
         words = [w.upper() for w in _replace(prediction.strip(), "\n:\"'.,?!{}").split()]
         return float(_first(answer) in words)
+    if task == "code_run":
+        return _code_run(prediction, answer)
+    if task == "math_calc":
+        return _math_calc(prediction, answer)
     return _math_find(prediction, answer)
 
 
@@ -166,6 +228,11 @@ def make_sample(task: str, row: dict) -> Sample:
         fields.update({f"OPTION_{'ABCD'[i]}": o for i, o in enumerate(options)})
     if task == "math_find":
         fields["prefix"] = _math_find_prefix(row["input"])
+    if task == "code_run":
+        call = FUNC_CALL.search(row["input"])
+        if call is None:
+            raise ValueError(f"code_run input {row['input']!r} names no func_<n>(<int>) call")
+        fields.update(func_call=call.group(0), func=call.group(0).split("(")[0])
     ident = str(row["id"]) if row.get("id") is not None else str(row["_index"])
     return from_template(task, ident, PROMPTS[task], fields, row["answer"], MAX_NEW_TOKENS[task],
                          {"options": options or None})

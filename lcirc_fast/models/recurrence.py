@@ -201,13 +201,9 @@ class Recurrence:
         return {first + j: kv for j, kv in enumerate(kvs)}
 
     def prune(self, memory: CompressedMemory) -> None:
-        """Drop slots that lie wholly outside the memory cap."""
-        cap = memory.cap
-        if cap is None:
-            return
-        k = self.model.config.num_latents
-        while len(memory.slots) > 1 and (len(memory.slots) - 1) * k >= cap:
-            memory.slots.pop(0)
+        """Drop slots that lie wholly outside the memory cap (`CompressedMemory.prune`; the
+        memory already does it at every step)."""
+        memory.prune()
 
     # ------------------------------------------------------------------ compress / append
     def compress(self, ids: torch.Tensor, segment_len=None,
@@ -240,15 +236,13 @@ class Recurrence:
             records = [StreamRecord(ids[:, bounds[i]:bounds[i + 1]],
                                     slots[i - 1].detach() if i else None, i)
                        for i in range(first, num_steps)]
-        mem = CompressedMemory(slots, state, num_steps,
-                               torch.full((b,), n, dtype=torch.long, device=m.device),
-                               cap=cap, owner=m,
-                               query_ids=None if qinfo is None else qinfo[0],
-                               query_mask=None if qinfo is None else qinfo[1], records=records)
-        if isinstance(policy, bptt_mod.Selective):
-            mem.selected_steps = list(policy.last_selected)
-        self.prune(mem)
-        return mem
+        selected = list(policy.last_selected) if isinstance(policy, bptt_mod.Selective) else None
+        return CompressedMemory(slots, state, num_steps,
+                                torch.full((b,), n, dtype=torch.long, device=m.device),
+                                cap=cap, owner=m,
+                                query_ids=None if qinfo is None else qinfo[0],
+                                query_mask=None if qinfo is None else qinfo[1], records=records,
+                                selected_steps=selected)
 
     def append(self, memory: CompressedMemory, segment_ids, bptt) -> None:
         """Compress one more segment into `memory`, in place (see `CompressedMemory.append`)."""
@@ -279,6 +273,7 @@ class Recurrence:
         step = memory.num_segments
         h0 = self.h0(b)
         prev = memory.state if memory.state is not None else h0
+        records = window_len = None
         if isinstance(policy, bptt_mod.Truncated):
             # Re-run the last k-1 steps from the detached state entering the window, so that a
             # loss after this step sees exactly a k-step chain.
@@ -290,14 +285,13 @@ class Recurrence:
                     state = self.step(state, rec.segment_ids,
                                       bptt_mod.CUT if j == 0 else bptt_mod.CHAIN,
                                       rec.step == 0, qkv, folds)
-                    pos = len(memory.slots) - (step - rec.step)
-                    if 0 <= pos < len(memory.slots):
-                        memory.slots[pos] = state
+                    memory.replace_step(rec.step, state)
                 prev, mode = state, bptt_mod.CHAIN
             else:
                 mode = bptt_mod.CUT
             new = StreamRecord(ids, None if memory.state is None else memory.state.detach(), step)
-            memory.records = (window + [new])[-(policy.k - 1):] if policy.k > 1 else []
+            records = (window + [new])[-(policy.k - 1):] if policy.k > 1 else []
+            window_len = policy.k      # slots older than the window are constants for every later loss
         elif isinstance(policy, bptt_mod.Selective):
             if policy.steps is None:
                 raise ConfigError("Selective(n) draws among a known number of steps; when "
@@ -306,13 +300,4 @@ class Recurrence:
         else:
             mode = bptt_mod.CHAIN
         state = self.step(prev, ids, mode, step == 0, qkv, folds)
-        memory.slots.append(state)
-        if isinstance(policy, bptt_mod.Truncated):
-            # slots older than the window are constants for every later loss
-            for j in range(max(0, len(memory.slots) - policy.k)):
-                memory.slots[j] = memory.slots[j].detach()
-        memory.state = state
-        memory.num_segments += 1
-        memory.context_tokens = memory.context_tokens + ids.shape[1]
-        memory.invalidate_cache()
-        self.prune(memory)
+        memory.add_step(state, ids.shape[1], records=records, graph_window=window_len)

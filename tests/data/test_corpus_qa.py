@@ -60,7 +60,8 @@ def test_qa_sample_labels_query(sp_tok):
     s = build_qa_sample(sp_tok, ctx, "What is it?", "a lamp", t)
     assert s.input_ids[0] == sp_tok.bos_token_id
     ans = s.labels[s.labels != -100]
-    assert sp_tok.decode(ans).strip() == "a lamp"
+    assert sp_tok.decode(ans, skip_special_tokens=True).strip() == "a lamp"
+    assert ans[-1] == sp_tok.eos_token_id and (ans == sp_tok.eos_token_id).sum() == 1   # the answer closes
     assert torch.equal(s.labels[s.prompt_len:], s.input_ids[s.prompt_len:])
     assert (s.labels[:s.prompt_len] == -100).all()
     q = sp_tok.decode(s.query_ids)
@@ -87,7 +88,7 @@ def test_synthetic_tasks(sp_tok):
             assert f"was named {s.answer}." in text
         ht, lab = prepare_training(s, 256)
         assert ht.truncated and ht.llm_ids.numel() == 256
-        assert sp_tok.decode(lab[lab != -100]).strip() == s.answer
+        assert sp_tok.decode(lab[lab != -100], skip_special_tokens=True).strip() == s.answer
     mc = qa.book(rng, 800, template=get_template("mc_letter"))
     assert mc.answer in ("A.", "B.", "C.", "D.")
     letter = mc.answer[0]
@@ -124,7 +125,7 @@ def test_needle_in_middle_lies_wholly_in_the_compressed_middle(sp_tok, task):
         assert at[0] >= head and at[0] + len(needle) <= len(ids) - tail
         assert ht.truncated and _find(ht.middle.tolist(), needle)
         assert not _find(ht.llm_ids.tolist(), needle[-4:])
-        assert sp_tok.decode(lab[lab != -100]).strip() == s.answer
+        assert sp_tok.decode(lab[lab != -100], skip_special_tokens=True).strip() == s.answer
         starts.append(at[0])
     assert len(set(starts)) > 10                 # the depth still varies within the middle
     # depth 0 / 1: the first / last position where the whole needle is compressed

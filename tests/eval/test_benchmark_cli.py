@@ -117,6 +117,16 @@ def _jsonl(path, rows):
      "line 1: 'input' names no 'The ... of' target"),
     ("leval", "tpo.jsonl", [{"input": "d", "instructions": ["q1", "q2"], "outputs": ["A"]}],
      "line 1: 2 instructions but 1 outputs"),
+    # issue 23: rows that used to be scored
+    ("longbench", "hotpotqa.jsonl", [{"input": "q", "context": "c", "answers": [""], "_id": "a"}],
+     "line 1 (id 'a'): 'answers' holds only empty strings (nothing to score against)"),
+    ("longbench", "hotpotqa.jsonl", [{"input": "q", "context": "", "answers": ["x"], "_id": "a"}],
+     "line 1 (id 'a'): 'context' is empty (every LongBench task reads one)"),
+    ("infinitebench", "passkey.jsonl", [{"context": "c", "input": "q", "answer": 1234, "id": 0}],
+     "line 1 (id 0): 'answer' 1234 holds a int, not text: passkey answers are a string or a list of strings "
+     "(e.g. [\"71432\"])"),
+    ("infinitebench", "code_run.jsonl", [{"context": "c", "input": "q", "answer": ["7"], "id": 0}],
+     "line 1 (id 0): 'answer' ['7'] is not an integer, 'input' names no func_<n>(<int>) call"),
 ])
 def test_bad_rows_are_named(tmp_path, capsys, bench, name, rows, says):
     p = _jsonl(tmp_path / "data" / name, rows)
@@ -139,7 +149,7 @@ def test_bad_rows_are_named(tmp_path, capsys, bench, name, rows, says):
      "least 82 or a smaller --max-new-tokens"),
     (["infinitebench", "--data", str(FIXTURES / "longbench" / "hotpotqa.jsonl")],
      "hotpotqa.jsonl: infinitebench files are named after their tasks (<task>.jsonl); known tasks: passkey,"),
-    (["ppl", "--tasks", "x"], "--tasks is for longbench, infinitebench and leval, not ppl"),
+    (["ppl", "--tasks", "x"], "--tasks is for longbench, infinitebench, leval and ruler, not ppl"),
     (["infinitebench", "--data", str(FIXTURES / "infinitebench"), "--tasks", "En.MC,Foo"],
      "--tasks Foo: not infinitebench task(s); known: passkey,"),
 ])

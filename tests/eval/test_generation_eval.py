@@ -66,7 +66,8 @@ def test_passkey_eval_runs_every_cell(tiny32k, sp_tok):
     assert len(res["failures"]) == sum(r["failed"] for r in res["rows"]) >= 2
     assert all("query_ids" in f["error"] for f in res["failures"])
     assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["digit_accuracy"] <= 1.0 for r in res["rows"])
-    assert all(len(r["predictions"]) == 2 for r in res["rows"])
+    assert len(res["predictions"]) == 12 and all("predictions" not in r for r in res["rows"])
+    assert [r["answer"] for r in res["predictions"] if (r["mode"], r["length"]) == ("lcirc", 200)] == [None, None]
     assert rows[("lcirc", 200)]["digit_accuracy"] == 0.0  # failures score 0 here too
 
 
@@ -145,8 +146,9 @@ def test_passkey_swapped_control_reads_the_next_sample_s_memory(tiny32k_plain, s
     for r in res["rows"]:
         assert abs(sum(r["digit_accuracy_by_pos"]) / 5 - r["digit_accuracy"]) < 1e-9
     assert "partner_accuracy" not in rows["lcirc"]
-    keys = [p["answer"] for p in rows["lcirc"]["predictions"]]
-    assert [p["memory_answer"] for p in sw["predictions"]] == keys[1:] + keys[:1]
+    keys = [p["key"] for p in res["predictions"] if p["mode"] == "lcirc"]
+    assert [p["memory_key"] for p in res["predictions"] if p["mode"] == "lcirc_swapped"] == keys[1:] + keys[:1]
+    assert "partner_lenient_contains" in sw
     with pytest.raises(ValueError, match="samples >= 2"):
         passkey_eval(tiny32k_plain, sp_tok, docs, window=96, lengths=[200], depths=[0.5],
                      modes=["lcirc_swapped"], samples=1)
@@ -168,3 +170,37 @@ def test_digit_hits_and_pooling_by_length():
     assert (p["n"], p["failed"], p["accuracy"]) == (4, 1, 0.25)
     assert abs(p["digit_accuracy"] - 0.4) < 1e-12 and p["digit_accuracy_by_pos"] == [0.75, 0.25]
     assert pooled[512]["n"] == 2 and "partner_accuracy" not in p
+
+
+def test_passkey_strict_headline_and_lenient_counts_beside_it():
+    from lcirc_fast.eval.passkey import cell_row, rows_from_predictions
+
+    # docs/results.md §11's examples: 19079 -> " 1907999" contains the key but its first integer is
+    # 1907999, not 19079: strict 0, lenient 1. " 31503." is right by both rules. A failed sample
+    # (answer None) counts 0 everywhere. Strict: 1/3; contains: 2/3; digits in place: 5 + 5 + 0 of 15.
+    recs = [{"mode": "lcirc", "length": 256, "depth": 0.5, "index": i, "key": k, "answer": a}
+            for i, (k, a) in enumerate([("19079", " 1907999"), ("31503", " 31503."), ("12345", None)])]
+    row = cell_row(recs)
+    assert (row["accuracy"], row["lenient_contains"]) == (pytest.approx(1 / 3), pytest.approx(2 / 3))
+    assert row["digit_accuracy"] == pytest.approx(10 / 15) and row["failed"] == 1 and row["n"] == 3
+    swapped = [{**r, "mode": "lcirc_swapped", "memory_key": m} for r, m in zip(recs, ["1907999", "1", "2"])]
+    sw = cell_row(swapped)
+    assert sw["partner_accuracy"] == pytest.approx(1 / 3) and sw["accuracy"] == pytest.approx(1 / 3)
+    assert rows_from_predictions(recs + swapped) == [row, sw]
+
+
+def test_greedy_generation_stops_at_eos(tiny32k_plain):
+    class Ids:                      # a tokenizer whose decode shows the token ids
+        def __init__(self, eos):
+            self.eos_token_id = eos
+
+        def decode(self, ids, skip_special_tokens=False):
+            return " ".join(str(i) for i in ids.tolist() if not (skip_special_tokens and i == self.eos_token_id))
+
+    prompt = torch.arange(5, 45)
+    free = generate_answer(tiny32k_plain, Ids(None), prompt, 64, 6, "base").split()
+    assert len(free) == 6
+    eos = int(free[2])              # make the third greedy token the end token
+    stopped = generate_answer(tiny32k_plain, Ids(eos), prompt, 64, 6, "base").split()
+    cut = free.index(str(eos))      # the first time greedy decoding emits it
+    assert stopped == free[:cut] and len(stopped) < 6

@@ -66,7 +66,7 @@ def test_math_find_first_number():
     assert ib.score("math_find", "it is 8.5 or 8", [8]) == 0.0
     assert ib.score("math_find", "about 2.5", [2.5]) == 1.0
     assert ib.score("math_find", "none", [3]) == 0.0
-    with pytest.raises(ValueError, match="must be a number"):
+    with pytest.raises(ValueError, match="is not a number"):
         ib.score("math_find", "3", ["3"])
 
 
@@ -85,3 +85,65 @@ def test_samples_follow_the_templates():
     assert pk.query == "\n\nWhat is the pass key?\n\nThe pass key is" and pk.max_new_tokens == 6
     mf = ib.make_sample("math_find", {**row, "input": "The largest number of the list is"})
     assert mf.before == "What is the largest number in the following list?\n\n"
+
+
+@pytest.mark.parametrize("pred,want", [
+    # compute_scores.get_score_one_code_run: strip, replace \n . ` ' " : by spaces, int() of the
+    # last word compared with the integer label.
+    ("-12", 1.0),                       # words ["-12"] -> int -12 == label
+    ("The value is -12.", 1.0),         # "." becomes a space: last word "-12"
+    ("`-12`", 1.0),                     # backticks dropped
+    ("-12 or so", 0.0),                 # last word "so" is not an int -> False
+    ("12", 0.0),                        # 12 != -12
+    ("", 0.0),                          # no words -> False
+])
+def test_code_run_reads_the_last_word_as_an_integer(pred, want):
+    assert ib.score("code_run", pred, [-12]) == want
+    assert ib.score("Code.Run", pred, -12) == want
+
+
+def test_math_calc_counts_leading_values_matched_in_order():
+    # get_score_one_math_calc: digit runs of the answer as ints; count label[i] == pred[i] from
+    # the start, stopping at the first mismatch; divide by len(label).
+    assert ib.score("math_calc", "[1, 4, 8]", [1, 4, 8]) == 1.0
+    assert ib.score("math_calc", "[1, 4, 9, 3]", [1, 4, 8, 3]) == pytest.approx(2 / 4)   # stops at 9
+    assert ib.score("math_calc", "1 5 8", [[1, 4, 8]]) == pytest.approx(1 / 3)          # nested label
+    assert ib.score("Math.Calc", "[5, -3]", [5, -3]) == pytest.approx(1 / 2)            # "-" not read
+    assert ib.score("math_calc", "no numbers", [1]) == 0.0
+
+
+@pytest.mark.parametrize("task", ["kv_retrieval_prefix", "kv_retrieval_both"])
+def test_kv_variants_score_as_kv_retrieval(task):
+    # the official table maps both to get_score_one_kv_retrieval: label among the words after
+    # \n : " ' . , ? ! { } become spaces.
+    assert ib.score(task, '{"value": "5e6b-710d"}', ["5e6b-710d"]) == 1.0
+    assert ib.score(task, "5e6b 710d", ["5e6b-710d"]) == 0.0
+    assert ib.PROMPTS[task] == ib.PROMPTS["kv_retrieval"] and ib.MAX_NEW_TOKENS[task] == 50
+
+
+def test_every_task_the_official_scorer_dispatches_on_is_known():
+    official = {"kv_retrieval", "kv_retrieval_prefix", "kv_retrieval_both", "passkey", "number_string",
+                "code_run", "code_debug", "longdialogue_qa_eng", "longbook_qa_eng", "longbook_sum_eng",
+                "longbook_choice_eng", "longbook_qa_chn", "math_find", "math_calc"}
+    assert set(ib.TASKS) == official
+
+
+def test_code_run_and_math_calc_prompts():
+    cr = ib.make_sample("code_run", {"id": 1, "context": "CODE", "input": "What is func_3(-7)?", "answer": [5]})
+    assert cr.prompt == ("There is a function called func_3 in the following Python code.\n\nCODE\n\n"
+                         "Please compute the exact value of func_3(-7). The value of func_3(-7) is")
+    assert cr.max_new_tokens == 5
+    mc = ib.make_sample("math_calc", {"id": 2, "context": "1 + 2", "input": "", "answer": [1, 3]})
+    assert mc.prompt.endswith("Expression: 1 + 2\nValues:") and mc.max_new_tokens == 30000
+    with pytest.raises(ValueError, match="names no func_<n>"):
+        ib.make_sample("code_run", {"id": 1, "context": "CODE", "input": "What?", "answer": [5]})
+
+
+def test_text_answers_must_be_text():
+    # An int label for passkey is never equal to the string first_int_match returns, so the official
+    # scorer gives such a row 0 whatever the answer: refused, not scored.
+    with pytest.raises(ValueError, match="holds a int, not text"):
+        ib.score("passkey", "1234", 1234)
+    assert ib.answer_problem("passkey", ["1234"]) is None
+    assert "not an integer" in ib.answer_problem("code_run", ["12"])
+    assert "not a list of integers" in ib.answer_problem("math_calc", ["1", "2"])
