@@ -26,6 +26,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="set by the deepspeed launcher (LOCAL_RANK is read from the environment)")
     add_backend_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-step lines")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the model on the meta device (no download), check the config and its data, "
+                        "print parameters, memory per GPU, FLOPs and step time, and whether it fits "
+                        "(exit 0: fits, 1: does not)")
+    p.add_argument("--gpus", type=int, default=1, help="--dry-run: world size (GPUs in all)")
+    p.add_argument("--gpu-memory", default="80GB", help="--dry-run: memory of one GPU, e.g. 80GB (GiB)")
     return p
 
 
@@ -73,6 +79,12 @@ def run(args) -> int:
     check_backend(args.backend)
     backend = [f"lcirc.backend={args.backend}"] if args.backend else []   # --set lcirc.backend=...
     cfg = load_config(args.config, [*args.overrides, *backend])
+    if args.dry_run:
+        from ..training.dry_run import dry_run, format_report
+
+        report = dry_run(cfg, args.gpus, args.gpu_memory)
+        print(format_report(report, cfg))
+        return 0 if report.fits else 1
     check_inputs(cfg, args)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

@@ -207,14 +207,24 @@ def load_token_documents(source, split: str = "train", field: str = "input_ids",
 def load_qa_records(source, split: str = "train", context: str = "context",
                     question: str = "question", answer: str = "answer",
                     hub: bool = False) -> list[dict]:
-    """FineWeb-LQA layout: rows with context, question and answer text."""
+    """FineWeb-LQA layout: rows with a context, question and answer text.
+
+    A context given as token ids (FineWeb-LQA stores Llama-2 ids, no BOS) is kept as
+    "context_ids" (int64 [n]) and "context" is then None; a text context is kept as text."""
     ds = load_hub(source, split) if hub else load_local(source, split)
     cols = [_column(ds, f) for f in (context, question, answer)]
     out = []
-    for c, q, a in zip(*cols):
+    for i, (c, q, a) in enumerate(zip(*cols)):
         if isinstance(a, list):
             a = a[0] if a else ""
-        out.append({"context": str(c), "question": str(q), "answer": str(a)})
+        if isinstance(c, (list, tuple)):
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in c):
+                raise DataError(f"{source} row {i + 1}: {context!r} is a list but not of token ids; "
+                                "give token ids or text")
+            out.append({"context": None, "context_ids": torch.tensor(c, dtype=torch.long),
+                        "question": str(q), "answer": str(a)})
+        else:
+            out.append({"context": str(c), "question": str(q), "answer": str(a)})
     return out
 
 

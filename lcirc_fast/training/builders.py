@@ -138,6 +138,27 @@ def _val_lengths(d) -> list[int]:
     return [(lo + hi) // 2]
 
 
+def _context_ids(record: dict, tokenizer) -> torch.Tensor:
+    """int64 [n]: a QA record's context tokens (FineWeb-LQA stores ids; text is tokenised)."""
+    if record.get("context_ids") is not None:
+        return record["context_ids"]
+    return torch.tensor(tokenizer(record["context"], add_special_tokens=False).input_ids)
+
+
+def _short_answers(records: list, tokenizer, limit: int | None) -> list:
+    """The records whose answer is at most `limit` tokens (all when None); DataError if none is."""
+    if limit is None:
+        return records
+    from ..errors import DataError
+
+    kept = [r for r in records if len(tokenizer(" " + r["answer"].strip(), add_special_tokens=False).input_ids)
+            <= limit]
+    if records and not kept:
+        raise DataError(f"every QA record's answer is longer than data.max_answer_tokens = {limit} tokens; "
+                        "raise the limit or check the data")
+    return kept
+
+
 def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
     d = cfg.data
     val_len = d.val_context or 4 * d.window
@@ -197,7 +218,7 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
         return DataBundle(train, val, qa_train, qa_val, lengths)
     from ..data.loaders import load_qa_records, load_text_documents, load_token_documents
 
-    if src in ("text_files", "token_files", "hub"):
+    if src in ("text_files", "token_files", "hub") and cfg.stage == 1:
         if src == "text_files":
             tr = tokenize_documents(load_text_documents(d.train_path, d.text_field), tokenizer, cache)
             va = (tokenize_documents(load_text_documents(d.val_path, d.text_field), tokenizer, cache)
@@ -213,11 +234,15 @@ def build_data(cfg, tokenizer, vocab: int) -> DataBundle:
         if d.repeat_passage:
             val = repeated_passage_docs(val, d.window)
         return DataBundle(train, val)
-    if src == "qa_files":
-        recs = load_qa_records(d.train_path)
-        vrecs = load_qa_records(d.val_path) if d.val_path else recs[:d.val_docs]
-        enc = lambda r, t: build_qa_sample(tokenizer, torch.tensor(  # noqa: E731
-            tokenizer(r["context"], add_special_tokens=False).input_ids), r["question"], r["answer"], t)
+    if src == "qa_files" or (src == "hub" and cfg.stage == 2):
+        hub = src == "hub"
+        recs = _short_answers(load_qa_records(d.hub_name if hub else d.train_path, hub=hub), tokenizer,
+                              d.max_answer_tokens)
+        vrecs = (load_qa_records(d.hub_name if hub else d.val_path, "validation", hub=hub)
+                 if hub or d.val_path else recs[:d.val_docs])
+        vrecs = _short_answers(vrecs, tokenizer, d.max_answer_tokens)
+        enc = lambda r, t: build_qa_sample(tokenizer, _context_ids(r, tokenizer),  # noqa: E731
+                                           r["question"], r["answer"], t)
         open_t = [t for t in TEMPLATES if not t.multiple_choice]
         qa_train = lambda rng, n=None: enc(recs[rng.randrange(len(recs))], rng.choice(open_t))  # noqa: E731
         qa_val = [enc(r, get_template("read_answer")) for r in vrecs[:d.val_docs]]

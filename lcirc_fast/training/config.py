@@ -89,6 +89,7 @@ class DataSection:
     synthetic_len: int = 512         # synthetic_tokens: tokens per document
     cache_dir: str | None = None
     repeat_passage: bool = False     # stage 1 copy task: compress a passage, then predict it again
+    max_answer_tokens: int | None = None  # stage 2 qa_files / hub: skip longer answers (paper: 500)
     copy_mix: float = 0.0            # stage 1: share of documents trained on the copy task, the
                                      # rest on next-window prediction (validation: next window)
 
@@ -246,6 +247,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "data.segment_min": at_least(1, most=MAX_TOKENS),
     "data.segment_max": at_least(1, most=MAX_TOKENS),
     "data.max_doc_tokens": at_least(2, null="whole documents"),
+    "data.max_answer_tokens": at_least(1, null="every answer"),
     "data.qa_context": Check(f"a list [min, max] of context lengths with 1 <= min <= max <= {MAX_TOKENS}",
                              fix=_fix_qa_context),
     "data.qa_tasks": Check("a non-empty list of distinct tasks from " + ", ".join(SyntheticQA.TASKS),

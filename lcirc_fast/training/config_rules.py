@@ -14,7 +14,7 @@ from .config_files import base_position_limit, read_deepspeed_json
 from .config_values import show
 
 STAGE_SOURCES = {1: ("kjv", "text_files", "token_files", "hub", "synthetic_tokens"),
-                 2: ("kjv", "qa_files", "synthetic_tokens")}
+                 2: ("kjv", "qa_files", "hub", "synthetic_tokens")}
 
 
 def _check_stage(cfg) -> None:
@@ -83,7 +83,7 @@ def _check_needle(cfg) -> None:
 
 def _check_stage2_options(cfg) -> None:
     d = cfg.data
-    for key in ("qa_template", "hay_schedule", "qa_val_lengths"):
+    for key in ("qa_template", "hay_schedule", "qa_val_lengths", "max_answer_tokens"):
         if getattr(d, key) is not None and cfg.stage != 2:
             raise ConfigError(f"data.{key} shapes the stage-2 QA samples; it needs stage: 2 "
                               f"(got stage {cfg.stage})")

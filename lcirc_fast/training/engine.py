@@ -252,8 +252,10 @@ class DeepSpeedEngine:
         self.micro = 0
         self.last_grad_norm = None
         self.zero_stage = int(ds.get("zero_optimization", {}).get("stage", 0))
-        # ZeRO-3 reduces each backward's gradients in buckets: every rank must send all of them
-        self.grads_everywhere = self.zero_stage == 3
+        # ZeRO reduces each backward's gradients in buckets, which the ranks pair by size: every
+        # rank must send all of them, also when a parameter is off its graph (h0 when the step
+        # that reads it was not selected, on one rank only), under ZeRO-3 and on several ranks
+        self.grads_everywhere = self.zero_stage == 3 or self.world > 1
         if self.zero_stage == 3:
             self._keep_trainable_whole()
 
