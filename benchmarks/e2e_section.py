@@ -289,7 +289,7 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
     tick = lambda m: progress(f"[e2e {time.perf_counter() - t0:6.1f}s] {m}")  # noqa: E731
     p = get_preset(preset)
     s = p.shape()
-    n_dec = p.window + (decode_memory // s.num_latents) * s.segment_len
+    n_dec = p.window + (decode_memory // s.config.num_latents) * s.config.segment_len
     lengths = sorted(set(lengths) | {n_dec})
     dev = torch.device(device)
     with torch.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
@@ -313,7 +313,7 @@ def run_e2e(out_dir: str | Path | None, lengths=DEFAULT_LENGTHS, preset: str = "
         return res
 
     gen = torch.Generator().manual_seed(0)
-    n_chk = p.window + 2 * s.segment_len
+    n_chk = p.window + 2 * s.config.segment_len
     ids = torch.randint(0, p.llm.vocab_size, (1, n_chk), generator=gen).to(dev)
     mem_chk = memory_oracle(model, ids[:, : n_chk - p.window], backends)
     log_chk = logits_oracle(model, ids[:, : n_chk - p.window], ids[:, n_chk - p.window:], backends)
@@ -477,7 +477,7 @@ def run_compress(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
     dev = torch.device(device)
     model = build_compressor_model(dev, dtype, shapes)
     backends = _available(dev) if backends is None else tuple(backends)
-    shape = LCIRCShape.from_config(model.config)
+    shape = LCIRCShape(model.config)
     flops = fl.compress(shape, doc_tokens).flops
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, shapes["vocab"], (1, doc_tokens), generator=gen).to(dev)

@@ -10,6 +10,10 @@ A policy turns the number of recurrence steps into a per-step plan:
 
 The memory is always concatenated with autograd enabled, so slots produced by graph-carrying
 steps stay connected to the loss no matter what ran after them.
+
+A policy is also written as a spec, the mapping of a training config's ``train.bptt``
+(``{kind: selective, n: 8}``) or its one-line text form (``selective:8``); `parse_spec` is the one
+reader of both, and `from_spec` builds the policy.
 """
 from __future__ import annotations
 
@@ -18,13 +22,21 @@ from typing import Sequence
 
 import torch
 
+from .errors import ConfigError
+
 CHAIN, CUT, NONE = "chain", "cut", "none"
+MAX_STEPS = 1 << 20   # bound of k and n
 
 
 class BPTTPolicy:
     """Base class. `plan(num_steps, trainable_steps)` -> list of CHAIN / CUT / NONE."""
 
     def plan(self, num_steps: int, trainable_steps: Sequence[int] | None = None) -> list[str]:
+        raise NotImplementedError
+
+    def grad_steps(self, num_steps: int) -> float:
+        """Steps of a `num_steps`-step recurrence on the gradient path (expected, for a random
+        draw with replacement)."""
         raise NotImplementedError
 
 
@@ -34,6 +46,9 @@ class Full(BPTTPolicy):
 
     def plan(self, num_steps, trainable_steps=None):
         return [CHAIN] * num_steps
+
+    def grad_steps(self, num_steps):
+        return float(num_steps)
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,9 @@ class Truncated(BPTTPolicy):
     def plan(self, num_steps, trainable_steps=None):
         start = max(0, num_steps - self.k)
         return [NONE] * start + [CUT] + [CHAIN] * (num_steps - start - 1) if num_steps else []
+
+    def grad_steps(self, num_steps):
+        return float(min(self.k, num_steps))
 
 
 @dataclass
@@ -109,6 +127,13 @@ class Selective(BPTTPolicy):
         self.last_selected = sorted(chosen)
         return [CUT if i in chosen else NONE for i in range(num_steps)]
 
+    def grad_steps(self, num_steps):
+        if self.steps is not None:
+            return float(len([s for s in self.steps if s < num_steps]))
+        if self.replace and num_steps and not (self.full_when_short and num_steps <= self.n):
+            return num_steps * (1.0 - (1.0 - 1.0 / num_steps) ** self.n)
+        return float(min(self.n, num_steps))
+
 
 def as_policy(bptt) -> BPTTPolicy:
     """None -> Full(); a policy instance passes through; anything else is an error."""
@@ -120,4 +145,83 @@ def as_policy(bptt) -> BPTTPolicy:
                     f"got {type(bptt).__name__}")
 
 
-__all__ = ["BPTTPolicy", "Full", "Truncated", "Selective", "as_policy", "CHAIN", "CUT", "NONE"]
+# ------------------------------------------------------------------------------------ specs
+KINDS = {  # kind -> {setting: default}; an int setting counts steps (>= 1)
+    "truncated": {"k": 1},
+    "selective": {"n": 8, "replace": False, "full_when_short": False},
+    "full": {},
+}
+_NOTES = {"k": " (steps that keep their graph)", "n": " (steps selected for gradient)"}
+
+
+def _show(value) -> str:
+    """A value as YAML spells it (null, true / false), strings quoted."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
+
+
+def _setting(key: str, name: str, value, default):
+    """Setting `name` checked against the type of its default; ConfigError naming `key`."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {_show(value)}: must be true or false")
+        return value
+    number = value if not isinstance(value, float) or not value.is_integer() else int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise ConfigError(f"{key} = {_show(value)}: must be an integer >= 1{_NOTES[name]}")
+    if number > MAX_STEPS:
+        raise ConfigError(f"{key} = {_show(value)}: must be at most {MAX_STEPS}")
+    return number
+
+
+def spec_from_text(text: str, key: str = "bptt") -> dict:
+    """The mapping of a one-line spec: "full", "truncated:K", "selective:N" or
+    "selective:N:replace"; ConfigError naming `key` otherwise."""
+    parts = text.strip().lower().split(":") if isinstance(text, str) else []
+    spec: dict = {"kind": parts[0]} if parts else {}
+    ok = parts[:1] == ["full"] and len(parts) == 1
+    if parts[:1] in (["truncated"], ["selective"]) and len(parts) in (2, 3) and parts[1].isdigit():
+        spec[{"truncated": "k", "selective": "n"}[parts[0]]] = int(parts[1])
+        ok = len(parts) == 2 or (parts[0] == "selective" and parts[2] == "replace")
+        spec.update({"replace": True} if len(parts) == 3 else {})
+    if not ok:
+        raise ConfigError(f"{key} = {_show(text)}: must be a BPTT policy: full, truncated:K, "
+                          "selective:N or selective:N:replace")
+    return parse_spec(spec, key)
+
+
+def parse_spec(spec, key: str = "bptt") -> dict:
+    """A spec mapping ({kind: ..., settings}) checked and completed with its kind's defaults;
+    ConfigError naming `key` (e.g. train.bptt.k) otherwise."""
+    kinds = ", ".join(KINDS)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{key} = {_show(spec)}: must be a mapping such as {{kind: truncated, k: 1}}")
+    if "kind" not in spec:
+        raise ConfigError(f"{key}.kind is missing: set it to one of {kinds}")
+    kind = spec["kind"]
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ConfigError(f"{key}.kind = {_show(kind)}: must be one of {kinds}")
+    settings = KINDS[kind]
+    unknown = [str(k) for k in spec if k != "kind" and k not in settings]
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: not a setting of kind {kind} "
+                          f"(its settings: {', '.join(settings) or 'none'}); remove it")
+    return {"kind": kind, **{name: _setting(f"{key}.{name}", name, spec.get(name, default), default)
+                             for name, default in settings.items()}}
+
+
+def from_spec(spec, generator: torch.Generator | None = None, key: str = "bptt") -> BPTTPolicy:
+    """The policy of a spec (a mapping, or its one-line text form); `generator` draws the
+    selective steps."""
+    spec = spec_from_text(spec, key) if isinstance(spec, str) else parse_spec(spec, key)
+    if spec["kind"] == "truncated":
+        return Truncated(spec["k"])
+    if spec["kind"] == "selective":
+        return Selective(spec["n"], generator=generator, replace=spec["replace"],
+                         full_when_short=spec["full_when_short"])
+    return Full()
+
+
+__all__ = ["BPTTPolicy", "Full", "Truncated", "Selective", "as_policy", "parse_spec", "spec_from_text",
+           "from_spec", "KINDS", "CHAIN", "CUT", "NONE"]

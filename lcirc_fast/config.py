@@ -1,13 +1,13 @@
 """LCIRC configuration.
 
-`LCIRCConfig` holds the compressor / injection hyper-parameters. Fields left as ``None`` are
-filled from the base model's config by :meth:`LCIRCConfig.resolve`, which returns a copy in
-which every field is concrete.
+`LCIRCConfig` holds the compressor / injection hyper-parameters and is their one validator: a
+bad field raises `FieldError` ("LCIRCConfig.<field> = <value>: must be ..."), a bad combination
+a `ConfigError` naming both fields. Fields left as ``None`` are filled from the base model's config
+by :meth:`LCIRCConfig.resolve`, which returns a copy in which every field is concrete.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -16,29 +16,84 @@ from typing import Any
 from .errors import ConfigError
 
 BACKENDS = ("auto", "torch", "triton", "cuda")  # "auto" + the records of lcirc_fast.ops.registry (checked there)
-_REQUIRED_POSITIVE = ("num_latents", "compressor_layers", "max_segment_len",
-                      "kv_hoist_max_segments")
-_OPTIONAL_POSITIVE = ("compressor_heads", "compressor_head_dim", "compressor_ffn", "segment_len",
-                      "gca_heads", "gca_head_dim", "gca_ffn", "mixer_heads", "mixer_head_dim",
-                      "mixer_ffn", "memory_cap", "hidden_size", "num_hidden_layers", "vocab_size")
 MIXER_SIZES = ("mixer_heads", "mixer_head_dim", "mixer_ffn")
 RUNTIME_FIELDS = ("backend", "allow_tf32", "kv_hoist_max_segments", "kv_hoist_budget_bytes",
                   "cuda_graphs")   # how the model runs, not what it computes
+
+
+class FieldError(ConfigError):
+    """One field of a config dataclass with a value that does not fit.
+
+    Attributes: owner (class name), field, value, need (read as "must be <need>"), null (what
+    None means, for a field that may be None; "" otherwise). `str(err)` is
+    "<owner>.<field> = <value>: must be <need>" (plus "or None (<null>)").
+    """
+
+    def __init__(self, owner: str, name: str, value: Any, need: str, null: str = ""):
+        self.owner, self.field, self.value, self.need, self.null = owner, name, value, need, null
+        super().__init__(f"{owner}.{name} = {value!r}: must be {self.requirement('None')}")
+
+    def requirement(self, none_word: str) -> str:
+        """The requirement, with None spelled `none_word` (YAML: null)."""
+        return f"{self.need} or {none_word} ({self.null})" if self.null else self.need
+
+
+@dataclass(frozen=True)
+class Size:
+    """An integer field in [lo, hi]; `null`: what None means (fields that may be None)."""
+
+    lo: int
+    hi: int
+    null: str = ""
+    note: str = ""
+
+    def check(self, owner: str, name: str, value) -> None:
+        if value is None and self.null:
+            return
+        if not _is_int(value) or value < self.lo:
+            raise FieldError(owner, name, value, f"an integer >= {self.lo}{self.note}", self.null)
+        if value > self.hi:
+            raise FieldError(owner, name, value, f"at most {self.hi}")
+
+
+_HEADS, _HEAD_DIM, _FFN = 1024, 4096, 1 << 20
+SIZES: dict[str, Size] = {   # every integer field of LCIRCConfig and its range
+    "num_latents": Size(1, 4096),
+    "compressor_layers": Size(1, 256),
+    "compressor_heads": Size(1, _HEADS, "the base model's attention heads"),
+    "compressor_head_dim": Size(1, _HEAD_DIM, "the base model's head dim"),
+    "compressor_ffn": Size(1, _FFN, "the base model's MLP size"),
+    "max_segment_len": Size(1, 1 << 17),
+    "segment_len": Size(1, 1 << 17, "min(2048, max_segment_len // 2)"),
+    "gca_heads": Size(1, _HEADS, "the base model's attention heads"),
+    "gca_head_dim": Size(1, _HEAD_DIM, "the base model's head dim"),
+    "gca_ffn": Size(1, _FFN, "the base model's MLP size"),
+    "mixer_heads": Size(1, _HEADS, "compressor_heads"),
+    "mixer_head_dim": Size(1, _HEAD_DIM, "compressor_head_dim"),
+    "mixer_ffn": Size(1, _FFN, "compressor_ffn"),
+    "memory_cap": Size(1, 1 << 24, "keep every memory vector"),
+    "compressor_input_layers": Size(0, 1024, note=" (0: token embeddings)"),
+    "kv_hoist_max_segments": Size(1, 4096, note=" (1: no batched K/V products)"),
+    "kv_hoist_budget_bytes": Size(0, 1 << 40),
+    "hidden_size": Size(1, 1 << 16, "the base model's"),
+    "num_hidden_layers": Size(1, 1024, "the base model's"),
+    "vocab_size": Size(1, 1 << 22, "the base model's"),
+}
+MAX_LAYER_INDEX = SIZES["num_hidden_layers"].hi - 1
 
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_int(name: str, value, minimum: int, optional: bool) -> None:
-    """Refuse bools, non-integers and values below `minimum` (None only when `optional`)."""
-    if value is None and optional:
-        return
-    if not _is_int(value) or value < minimum:
-        want = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        if optional:
-            want += " (or None for the default)"
-        raise ConfigError(f"LCIRCConfig.{name} must be {want}, got {value!r}")
+def _is_number(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, numbers.Real)
+            and math.isfinite(value))
+
+
+def _check_flag(owner: str, name: str, value, null: str = "") -> None:
+    if not isinstance(value, bool) and not (null and value is None):
+        raise FieldError(owner, name, value, "true or false", null)
 
 
 def _known(owner: str, cls, data: dict) -> dict:
@@ -66,15 +121,13 @@ def default_gca_layers(num_layers: int) -> list[int]:
     return layers
 
 
-def _check_number(owner: str, name: str, value, positive: bool) -> None:
-    """A finite real number (> 0 when `positive`), or None."""
-    if value is None:
-        return
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value) or (positive and not value > 0)):
-        want = "a finite number > 0" if positive else "a finite number"
-        raise ConfigError(f"{owner}.{name} must be {want} (or None to leave the default), got "
-                          f"{value!r}")
+_INIT_NUMBERS = {  # InitRecipe field -> (must be > 0, what None means)
+    "pos_emb_std": (True, "N(0, 1)"),
+    "latents_std": (True, "N(0, 1)"),
+    "attn_gate_init": (False, "0: the base model exactly"),
+    "compressor_q_init_scale": (True, "unscaled"),
+    "gca_q_init_scale": (True, "unscaled"),
+}
 
 
 @dataclass
@@ -102,21 +155,15 @@ class InitRecipe:
     center_positions: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("pos_emb_std", "latents_std", "compressor_q_init_scale", "gca_q_init_scale"):
-            _check_number("InitRecipe", name, getattr(self, name), positive=True)
-        _check_number("InitRecipe", "attn_gate_init", self.attn_gate_init, positive=False)
-        if not isinstance(self.center_positions, bool):
-            raise ConfigError(f"InitRecipe.center_positions must be true or false, got "
-                              f"{self.center_positions!r}")
-        for name in ("pos_emb_std", "latents_std", "attn_gate_init", "compressor_q_init_scale",
-                     "gca_q_init_scale"):
+        for name, (positive, null) in _INIT_NUMBERS.items():
             value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, float(value))
-
-    @property
-    def is_default(self) -> bool:
-        return self == InitRecipe()
+            if value is None:
+                continue
+            if not _is_number(value) or (positive and not value > 0):
+                raise FieldError("InitRecipe", name, value,
+                                 "a positive number" if positive else "a number", null)
+            setattr(self, name, float(value))
+        _check_flag("InitRecipe", "center_positions", self.center_positions)
 
 
 @dataclass
@@ -153,6 +200,7 @@ class LCIRCConfig:
             run on each segment alone, so every token carries its in-segment context (the
             order of a number's digits, say), which order-blind embeddings + positions do not.
         hidden_size / num_hidden_layers / vocab_size: copied from the base model by `resolve`.
+    Every integer field has the range of `SIZES`.
     """
 
     num_latents: int = 64
@@ -182,7 +230,6 @@ class LCIRCConfig:
     hidden_size: int | None = None
     num_hidden_layers: int | None = None
     vocab_size: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -222,7 +269,6 @@ class LCIRCConfig:
             num_hidden_layers=n_layers,
             vocab_size=int(base_config.vocab_size),
             init=dataclasses.replace(self.init),
-            extra=dict(self.extra),
         )
         return out
 
@@ -236,56 +282,39 @@ class LCIRCConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ConfigError naming the first bad field and its value."""
-        for name in _REQUIRED_POSITIVE:
-            _check_int(name, getattr(self, name), minimum=1, optional=False)
-        for name in _OPTIONAL_POSITIVE:
-            _check_int(name, getattr(self, name), minimum=1, optional=True)
-        _check_int("compressor_input_layers", self.compressor_input_layers, minimum=0,
-                   optional=False)
-        _check_int("kv_hoist_budget_bytes", self.kv_hoist_budget_bytes, minimum=0, optional=False)
+        """Raise FieldError naming the first bad field and its value, or ConfigError naming two
+        fields that do not fit together."""
+        for name, size in SIZES.items():
+            size.check("LCIRCConfig", name, getattr(self, name))
         self._check_choices()
         self._check_gca_layers()
         self._check_relations()
 
     def _check_choices(self) -> None:
-        if not isinstance(self.query_dependent, bool):
-            raise ConfigError(f"LCIRCConfig.query_dependent must be true or false, got "
-                              f"{self.query_dependent!r}")
+        _check_flag("LCIRCConfig", "query_dependent", self.query_dependent)
         if not isinstance(self.backend, str) or self.backend not in BACKENDS:
-            raise ConfigError(f"LCIRCConfig.backend must be one of {', '.join(BACKENDS)}, got "
-                              f"{self.backend!r}")
-        eps = self.norm_eps
-        if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
-                or not math.isfinite(eps) or not eps > 0):
-            raise ConfigError(f"LCIRCConfig.norm_eps must be a finite number > 0, got {eps!r}")
-        for name in ("cuda_graphs", "allow_tf32"):
-            value = getattr(self, name)
-            if not isinstance(value, bool) and not (name == "allow_tf32" and value is None):
-                raise ConfigError(f"LCIRCConfig.{name} must be true or false"
-                                  f"{' (or None: the default)' if name == 'allow_tf32' else ''}, "
-                                  f"got {value!r}")
+            raise FieldError("LCIRCConfig", "backend", self.backend, f"one of {', '.join(BACKENDS)}")
+        if not _is_number(self.norm_eps) or not self.norm_eps > 0:
+            raise FieldError("LCIRCConfig", "norm_eps", self.norm_eps, "a positive number")
+        _check_flag("LCIRCConfig", "cuda_graphs", self.cuda_graphs)
+        _check_flag("LCIRCConfig", "allow_tf32", self.allow_tf32,
+                    null="TF32 unless TRITON_F32_DEFAULT=ieee")
         if isinstance(self.init, dict):
             self.init = InitRecipe(**_known("InitRecipe", InitRecipe, self.init))
         if not isinstance(self.init, InitRecipe):
-            raise ConfigError(f"LCIRCConfig.init must be an InitRecipe (or a mapping of its "
-                              f"fields), got {self.init!r}")
-        if not isinstance(self.extra, dict):
-            raise ConfigError(f"LCIRCConfig.extra must be a dict, got {self.extra!r}")
+            raise FieldError("LCIRCConfig", "init", self.init,
+                             "an InitRecipe (or a mapping of its fields)")
 
     def _check_gca_layers(self) -> None:
         layers = self.gca_layers
         if layers is None:
             return
-        if not isinstance(layers, (list, tuple)) or not layers:
-            raise ConfigError(f"LCIRCConfig.gca_layers must be a non-empty list of decoder layer "
-                              f"indices (or None for the default placement), got {layers!r}")
-        for i in layers:
-            if not _is_int(i) or i < 0:
-                raise ConfigError(f"LCIRCConfig.gca_layers must hold ints >= 0, got {i!r} in "
-                                  f"{layers!r}")
-        if len(set(layers)) != len(layers):
-            raise ConfigError(f"LCIRCConfig.gca_layers must be distinct, got {list(layers)}")
+        if (not isinstance(layers, (list, tuple)) or not layers
+                or not all(_is_int(i) and 0 <= i <= MAX_LAYER_INDEX for i in layers)
+                or len(set(layers)) != len(layers)):
+            raise FieldError("LCIRCConfig", "gca_layers", layers,
+                             f"a non-empty list of distinct decoder layer indices >= 0 (and <= "
+                             f"{MAX_LAYER_INDEX})", "every third layer and the last")
         if self.num_hidden_layers is not None:
             bad = [i for i in layers if i >= self.num_hidden_layers]
             if bad:
@@ -309,8 +338,7 @@ class LCIRCConfig:
 
     def _normalise(self) -> None:
         """Plain Python ints / floats / lists (numpy scalars and tuples are accepted)."""
-        for name in _REQUIRED_POSITIVE + _OPTIONAL_POSITIVE + ("compressor_input_layers",
-                                                               "kv_hoist_budget_bytes"):
+        for name in SIZES:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, int(value))
@@ -322,15 +350,15 @@ class LCIRCConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LCIRCConfig":
-        """Build from `to_dict` output; unknown fields are refused."""
+        """Build from `to_dict` output; unknown fields are refused (an empty `extra` mapping,
+        a field that earlier versions wrote and never read, is dropped)."""
         if not isinstance(data, dict):
             raise ConfigError(f"an LCIRCConfig must be a mapping of field names to values, got "
                               f"{type(data).__name__}")
+        if "extra" in data and data["extra"] in ({}, None):
+            data = {k: v for k, v in data.items() if k != "extra"}
         return cls(**_known("LCIRCConfig", cls, data))
 
     def with_runtime(self, **knobs) -> "LCIRCConfig":

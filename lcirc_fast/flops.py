@@ -1,6 +1,7 @@
 """Analytic FLOP and memory-traffic model of LCIRC and of the full-attention baseline.
 
-Pure arithmetic over model dimensions; nothing here touches torch.
+Pure arithmetic over model dimensions (an `LLMShape` and a resolved `LCIRCConfig`); nothing
+here runs a model.
 
 Conventions:
     * A matmul of [n, a] x [a, b] costs 2·n·a·b FLOPs (multiply + add). ``Cost.matmul`` holds
@@ -22,13 +23,16 @@ Conventions:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from . import bptt
+from .config import LCIRCConfig
+from .segmenting import balanced_lengths
 
 CAUSAL_CONVENTIONS = ("half", "full")
 
@@ -164,64 +168,29 @@ class LLMShape:
 
 @dataclass(frozen=True)
 class LCIRCShape:
-    """LCIRC dimensions plus the inference split (LLM window, segment length)."""
+    """A resolved `LCIRCConfig` (every size comes from it) plus how a context is served: the LLM
+    window (tokens read directly) and the QD query length (0 without the QD mixer)."""
 
-    hidden_size: int
-    num_latents: int = 64
-    compressor_layers: int = 4
-    compressor_heads: int = 32
-    compressor_head_dim: int = 128
-    compressor_ffn: int = 11008
-    num_gca: int = 12
-    gca_heads: int = 32
-    gca_head_dim: int = 128
-    gca_ffn: int = 11008
-    segment_len: int = 2048
+    config: LCIRCConfig
     window: int = 4096
-    query_dependent: bool = False
     query_len: int = 0
-    memory_cap: int | None = None
-    mixer_heads: int | None = None       # None: the compressor's (as the model builds it)
-    mixer_head_dim: int | None = None
-    mixer_ffn: int | None = None
 
     def __post_init__(self):
-        for f, default in (("mixer_heads", self.compressor_heads),
-                           ("mixer_head_dim", self.compressor_head_dim),
-                           ("mixer_ffn", self.compressor_ffn)):
-            if getattr(self, f) is None:
-                object.__setattr__(self, f, default)
-        for f in ("hidden_size", "num_latents", "compressor_layers", "compressor_heads",
-                  "compressor_head_dim", "compressor_ffn", "num_gca", "gca_heads",
-                  "gca_head_dim", "gca_ffn", "segment_len", "window", "mixer_heads",
-                  "mixer_head_dim", "mixer_ffn"):
-            _pos_int(f"LCIRCShape.{f}", getattr(self, f))
-        if self.memory_cap is not None:
-            _pos_int("LCIRCShape.memory_cap", self.memory_cap)
-        if self.query_len < 0:
-            raise ValueError(f"LCIRCShape.query_len must be >= 0, got {self.query_len}")
-        if self.query_dependent and self.query_len == 0:
-            raise ValueError("LCIRCShape.query_dependent needs query_len >= 1")
+        if not isinstance(self.config, LCIRCConfig) or not self.config.is_resolved:
+            raise ValueError("LCIRCShape needs a resolved LCIRCConfig (call "
+                             "cfg.resolve(base_config) first)")
+        _pos_int("LCIRCShape.window", self.window)
+        if isinstance(self.query_len, bool) or not isinstance(self.query_len, int) \
+                or self.query_len < 0:
+            raise ValueError(f"LCIRCShape.query_len must be an int >= 0, got {self.query_len!r}")
+        if not self.config.query_dependent:
+            object.__setattr__(self, "query_len", 0)
+        elif self.query_len == 0:
+            raise ValueError("LCIRCShape.query_len must be >= 1 for a query-dependent config")
 
-    @classmethod
-    def from_config(cls, cfg: Any, window: int = 4096, query_len: int = 0) -> "LCIRCShape":
-        """From a resolved `lcirc_fast.LCIRCConfig` (every field concrete)."""
-        if getattr(cfg, "hidden_size", None) is None or getattr(cfg, "gca_layers", None) is None:
-            raise ValueError("LCIRCShape.from_config needs a resolved LCIRCConfig "
-                             "(call cfg.resolve(base_config) first)")
-        return cls(hidden_size=cfg.hidden_size, num_latents=cfg.num_latents,
-                   compressor_layers=cfg.compressor_layers, compressor_heads=cfg.compressor_heads,
-                   compressor_head_dim=cfg.compressor_head_dim, compressor_ffn=cfg.compressor_ffn,
-                   num_gca=len(cfg.gca_layers), gca_heads=cfg.gca_heads,
-                   gca_head_dim=cfg.gca_head_dim, gca_ffn=cfg.gca_ffn,
-                   segment_len=cfg.segment_len, window=window,
-                   query_dependent=cfg.query_dependent,
-                   query_len=query_len if cfg.query_dependent else 0,
-                   memory_cap=cfg.memory_cap, mixer_heads=cfg.mixer_heads,
-                   mixer_head_dim=cfg.mixer_head_dim, mixer_ffn=cfg.mixer_ffn)
-
-    def replace(self, **kw) -> "LCIRCShape":
-        return dataclasses.replace(self, **kw)
+    @property
+    def num_gca(self) -> int:
+        return len(self.config.gca_layers)
 
 
 # ------------------------------------------------------------------------------ primitives
@@ -282,12 +251,12 @@ def llm_forward(llm: LLMShape, t: float, past: float = 0, causal: str = "half",
 # ---------------------------------------------------------------------------- LCIRC side
 def compressor_layer(s: LCIRCShape, seg_len: float, wbytes: int = 2) -> Cost:
     """One Perceiver layer: K latents attend to a segment of seg_len tokens."""
-    d, k, inner, f = s.hidden_size, s.num_latents, \
-        s.compressor_heads * s.compressor_head_dim, s.compressor_ffn
+    d, k, inner, f = s.config.hidden_size, s.config.num_latents, \
+        s.config.compressor_heads * s.config.compressor_head_dim, s.config.compressor_ffn
     return total([
         elementwise(seg_len * d, LN_FLOPS, wbytes), elementwise(k * d, LN_FLOPS, wbytes),
         linear(k, d, inner, wbytes), linear(seg_len, d, 2 * inner, wbytes),
-        attention_core(k, seg_len, k * seg_len, s.compressor_heads, s.compressor_head_dim,
+        attention_core(k, seg_len, k * seg_len, s.config.compressor_heads, s.config.compressor_head_dim,
                        wbytes=wbytes),
         linear(k, inner, d, wbytes), elementwise(k * d, 1, wbytes),
         elementwise(k * d, LN_FLOPS, wbytes), linear(k, d, f, wbytes),
@@ -298,24 +267,24 @@ def compressor_layer(s: LCIRCShape, seg_len: float, wbytes: int = 2) -> Cost:
 
 def compressor_step(s: LCIRCShape, seg_len: float, wbytes: int = 2) -> Cost:
     """h(i) = Perceiver(h(i-1), Embed(s_i) + P): position add, layers, final LN."""
-    return (elementwise(seg_len * s.hidden_size, 1, wbytes)
-            + s.compressor_layers * compressor_layer(s, seg_len, wbytes)
-            + elementwise(s.num_latents * s.hidden_size, LN_FLOPS, wbytes))
+    return (elementwise(seg_len * s.config.hidden_size, 1, wbytes)
+            + s.config.compressor_layers * compressor_layer(s, seg_len, wbytes)
+            + elementwise(s.config.num_latents * s.config.hidden_size, LN_FLOPS, wbytes))
 
 
 def gca_memory_kv(s: LCIRCShape, m: float, wbytes: int = 2, sizes: tuple | None = None) -> Cost:
     """K/V projection of m memory (or query) vectors for one GCA block (`sizes`: (heads,
     head_dim, ffn) of a block sized apart from the GCA blocks, such as the QD mixer)."""
-    heads, head_dim, _ = sizes or (s.gca_heads, s.gca_head_dim, s.gca_ffn)
-    return linear(m, s.hidden_size, 2 * heads * head_dim, wbytes)
+    heads, head_dim, _ = sizes or (s.config.gca_heads, s.config.gca_head_dim, s.config.gca_ffn)
+    return linear(m, s.config.hidden_size, 2 * heads * head_dim, wbytes)
 
 
 def gca_block(s: LCIRCShape, t: float, m: float, project_kv: bool = True,
               wbytes: int = 2, sizes: tuple | None = None) -> Cost:
     """One GCA block: t tokens attend to m memory vectors (K/V projection if project_kv);
     `sizes` as in `gca_memory_kv`."""
-    heads, head_dim, f = sizes or (s.gca_heads, s.gca_head_dim, s.gca_ffn)
-    d, inner = s.hidden_size, heads * head_dim
+    heads, head_dim, f = sizes or (s.config.gca_heads, s.config.gca_head_dim, s.config.gca_ffn)
+    d, inner = s.config.hidden_size, heads * head_dim
     c = total([
         elementwise(t * d, LN_FLOPS, wbytes), linear(t, d, inner, wbytes),
         attention_core(t, m, t * m, heads, head_dim, wbytes=wbytes),
@@ -330,29 +299,13 @@ def gca_block(s: LCIRCShape, t: float, m: float, project_kv: bool = True,
 def mixer_step(s: LCIRCShape, project_kv: bool = True, wbytes: int = 2) -> Cost:
     """QD mixer (a GCA block sized like the compressor unless set apart): the K latents attend
     to the query_len query embeddings."""
-    if not s.query_dependent:
+    if not s.config.query_dependent:
         return ZERO
-    return gca_block(s, s.num_latents, s.query_len, project_kv, wbytes,
-                     sizes=(s.mixer_heads, s.mixer_head_dim, s.mixer_ffn))
+    return gca_block(s, s.config.num_latents, s.query_len, project_kv, wbytes,
+                     sizes=(s.config.mixer_heads, s.config.mixer_head_dim, s.config.mixer_ffn))
 
 
 # ------------------------------------------------------------------------------ splitting
-def segment_lengths(n: int, segment_len: int) -> list[int]:
-    """The paper's ~2K rule: q = n // L segments of L + (n mod L) // q, leftover to the first."""
-    if n < 0:
-        raise ValueError(f"tokens to compress must be >= 0, got {n}")
-    _pos_int("segment_len", segment_len)
-    if n == 0:
-        return []
-    q = n // segment_len
-    if q == 0:
-        return [n]
-    base = segment_len + (n % segment_len) // q
-    lens = [base] * q
-    lens[0] += (n % segment_len) % q
-    return lens
-
-
 @dataclass(frozen=True)
 class Split:
     """How a context of n tokens is served: compressed part, segments, memory, LLM window."""
@@ -367,10 +320,10 @@ class Split:
 def split(s: LCIRCShape, n: int) -> Split:
     _pos_int("context length", n)
     comp = max(0, n - s.window)
-    segs = segment_lengths(comp, s.segment_len)
-    mem = len(segs) * s.num_latents
-    if s.memory_cap is not None:
-        mem = min(mem, s.memory_cap)
+    segs = balanced_lengths(comp, s.config.segment_len)
+    mem = len(segs) * s.config.num_latents
+    if s.config.memory_cap is not None:
+        mem = min(mem, s.config.memory_cap)
     return Split(n, comp, segs, mem, min(n, s.window))
 
 
@@ -382,10 +335,10 @@ def compress(s: LCIRCShape, n_compress: int, cache_query_kv: bool = True,
     cache_query_kv: the mixer's query K/V are projected once per document (False: at every
     step, as the reference code does).
     """
-    segs = segment_lengths(n_compress, s.segment_len)
+    segs = balanced_lengths(n_compress, s.config.segment_len)
     c = total(count * (compressor_step(s, L, wbytes) + mixer_step(s, not cache_query_kv, wbytes))
               for L, count in Counter(segs).items())
-    if segs and s.query_dependent and cache_query_kv:
+    if segs and s.config.query_dependent and cache_query_kv:
         c = c + gca_memory_kv(s, s.query_len, wbytes)
     return c
 
@@ -432,49 +385,12 @@ def full_decode_token(llm: LLMShape, n: int, causal: str = "half", wbytes: int =
 
 # ------------------------------------------------------------------------------- training
 def grad_steps(policy: Any, num_steps: int) -> float:
-    """Compressor steps on the gradient path under a BPTT policy.
-
-    policy: "full", "truncated:k", "selective:n" (or "selective:n:replace"), or an object of
-    `lcirc_fast.bptt` (Full / Truncated(k) / Selective(n)). Selective draws with replacement
-    count the expected number of distinct steps.
-    """
-    if num_steps == 0:
-        return 0.0
-    kind, arg, replace = policy_parts(policy)
-    if kind == "full":
-        return float(num_steps)
-    if kind == "truncated":
-        return float(min(arg, num_steps))
-    if replace:
-        return num_steps * (1.0 - (1.0 - 1.0 / num_steps) ** arg)
-    return float(min(arg, num_steps))
-
-
-def policy_parts(policy: Any) -> tuple[str, int, bool]:
-    if policy is None:
-        return "full", 0, False
-    if isinstance(policy, str):
-        parts = policy.lower().split(":")
-        kind = parts[0]
-        if kind == "full" and len(parts) == 1:
-            return "full", 0, False
-        if kind in ("truncated", "selective") and len(parts) in (2, 3) and parts[1].isdigit() \
-                and int(parts[1]) >= 1 and (len(parts) == 2 or parts[2] == "replace"):
-            return kind, int(parts[1]), len(parts) == 3
-        raise ValueError(f"bad BPTT policy {policy!r}; use 'full', 'truncated:k', "
-                         f"'selective:n' or 'selective:n:replace'")
-    name = type(policy).__name__.lower()
-    if name.startswith("full"):
-        return "full", 0, False
-    if name.startswith("truncated") and isinstance(getattr(policy, "k", None), int):
-        return "truncated", policy.k, False
-    if name.startswith("selective"):
-        steps = getattr(policy, "steps", None)
-        if steps is not None:
-            return "selective", max(1, len(set(steps))), False
-        if isinstance(getattr(policy, "n", None), int):
-            return "selective", policy.n, bool(getattr(policy, "replace", False))
-    raise ValueError(f"cannot interpret BPTT policy {policy!r}")
+    """Compressor steps on the gradient path under a BPTT policy: a `lcirc_fast.bptt` policy or
+    spec (a mapping, or text such as "selective:8"; see `bptt.parse_spec`). Selective draws with
+    replacement count the expected number of distinct steps."""
+    if not isinstance(policy, bptt.BPTTPolicy):
+        policy = bptt.from_spec(policy, key="BPTT policy")
+    return policy.grad_steps(num_steps)
 
 
 BWD_TRAINABLE_LINEAR, BWD_FROZEN_LINEAR, BWD_ATTENTION, BWD_ELEMENTWISE = 2.0, 1.0, 2.5, 1.0
@@ -497,19 +413,12 @@ def train_step(llm: LLMShape, s: LCIRCShape, n: int, policy: Any = "full",
                       for L, count in Counter(sp.segments).items())
     g = grad_steps(policy, steps)
     mean_step = all_steps * (1.0 / steps) if steps else ZERO
-    qkv = gca_memory_kv(s, s.query_len, wbytes) if steps and s.query_dependent else ZERO
+    qkv = gca_memory_kv(s, s.query_len, wbytes) if steps and s.config.query_dependent else ZERO
     fwd_comp = all_steps + qkv + (backward(qkv, trainable=True) if g else ZERO)
     llm_part = llm_forward(llm, sp.window, 0, causal, wbytes=wbytes)
     gca = s.num_gca * gca_block(s, sp.window, sp.memory, True, wbytes) if sp.memory else ZERO
     return (fwd_comp + llm_part + gca + backward(llm_part, trainable=False)
             + backward(gca, trainable=True) + backward(g * mean_step, trainable=True))
-
-
-def full_train_step(llm: LLMShape, n: int, causal: str = "half", trainable: bool = True,
-                    wbytes: int = 2) -> Cost:
-    """Training the LLM itself over all n tokens (the full-attention reference point)."""
-    f = full_prefill(llm, n, causal, wbytes=wbytes)
-    return f + backward(f, trainable)
 
 
 # --------------------------------------------------------------------------------- tables
@@ -550,11 +459,6 @@ def crossover(llm: LLMShape, s: LCIRCShape, causal: str = "half",
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if cheaper(mid) else (mid, hi)
     return hi
-
-
-def roofline_seconds(cost: Cost, peak_flops: float, bandwidth: float) -> float:
-    """Lower-bound time: max(FLOPs / peak FLOP/s, bytes / bandwidth B/s)."""
-    return max(cost.flops / peak_flops, cost.bytes / bandwidth)
 
 
 def format_flops(x: float) -> str:

@@ -20,23 +20,32 @@ def fixed_boundaries(n: int, segment_len: int) -> list[int]:
     return list(range(0, n, segment_len)) + [n]
 
 
-def balanced_boundaries(n: int, segment_len: int = 2048) -> list[int]:
-    """The paper's evaluation rule ("~2K segments").
+def balanced_lengths(n: int, segment_len: int = 2048) -> list[int]:
+    """The paper's evaluation rule ("~2K segments"), as segment lengths.
 
     q = n // segment_len segments, each segment_len + (n mod segment_len) // q tokens long, the
     first also taking the leftover; every segment is segment_len .. 2*segment_len-1 tokens.
-    Under segment_len tokens the whole text is one segment.
+    Under 2*segment_len tokens the whole text is one segment; 0 tokens make no segment.
     """
-    _check_n(n)
-    if not isinstance(segment_len, int) or segment_len < 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"tokens to segment must be an int >= 0, got {n!r}")
+    if isinstance(segment_len, bool) or not isinstance(segment_len, int) or segment_len < 1:
         raise ValueError(f"segment_len must be a positive int, got {segment_len!r}")
     q = n // segment_len
     if q <= 1:
-        return [0, n]
+        return [n] if n else []
     rem = n % segment_len
     each = segment_len + rem // q
-    first = each + rem % q
-    return [0] + [first + i * each for i in range(q)]
+    return [each + rem % q] + [each] * (q - 1)
+
+
+def balanced_boundaries(n: int, segment_len: int = 2048) -> list[int]:
+    """Boundaries of `balanced_lengths` (n >= 1)."""
+    _check_n(n)
+    out = [0]
+    for length in balanced_lengths(n, segment_len):
+        out.append(out[-1] + length)
+    return out
 
 
 def random_boundaries(n: int, generator: torch.Generator | None = None, min_len: int = 64,
@@ -73,4 +82,4 @@ def check_boundaries(boundaries: Sequence[int], n: int, max_segment_len: int) ->
     return b
 
 
-__all__ = ["fixed_boundaries", "balanced_boundaries", "random_boundaries", "check_boundaries"]
+__all__ = ["fixed_boundaries", "balanced_lengths", "balanced_boundaries", "random_boundaries", "check_boundaries"]

@@ -264,3 +264,60 @@ def test_policy_argument_errors():
         bptt.Selective(0)
     with pytest.raises(TypeError, match="policy"):
         bptt.as_policy("full")
+
+
+# ------------------------------------------------------------------------ specs (one reader)
+@pytest.mark.parametrize("spec,policy", [
+    ({"kind": "full"}, bptt.Full()),
+    ({"kind": "truncated"}, bptt.Truncated(1)),
+    ({"kind": "truncated", "k": 3.0}, bptt.Truncated(3)),
+    ({"kind": "selective", "n": 4, "replace": True}, bptt.Selective(4, replace=True)),
+    ("full", bptt.Full()),
+    ("Truncated:2", bptt.Truncated(2)),
+    ("selective:5", bptt.Selective(5)),
+    ("selective:5:replace", bptt.Selective(5, replace=True)),
+])
+def test_from_spec_reads_mappings_and_text(spec, policy):
+    assert bptt.from_spec(spec) == policy
+
+
+def test_parse_spec_completes_the_defaults():
+    assert bptt.parse_spec({"kind": "selective"}) == {"kind": "selective", "n": 8, "replace": False,
+                                                       "full_when_short": False}
+    assert bptt.spec_from_text("truncated:4") == {"kind": "truncated", "k": 4}
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("sometimes", r"^--p = 'sometimes': must be a BPTT policy: full, truncated:K"),
+    ("truncated:4:replace", r"^--p = 'truncated:4:replace': must be a BPTT policy"),
+    ("selective:0", r"^--p\.n = 0: must be an integer >= 1 \(steps selected for gradient\)$"),
+    ("full:3", r"^--p = 'full:3'"),
+    ([1], r"^--p = \[1\]: must be a mapping such as \{kind: truncated, k: 1\}$"),
+    ({"k": 2}, r"^--p\.kind is missing: set it to one of truncated, selective, full$"),
+    ({"kind": "selective", "k": 2}, r"^--p\.k: not a setting of kind selective"),
+    ({"kind": "truncated", "k": 2.5}, r"^--p\.k = 2\.5: must be an integer >= 1"),
+    ({"kind": "truncated", "k": True}, r"^--p\.k = true: must be an integer >= 1"),
+    ({"kind": "truncated", "k": 2**21}, r"^--p\.k = 2097152: must be at most 1048576$"),
+    ({"kind": "selective", "full_when_short": "no"}, r"^--p\.full_when_short = 'no': must be true or false$"),
+])
+def test_bad_specs_name_the_key(spec, message):
+    from lcirc_fast.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        bptt.from_spec(spec, key="--p")
+
+
+@pytest.mark.parametrize("policy,steps,expected", [
+    (bptt.Full(), 6, 6.0),
+    (bptt.Truncated(4), 3, 3.0),
+    (bptt.Truncated(2), 6, 2.0),
+    (bptt.Selective(8), 5, 5.0),
+    (bptt.Selective(2), 5, 2.0),
+    (bptt.Selective(steps=[0, 4, 7]), 5, 2.0),
+    (bptt.Selective(2, replace=True), 4, 4 * (1 - 0.75 ** 2)),
+])
+def test_grad_steps_count_the_steps_on_the_gradient_path(policy, steps, expected):
+    assert policy.grad_steps(steps) == pytest.approx(expected)
+    drawn_or_listed = isinstance(policy, bptt.Selective) and (policy.replace or policy.steps is not None)
+    if not drawn_or_listed:                                  # the plan agrees
+        assert sum(mode != bptt.NONE for mode in policy.plan(steps)) == expected

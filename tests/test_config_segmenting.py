@@ -5,8 +5,15 @@ from lcirc_testutils import tiny_llama
 
 from lcirc_fast import LCIRCConfig
 from lcirc_fast.backend import ENV_VAR, resolve_backend
-from lcirc_fast.config import default_gca_layers
-from lcirc_fast.segmenting import balanced_boundaries, check_boundaries, fixed_boundaries, random_boundaries
+from lcirc_fast.config import SIZES, FieldError, default_gca_layers
+from lcirc_fast.errors import ConfigError
+from lcirc_fast.segmenting import (
+    balanced_boundaries,
+    balanced_lengths,
+    check_boundaries,
+    fixed_boundaries,
+    random_boundaries,
+)
 
 
 def test_default_gca_layers_match_paper():
@@ -29,6 +36,37 @@ def test_resolve_fills_from_base_and_roundtrips():
         LCIRCConfig(memory_cap=3, num_latents=4).validate()
     with pytest.raises(ValueError, match="segment_len"):
         LCIRCConfig(segment_len=5000).validate()
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_every_size_has_an_upper_bound_named_in_the_error(name):
+    bound = SIZES[name].hi
+    with pytest.raises(FieldError, match=rf"^LCIRCConfig\.{name} = {bound + 1}: must be at most {bound}$") as err:
+        LCIRCConfig(**{name: bound + 1})
+    assert (err.value.field, err.value.value) == (name, bound + 1)
+
+
+def test_huge_position_table_is_refused_before_anything_is_allocated():
+    with pytest.raises(ConfigError, match=r"^LCIRCConfig\.max_segment_len = 1000000000000: must be at most"):
+        LCIRCConfig(max_segment_len=10**12)
+
+
+def test_from_dict_drops_the_empty_extra_of_older_files():
+    assert LCIRCConfig.from_dict({"num_latents": 4, "extra": {}}) == LCIRCConfig(num_latents=4)
+    with pytest.raises(ConfigError, match=r"unknown LCIRCConfig fields: \['extra'\]"):
+        LCIRCConfig.from_dict({"extra": {"note": 1}})
+
+
+def test_balanced_lengths_is_the_2k_rule():
+    assert balanced_lengths(0, 2048) == [] and balanced_lengths(1000, 2048) == [1000]
+    assert balanced_lengths(4095, 2048) == [4095]
+    assert balanced_lengths(10_003, 2048) == [2503, 2500, 2500, 2500]   # q = 4, 2048 + 1955 // 4
+    assert balanced_boundaries(10_003, 2048) == [0, 2503, 5003, 7503, 10_003]
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="tokens to segment"):
+            balanced_lengths(bad, 16)
+    with pytest.raises(ValueError, match="segment_len"):
+        balanced_lengths(10, 0)
 
 
 def test_fixed_and_balanced_boundaries():

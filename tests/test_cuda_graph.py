@@ -29,7 +29,7 @@ def test_off_by_default_and_flag_must_be_bool(model):
     ids = torch.randint(0, 256, (1, 3 * SEG))
     _compress(model, ids)
     assert cuda_graph.stats(model) == {}                      # never consulted when off
-    with pytest.raises(ValueError, match="cuda_graphs must be true or false"):
+    with pytest.raises(ValueError, match="cuda_graphs = 'yes': must be true or false"):
         model.configure(cuda_graphs="yes")
     assert model.config.cuda_graphs is False
 

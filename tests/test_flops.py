@@ -1,15 +1,19 @@
 """The analytic FLOP model against torch's FlopCounterMode, and its scaling properties."""
+import dataclasses
 import inspect
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lcirc_fast import LCIRCConfig, bptt
 from lcirc_fast import flops as fl
 from lcirc_fast.bench import get_preset
 from lcirc_fast.bench.counting import count_flops
+from lcirc_fast.segmenting import balanced_lengths
 
 TOL = 0.01
 
@@ -54,6 +58,7 @@ class RefFF(nn.Module):
 class RefPerceiver(nn.Module):
     def __init__(self, s: fl.LCIRCShape):
         super().__init__()
+        s = s.config
         d = s.hidden_size
         self.pos = nn.Parameter(torch.randn(256, d))
         self.norm_x = nn.ModuleList(nn.LayerNorm(d) for _ in range(s.compressor_layers))
@@ -74,6 +79,7 @@ class RefPerceiver(nn.Module):
 class RefGCA(nn.Module):
     def __init__(self, s: fl.LCIRCShape, mixer: bool = False):
         super().__init__()
+        s = s.config
         heads, head_dim, ffn = ((s.mixer_heads, s.mixer_head_dim, s.mixer_ffn) if mixer
                                 else (s.gca_heads, s.gca_head_dim, s.gca_ffn))
         self.attn = RefCrossAttn(s.hidden_size, heads, head_dim)
@@ -85,10 +91,13 @@ class RefGCA(nn.Module):
         return x + math.tanh(0.5) * self.ff(x)
 
 
-SHAPE = fl.LCIRCShape(hidden_size=48, num_latents=6, compressor_layers=3, compressor_heads=4,
-                      compressor_head_dim=16, compressor_ffn=96, num_gca=2, gca_heads=3,
-                      gca_head_dim=8, gca_ffn=80, segment_len=40, window=64,
-                      query_dependent=True, query_len=7)
+SHAPE = fl.LCIRCShape(
+    LCIRCConfig(num_latents=6, compressor_layers=3, compressor_heads=4, compressor_head_dim=16,
+                compressor_ffn=96, gca_layers=[0, 3], gca_heads=3, gca_head_dim=8, gca_ffn=80,
+                segment_len=40, max_segment_len=80, query_dependent=True).resolve(
+        SimpleNamespace(hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96,
+                        vocab_size=256)),
+    window=64, query_len=7)
 
 
 @torch.no_grad()
@@ -96,7 +105,7 @@ def test_compressor_step_matches_counter():
     torch.manual_seed(0)
     ref = RefPerceiver(SHAPE)
     for seg_len in (40, 73):
-        z, e = torch.randn(2, SHAPE.num_latents, 48), torch.randn(2, seg_len, 48)
+        z, e = torch.randn(2, SHAPE.config.num_latents, 48), torch.randn(2, seg_len, 48)
         counted, _ = count_flops(lambda: ref(z, e))
         model = 2 * fl.compressor_step(SHAPE, seg_len).matmul  # batch of 2
         assert close(model, counted), (model, counted)
@@ -113,12 +122,14 @@ def test_gca_block_and_mixer_match_counter():
     counted_cached, _ = count_flops(lambda: gca(x, mem, kv))
     assert close(fl.gca_block(SHAPE, 29, 50, project_kv=False).matmul, counted_cached)
     assert close(fl.gca_memory_kv(SHAPE, 50).matmul, counted - counted_cached)
-    lat, q = torch.randn(1, SHAPE.num_latents, 48), torch.randn(1, SHAPE.query_len, 48)
+    lat, q = torch.randn(1, SHAPE.config.num_latents, 48), torch.randn(1, SHAPE.query_len, 48)
     mixer = RefGCA(SHAPE, mixer=True)          # sized like the compressor, as the model builds it
-    assert (SHAPE.mixer_heads, SHAPE.mixer_ffn) == (SHAPE.compressor_heads, SHAPE.compressor_ffn)
+    c = SHAPE.config
+    assert (c.mixer_heads, c.mixer_ffn) == (c.compressor_heads, c.compressor_ffn)
     counted_mix, _ = count_flops(lambda: mixer(lat, q))
     assert close(fl.mixer_step(SHAPE).matmul, counted_mix)
-    apart = SHAPE.replace(mixer_heads=2, mixer_head_dim=5, mixer_ffn=30)
+    apart = fl.LCIRCShape(dataclasses.replace(c, mixer_heads=2, mixer_head_dim=5, mixer_ffn=30),
+                          SHAPE.window, SHAPE.query_len)
     counted_apart, _ = count_flops(lambda: RefGCA(apart, mixer=True)(lat, q))
     assert close(fl.mixer_step(apart).matmul, counted_apart)
     assert not close(fl.mixer_step(apart).matmul, counted_mix)
@@ -168,22 +179,17 @@ def test_half_convention_counts_triangle():
     assert full == 4 * 10 * 10 * 64 and half == 4 * 55 * 64
 
 
-def test_segment_lengths_follow_the_2k_rule():
-    assert fl.segment_lengths(0, 2048) == []
-    assert fl.segment_lengths(1000, 2048) == [1000]
-    assert fl.segment_lengths(126976, 2048) == [2048] * 62
-    lens = fl.segment_lengths(10000, 2048)   # q = 4, 2048 + 1808 // 4 = 2500
-    assert lens == [2500] * 4 and sum(lens) == 10000
-    lens = fl.segment_lengths(10003, 2048)
-    assert sum(lens) == 10003 and lens[0] == 2503 and lens[1:] == [2500] * 3
-    with pytest.raises(ValueError, match="segment_len"):
-        fl.segment_lengths(10, 0)
+def test_split_uses_the_2k_rule_of_segmenting():
+    s = get_preset("llama2-7b").shape()
+    sp = fl.split(s, 4096 + 10003)
+    assert sp.segments == balanced_lengths(10003, 2048) == [2503, 2500, 2500, 2500]
+    assert sp.memory == 4 * 64 and sp.window == 4096 and fl.split(s, 100).segments == []
 
 
 def test_lcirc_grows_linearly_and_full_attention_quadratically():
     p = get_preset("llama2-7b")
     s, llm = p.shape(), p.llm
-    ns = [s.window + k * 2 * s.segment_len for k in (8, 16, 32, 64)]
+    ns = [s.window + k * 2 * s.config.segment_len for k in (8, 16, 32, 64)]
     lc = [fl.lcirc_prefill(llm, s, n).flops for n in ns]
     fa = [fl.full_prefill(llm, n).flops for n in ns]
     assert all(b > a for a, b in zip(lc, lc[1:]))
@@ -218,6 +224,9 @@ def test_decode_cache_and_training_policies_order():
     assert fl.grad_steps("selective:8:replace", 50) == pytest.approx(50 * (1 - (49 / 50) ** 8))
     with pytest.raises(ValueError, match="BPTT policy"):
         fl.grad_steps("sometimes", 3)
+    assert fl.grad_steps(bptt.Selective(steps=[1, 4, 9]), 5) == 2.0
+    assert fl.grad_steps({"kind": "truncated", "k": 3}, 2) == 2.0
+    assert fl.grad_steps(bptt.Full(), 7) == 7.0
 
 
 def test_bad_shapes_raise_clear_errors():
@@ -229,6 +238,11 @@ def test_bad_shapes_raise_clear_errors():
         fl.causal_pairs(4, 0, "quarter")
     with pytest.raises(ValueError, match="context length"):
         fl.split(get_preset("tiny").shape(), 0)
+    with pytest.raises(ValueError, match="resolved LCIRCConfig"):
+        fl.LCIRCShape(LCIRCConfig())
+    with pytest.raises(ValueError, match="query_len must be >= 1"):
+        get_preset("tiny").shape(query_dependent=True)
+    assert get_preset("tiny").shape(query_len=5).query_len == 0   # no mixer: no query
     with pytest.raises(ValueError, match="unknown model"):
         get_preset("llama-9000")
 
@@ -248,7 +262,7 @@ def tiny_lcirc(query_dependent=False):
 
 def shapes(model, window, query_len=0):
     return (fl.LLMShape.from_hf_config(model.base.config),
-            fl.LCIRCShape.from_config(model.config, window=window, query_len=query_len))
+            fl.LCIRCShape(model.config, window=window, query_len=query_len))
 
 
 @pytest.mark.parametrize("qd", [False, True])
@@ -259,7 +273,7 @@ def test_real_model_compress_forward_generate_match_counter(qd):
     ctx = torch.randint(0, 256, (1, 100))
     kw = dict(query_ids=torch.randint(0, 256, (1, 5))) if qd else {}
     counted, mem = count_flops(lambda: model.compress(ctx, **kw))
-    assert mem.num_segments == len(fl.segment_lengths(100, s.segment_len))
+    assert mem.num_segments == len(balanced_lengths(100, s.config.segment_len))
     assert close(fl.compress(s, 100).matmul, counted)
     m = len(mem)
     assert m == fl.split(s, 124).memory

@@ -33,8 +33,7 @@ class Preset:
         return LCIRCConfig(**kw).resolve(SimpleNamespace(**self.llm.to_hf_dict()))
 
     def shape(self, query_len: int = 0, **overrides) -> LCIRCShape:
-        return LCIRCShape.from_config(self.lcirc_config(**overrides), window=self.window,
-                                      query_len=query_len)
+        return LCIRCShape(self.lcirc_config(**overrides), window=self.window, query_len=query_len)
 
     def hf_config(self, **kw):
         """The LLM's transformers config (kw: extra config arguments): the config.json's own

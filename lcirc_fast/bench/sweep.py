@@ -91,12 +91,7 @@ def build_model(preset: Preset, device: str, dtype: torch.dtype, seed: int = 0):
 def _policy(name: str):
     from .. import bptt
 
-    kind, arg, replace = fl.policy_parts(name)
-    if kind == "full":
-        return bptt.Full()
-    if kind == "truncated":
-        return bptt.Truncated(arg)
-    return bptt.Selective(arg, generator=torch.Generator().manual_seed(0), replace=replace)
+    return bptt.from_spec(name, generator=torch.Generator().manual_seed(0), key="--train-policy")
 
 
 def _cache_key(base) -> str:
@@ -224,9 +219,9 @@ def gemm_shape(model, preset: Preset, longest: int) -> tuple[int, int, int]:
     times all layers' folded K/V weight (N columns)."""
     shape = preset.shape()
     sp = fl.split(shape, longest)
-    seg = max(sp.segments) if sp.segments else shape.segment_len
+    seg = max(sp.segments) if sp.segments else shape.config.segment_len
     per_product = min(model.recurrence.hoist_limit(1, seg), max(1, len(sp.segments)))
-    return seg * per_product, shape.hidden_size, model.compressor.kv_width
+    return seg * per_product, shape.config.hidden_size, model.compressor.kv_width
 
 
 def gemm_workload(shape: tuple[int, int, int], device, dtype: torch.dtype) -> Workload:
@@ -383,7 +378,7 @@ def _meta(preset: Preset, opts: SweepOptions, device: torch.device) -> dict:
 
     meta = {
         "preset": preset.name, "llm": dataclasses.asdict(preset.llm),
-        "lcirc": {k: v for k, v in dataclasses.asdict(preset.shape()).items()},
+        "lcirc": preset.lcirc_config().to_dict(),
         "window": preset.window, "device": str(device), "dtype": str(opts.dtype),
         "decode_tokens": opts.decode_tokens, "train_policy": opts.train_policy,
         "repeats": opts.repeats, "max_repeats": opts.max_repeats,

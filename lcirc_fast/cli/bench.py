@@ -88,9 +88,9 @@ def _check_args(args) -> None:
     if args.max_repeats < args.repeats:
         raise ConfigError(f"--max-repeats ({args.max_repeats}) must be >= --repeats "
                           f"({args.repeats})")
-    from ..flops import policy_parts
+    from ..bptt import spec_from_text
 
-    policy_parts(args.train_policy)
+    spec_from_text(args.train_policy, "--train-policy")
 
 
 def _flops_only(preset, lengths, out: Path) -> int:
@@ -104,8 +104,9 @@ def _flops_only(preset, lengths, out: Path) -> int:
         for conv in fl.CAUSAL_CONVENTIONS:
             r[f"flops_lcirc_{conv}"], r[f"flops_full_{conv}"] = (r.pop(f"lcirc_flops_{conv}"),
                                                                  r.pop(f"full_flops_{conv}"))
+    lc = shape.config
     print(f"analytic prefill FLOPs, {preset.name}: window {preset.window}, segments "
-          f"{shape.segment_len}, K={shape.num_latents}, {shape.compressor_layers} compressor "
+          f"{lc.segment_len}, K={lc.num_latents}, {lc.compressor_layers} compressor "
           f"layers, {shape.num_gca} GCA blocks")
     print(fl.format_table([{**r, "lcirc_flops_half": r["flops_lcirc_half"],
                             "full_flops_half": r["flops_full_half"],
@@ -208,7 +209,7 @@ def run(args) -> int:
     xo_flops = {c: fl.crossover(preset.llm, shape, c) for c in fl.CAUSAL_CONVENTIONS}
     print(f"\nLCIRC vs full attention: {preset.name} (d={preset.llm.hidden_size}, "
           f"{preset.llm.num_layers} layers), window {preset.window}, segments "
-          f"{shape.segment_len}, K={shape.num_latents}, {device}, {str(dtype).split('.')[-1]}")
+          f"{shape.config.segment_len}, K={shape.config.num_latents}, {device}, {str(dtype).split('.')[-1]}")
     print(_setup_text(meta, device))
     print(measured_table(rows, flags))
     print(f"FLOPs: analytic, causal attention as the half (FlashAttention) triangle. "

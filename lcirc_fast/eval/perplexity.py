@@ -10,9 +10,6 @@ import torch
 from ..segmenting import balanced_boundaries
 
 MODES = ("base", "lcirc", "full")
-# control: the memory is compressed from ANOTHER document's prefix (same length), so any gain it
-# gives over "base" is adaptation by the injection blocks rather than information from the context
-CONTROL_MODES = ("lcirc_swapped",)
 
 
 @torch.no_grad()

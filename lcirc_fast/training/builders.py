@@ -14,7 +14,7 @@ from ..data.stage1 import repeated_passage_docs
 from ..data.templates import TEMPLATES, get_template
 from ..data.truncation import head_tail_sizes
 from ..errors import ConfigError
-from .config import DATA_SOURCES, check_bptt
+from .config import DATA_SOURCES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -61,15 +61,8 @@ def _load_partial(directory, base, lcfg):
 
 
 def bptt_policy(spec: dict, generator: torch.Generator | None = None):
-    """The BPTT policy of a train.bptt mapping (checked by `check_bptt`; ConfigError if bad)."""
-    spec = check_bptt(spec)
-    kind = spec["kind"]
-    if kind == "truncated":
-        return bptt.Truncated(spec["k"])
-    if kind == "selective":
-        return bptt.Selective(spec["n"], generator=generator, replace=spec["replace"],
-                              full_when_short=spec["full_when_short"])
-    return bptt.Full()
+    """The BPTT policy of a train.bptt mapping (`bptt.from_spec`; ConfigError if bad)."""
+    return bptt.from_spec(spec, generator, key="train.bptt")
 
 
 # ---------------------------------------------------------------- data

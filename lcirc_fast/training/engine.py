@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import pickle
 from pathlib import Path
@@ -19,6 +18,7 @@ from ..modules.gca import gates_to_1d
 from ..modules.zero import is_partitioned
 from .checkpoint import load_state, safe_torch_load, save_state, torch_load_reason, weights_only_loads
 from .config import PARAM_GROUPS
+from .config_files import read_deepspeed_json
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -173,7 +173,7 @@ def load_ds_config(path: str | None, cfg, on_gpu: bool) -> dict:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"DeepSpeed config {p} not found")
-        ds = json.loads(p.read_text())
+        ds = read_deepspeed_json(p)
     ds = dict(ds)
     ds["train_micro_batch_size_per_gpu"] = cfg.train.batch_size   # samples per backward call
     ds["gradient_accumulation_steps"] = cfg.train.grad_accum

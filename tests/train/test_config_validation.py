@@ -126,6 +126,99 @@ BAD = [
      r"distributed\.deepspeed_config = 'ds\.json' is only read by distributed\.engine: deepspeed"),
 ]
 
+# Inputs that used to be accepted, then hung, overflowed or failed later without naming a key.
+BAD_BEFORE_BUILD = [
+    ({"data": {"window": 100000000}}, r"^data\.window = 100000000: must be at most 16777216$"),
+    ({"data": {"window": 4096}}, r"^data\.window = 4096 is more than the 2048 positions the base model \(base\.name = "
+                                 r"'tiny_random'\) reads \(LlamaConfig's default max_position_embeddings\); use "
+                                 r"data\.window <= 2048$"),
+    ({"data": {"window": 64}, "base": {"tiny": {"max_position_embeddings": 48}}},
+     r"^data\.window = 64 is more than the 48 positions .*\(base\.tiny\.max_position_embeddings\)"),
+    ({"train": {"max_steps": 2**70}}, r"^train\.max_steps = 1180591620717411303424: must be at most 1000000000$"),
+    ({"train": {"max_steps": 1e30}}, r"^train\.max_steps = 1e\+30: must be at most 1000000000$"),
+    ({"train": {"grad_accum": 2**63}}, r"^train\.grad_accum = 9223372036854775808: must be at most 65536$"),
+    ({"train": {"save_every": 2**40}}, r"^train\.save_every = 1099511627776: must be at most 2147483647$"),
+    ({"data": {"qa_context": [40, 2**40]}}, r"^data\.qa_context = \[40, 1099511627776\]: must be a list"),
+    ({"base": {"tiny": {"hidden_size": 2**40}}}, r"^base\.tiny\.hidden_size = 1099511627776: must be at most 65536$"),
+    ({"train": {"bptt": {"kind": "selective", "n": 2**40}}}, r"^train\.bptt\.n = 1099511627776: must be at most"),
+    ({"train": {"max_steps": 4, "warmup_steps": 100}},
+     r"^train\.warmup_steps = 100 is more than train\.max_steps = 4: the learning rate would never reach train\.lr"),
+    ({"lcirc": {"query_dependent": True}},
+     r"^lcirc\.query_dependent = true builds the QD-LCIRC mixer, .* it needs stage: 2 \(got stage 1\)"),
+    ({"lcirc": {"max_segment_len": 10**12}}, r"^lcirc\.max_segment_len = 1000000000000: must be at most 131072$"),
+]
+
+
+@pytest.mark.parametrize("sections,message", BAD_BEFORE_BUILD,
+                         ids=[m.split(" ")[0].strip("^\\") for _, m in BAD_BEFORE_BUILD])
+def test_bad_input_found_before_anything_is_built(tiny_cfg, sections, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(tiny_cfg(**sections))
+
+
+def test_warmup_as_long_as_the_run_is_accepted(tiny_cfg):
+    assert config_from_dict(tiny_cfg(train={"max_steps": 4, "warmup_steps": 4})).train.warmup_steps == 4
+
+
+def test_window_against_a_model_directory_and_the_bundled_base(tiny_cfg, tmp_path, monkeypatch):
+    model = tmp_path / "hf"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 40}')
+    with pytest.raises(ConfigError, match=rf"^data\.window = 64 is more than the 40 positions .*"
+                                          rf"max_position_embeddings in {model / 'config.json'}"):
+        config_from_dict(tiny_cfg(base={"name": str(model)}, data={"window": 64}))
+    assert config_from_dict(tiny_cfg(base={"name": str(model)}, data={"window": 40})).data.window == 40
+    monkeypatch.setenv("LCIRC_CACHE_DIR", str(tmp_path / "empty_cache"))   # not converted yet: the GGUF's 8192
+    with pytest.raises(ConfigError, match=r"^data\.window = 8200 is more than the 8192 positions the base model "
+                                          r"\(base\.name = 'smollm2'\)"):
+        config_from_dict(tiny_cfg(base={"name": "smollm2"}, data={"window": 8200}))
+    assert not (tmp_path / "empty_cache").exists()       # nothing built or written
+
+
+@pytest.mark.parametrize("text,message", [
+    ("stage: 1\nseed: 3\nstage: 2\n", r"line 3: key 'stage' appears twice \(first on line 1\); keep one$"),
+    ("train:\n  lr: 0.1\n  max_steps: 3\n  lr: 0.2\n", r"line 4: key 'lr' appears twice \(first on line 2\)"),
+    ("data: {window: 32, window: 64}\n", r"line 1: key 'window' appears twice"),
+    ("train:\n  bptt:\n    kind: full\n    kind: truncated\n", r"line 4: key 'kind' appears twice \(first on line 3\)"),
+])
+def test_duplicate_yaml_keys_are_refused_naming_key_and_line(tmp_path, text, message):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^config file {path} {message}"):
+        load_config(path)
+
+
+def test_duplicate_key_in_a_set_value_and_yaml_merge_keys(tiny_cfg, tmp_path):
+    path = _write(tmp_path, tiny_cfg())
+    with pytest.raises(ConfigError, match=r"^--set bptt=\{kind: full, kind: truncated\}: the value line 1: key 'kind' "
+                                          r"appears twice"):
+        load_config(path, ["bptt={kind: full, kind: truncated}"])
+    from lcirc_fast.training.config_files import load_yaml_text
+
+    merged = load_yaml_text("x: &d {lr: 0.5, wd: 1}\ntrain:\n  <<: *d\n  lr: 0.25\n", "text")
+    assert merged["train"] == {"lr": 0.25, "wd": 1}   # a merge key supplies defaults an explicit key overrides
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "no such file"),
+    ("{not json", r"is not valid JSON \(Expecting property name"),
+    ("[1, 2]", r"holds a JSON list, not an object of DeepSpeed settings"),
+    ('"zero"', r"holds a JSON str, not an object"),
+    (b"\xff\xfe", r"is not valid JSON"),
+])
+def test_deepspeed_config_contents_are_checked_with_the_config(tiny_cfg, tmp_path, content, message):
+    ds = tmp_path / "ds.json"
+    if isinstance(content, bytes):
+        ds.write_bytes(content)
+    elif content is not None:
+        ds.write_text(content)
+    cfg = tiny_cfg(distributed={"engine": "deepspeed", "deepspeed_config": str(ds)})
+    with pytest.raises(ConfigError, match=rf"^distributed\.deepspeed_config = '{ds}': .*{message}") as err:
+        config_from_dict(cfg)
+    assert "\n" not in str(err.value)
+    ds.write_text('{"zero_optimization": {"stage": 0}}')
+    assert config_from_dict(cfg).distributed.deepspeed_config == str(ds)
+
 
 @pytest.mark.parametrize("sections,message", BAD, ids=[m.split(" ")[0].strip("^\\") for _, m in BAD])
 def test_bad_value_is_refused_naming_the_key(tiny_cfg, sections, message):
