@@ -23,6 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $LCIRC_API_KEY; none: open)")
     p.add_argument("--max-batch", type=int, default=8, help="rows decoded together (8)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits after its first request for more (10 ms)")
     p.add_argument("--cache-bytes", type=int, default=1 << 30,
                    help="bytes of document memories kept in RAM (default 1 GiB)")
     p.add_argument("--max-body-bytes", type=int, default=8 << 20,
@@ -41,6 +43,8 @@ def check_args(args) -> None:
                              ("--max-tokens-limit", args.max_tokens_limit, 1)):
         if value < low:
             raise ConfigError(f"{flag} must be >= {low}, got {value}")
+    if not 0 <= args.batch_wait_ms <= 10000:
+        raise ConfigError(f"--batch-wait-ms must be in [0, 10000], got {args.batch_wait_ms}")
     if os.path.exists(args.store) and not os.path.isdir(args.store):
         raise NotADirectoryError(f"--store {args.store} exists and is not a directory")
     check_common(args)
@@ -58,7 +62,8 @@ def run(args) -> int:
     name = args.model_name or ("lcirc-" + os.path.basename(os.path.normpath(args.lcirc or args.base)))
     engine = Engine(model, tok, args.store, EngineSettings(
         max_batch=args.max_batch, cache_bytes=args.cache_bytes,
-        max_tokens_limit=args.max_tokens_limit, model_name=name))
+        max_tokens_limit=args.max_tokens_limit, model_name=name,
+        batch_wait_s=args.batch_wait_ms / 1000))
     app = create_app(engine, api_key=api_key, max_body_bytes=args.max_body_bytes)
     print(f"lcirc serve: {name} on http://{args.host}:{args.port} (store {args.store}, "
           f"{'API key required' if api_key else 'no API key'})", file=sys.stderr, flush=True)

@@ -18,12 +18,13 @@ from ..models.generation import stream
 
 class Batcher:
     """One thread that takes up to `max_batch` compatible queued rows at a time and decodes
-    them with `lcirc_fast.models.generation.stream`."""
+    them with `lcirc_fast.models.generation.stream`. After the first row of a batch it waits up
+    to `wait_s` seconds for more rows to join."""
 
-    def __init__(self, engine, max_batch: int):
+    def __init__(self, engine, max_batch: int, wait_s: float = 0.01):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.engine, self.max_batch = engine, max_batch
+        self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
         self._queue: queue.Queue = queue.Queue()
         self._held: deque = deque()
         self._stop = threading.Event()
@@ -51,9 +52,10 @@ class Batcher:
         while self._held and len(rows) < self.max_batch:
             row = self._held.popleft()
             (rows if row.batch_key() == key else skipped).append(row)
+        deadline = time.monotonic() + self.wait_s      # rows sent together arrive a little apart
         while len(rows) < self.max_batch:
             try:
-                row = self._queue.get_nowait()
+                row = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             (rows if row.batch_key() == key else skipped).append(row)

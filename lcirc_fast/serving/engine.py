@@ -33,11 +33,12 @@ def chat_prompt(tokenizer, messages: list[dict]) -> str:
 class EngineSettings:
     """max_batch: rows decoded together; cache_bytes: bound of the memory cache;
     max_tokens_limit: the largest `max_tokens` a request may ask; model_name: the id that
-    /v1/models lists."""
+    /v1/models lists; batch_wait_s: how long a batch waits after its first row for more."""
     max_batch: int = 8
     cache_bytes: int = 1 << 30
     max_tokens_limit: int = 1024
     model_name: str = "lcirc"
+    batch_wait_s: float = 0.01
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Engine:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos or 0)
         self._doc_lock = threading.Lock()
         self._info: dict[str, dict] = {}
-        self.batcher = Batcher(self, self.settings.max_batch)
+        self.batcher = Batcher(self, self.settings.max_batch, self.settings.batch_wait_s)
 
     def close(self) -> None:
         self.batcher.close()
