@@ -56,7 +56,8 @@ SMALL = ["base.name=tiny_random", "base.dtype=float32", "distributed.engine=plai
          "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 512}",
          "lcirc.num_latents=8", "lcirc.compressor_layers=2", "lcirc.max_segment_len=128",
          "lcirc.segment_len=32", "lcirc.gca_layers=[1, 3]", "data.window=96", "data.segmenting=fixed",
-         "data.segment_min=48", "data.segment_max=48", "data.val_context=192", "train.max_steps=2"]
+         "data.segment_min=48", "data.segment_max=48", "data.val_context=192", "train.max_steps=2",
+         "train.warmup_steps=1"]
 
 
 class SavedTensors:
@@ -222,7 +223,8 @@ def _stand_in_sets(root, out, stage):
                  f"data.val_path={root / 'edu/validation'}", "data.window=32", "data.val_context=96"]
     else:
         sets += ["data.source=qa_files", f"data.train_path={root / 'lqa/train'}",
-                 f"data.val_path={root / 'lqa/validation'}", "data.window=64"]
+                 f"data.val_path={root / 'lqa/validation'}", "data.window=64",
+                 "train.warmup_steps=1"]       # the paper's 300 warm-up steps, scaled to the run
     return [x for s in sets for x in ("--set", s)]
 
 

@@ -91,7 +91,7 @@ def step_flops(cfg, hf, lc, ms) -> float:
     from ... import flops as F
 
     llm = F.LLMShape.from_hf_config(hf)
-    s = F.LCIRCShape.from_config(lc, window=ms.window, query_len=ms.query)
+    s = F.LCIRCShape(lc, window=ms.window, query_len=ms.query if lc.query_dependent else 0)
     seg = _mean_segment(cfg, lc)
     calls = 1 if cfg.stage == 1 else ms.steps        # compressor calls made in this micro-step
     one = F.compressor_step(s, seg) + (F.mixer_step(s, False) if lc.query_dependent else F.ZERO)
