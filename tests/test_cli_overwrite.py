@@ -19,8 +19,8 @@ class ByteTokenizer:
         return SimpleNamespace(input_ids=torch.tensor([[b % VOCAB for b in text.encode()]]))
 
 
-def tiny_base_model(name=None):
-    """A tiny random Llama (always the same weights) and a byte tokenizer."""
+def tiny_base_model(name=None, dtype="float32"):
+    """A tiny random Llama (always the same weights) and a byte tokenizer; `load_base`'s signature."""
     return tiny_llama(vocab=VOCAB, hidden=16, layers=1, heads=2, kv_heads=1, ffn=32), ByteTokenizer()
 
 

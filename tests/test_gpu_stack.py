@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PINS = ROOT / "requirements-gpu-stack.txt"
 ABSENT = ("deepspeed", "datasets", "matplotlib")   # not in the environment, on purpose
 GPU_ABSENT = ("deepspeed", "datasets")             # not on the GPU machine either
+# the server's own packages (requirements.txt): not on the GPU machine's image, which runs the
+# benchmarks and the GPU suite, not `lcirc serve`; lcirc_fast.serving alone may need them
+SERVING_ONLY = ("fastapi", "starlette", "uvicorn", "prometheus_client", "pydantic")
 PIP_TIMEOUT_S = 1800
 
 
@@ -204,12 +207,20 @@ _IMPORTS = textwrap.dedent("""
 """)
 
 
+def _needs_the_server_packages(module: str, trace: str) -> bool:
+    """True for a module of lcirc_fast.serving that failed only for lack of a server package."""
+    last = trace.strip().splitlines()[-1]
+    return (module.split(".")[:2] == ["lcirc_fast", "serving"]
+            and any(last == f"ModuleNotFoundError: No module named '{name}'" for name in SERVING_ONLY))
+
+
 def test_every_module_of_the_suite_and_gpu_check_imports(stack_python):
     proc = _run(stack_python, ["-c", _IMPORTS, json.dumps(ABSENT), json.dumps(GPU_ABSENT)], 300,
                 TRITON_INTERPRET="1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not res["failed"], "\n".join(f"{k}:\n{v}" for k, v in res["failed"].items())
+    failed = {k: v for k, v in res["failed"].items() if not _needs_the_server_packages(k, v)}
+    assert not failed, "\n".join(f"{k}:\n{v}" for k, v in failed.items())
     assert res["count"] > 50, res["count"]
     # nothing imported deepspeed, datasets or matplotlib on the way, and importing them fails
     assert res["loaded"] == [], f"imported although absent on the GPU machine: {res['loaded']}"
