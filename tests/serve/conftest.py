@@ -25,6 +25,18 @@ def tiny_dirs(tmp_path_factory):
     return dirs
 
 
+@pytest.fixture(scope="session")
+def load_tiny(tiny_dirs):
+    """load_tiny(kind) -> (model in eval mode, tokenizer) for kind "lcirc" or "qd"."""
+    def load(kind: str):
+        from lcirc_fast import LCIRCForCausalLM
+        from lcirc_fast.models import load_base
+
+        base, tok = load_base(tiny_dirs["base"])
+        return LCIRCForCausalLM.from_pretrained(tiny_dirs[kind], base=base).eval(), tok
+    return load
+
+
 @pytest.fixture(scope="module")
 def server(tiny_dirs, tmp_path_factory):
     """A plain LCIRC server with API key 'sk-test' and small limits."""

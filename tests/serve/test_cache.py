@@ -11,12 +11,8 @@ ASK = {"prompt": "Who lit the lanterns?", "max_tokens": 5, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
-def model_and_tok(tiny_dirs):
-    from lcirc_fast import LCIRCForCausalLM
-    from lcirc_fast.models import load_base
-
-    base, tok = load_base(tiny_dirs["base"])
-    return LCIRCForCausalLM.from_pretrained(tiny_dirs["lcirc"], base=base).eval(), tok
+def model_and_tok(load_tiny):
+    return load_tiny("lcirc")
 
 
 @pytest.mark.parametrize("cache_bytes", [1 << 30, 1])

@@ -9,12 +9,8 @@ from lcirc_fast.serving.app import create_app
 
 
 @pytest.fixture(scope="module")
-def app(tiny_dirs, tmp_path_factory):
-    from lcirc_fast import LCIRCForCausalLM
-    from lcirc_fast.models import load_base
-
-    base, tok = load_base(tiny_dirs["base"])
-    model = LCIRCForCausalLM.from_pretrained(tiny_dirs["lcirc"], base=base).eval()
+def app(load_tiny, tmp_path_factory):
+    model, tok = load_tiny("lcirc")
     engine = Engine(model, tok, str(tmp_path_factory.mktemp("fuzzstore")),
                     EngineSettings(max_batch=4, max_tokens_limit=4))
     yield create_app(engine, max_body_bytes=4096)

@@ -11,12 +11,8 @@ TEXT = "The mill by the river ground wheat for three villages until the flood of
 
 
 @pytest.fixture(scope="module")
-def qd(tiny_dirs, tmp_path_factory):
-    from lcirc_fast import LCIRCForCausalLM
-    from lcirc_fast.models import load_base
-
-    base, tok = load_base(tiny_dirs["base"])
-    model = LCIRCForCausalLM.from_pretrained(tiny_dirs["qd"], base=base).eval()
+def qd(load_tiny, tmp_path_factory):
+    model, tok = load_tiny("qd")
     engine = Engine(model, tok, str(tmp_path_factory.mktemp("qdstore")),
                     EngineSettings(max_batch=4, max_tokens_limit=16))
     with TestClient(create_app(engine)) as client:
