@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError, DataError
-from .compress import BUNDLED_BASE, add_dtype, build_model, check_base, check_input, check_lcirc
+from .compress import add_dtype, add_model_source, build_model, check_base, check_input, check_lcirc
 from .options import add_backend_option, apply_backend, check_backend
 
 
@@ -28,14 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def add_model_args(p) -> None:
     """--base, --lcirc, --seed, --threads, --dtype and --backend (shared with `lcirc serve`)."""
-    p.add_argument("--base", default=BUNDLED_BASE,
-                   help=f"frozen base model: '{BUNDLED_BASE}' (bundled) or a local Hugging Face "
-                        "model directory with a tokenizer")
-    p.add_argument("--lcirc", default=None,
-                   help="directory written by save_pretrained with trained LCIRC weights "
-                        "(default: fresh weights from --seed)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of fresh LCIRC weights and of sampling (default 0)")
+    add_model_source(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_dtype(p)
     add_backend_option(p)

@@ -33,12 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("input", help="UTF-8 text file to compress ('-' for stdin)")
     p.add_argument("--out", required=True, help="memory file to write (.safetensors)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
-    p.add_argument("--base", default=BUNDLED_BASE,
-                   help=f"frozen base model: '{BUNDLED_BASE}' (bundled, offline) or a local "
-                        "Hugging Face model directory of a supported family")
-    p.add_argument("--lcirc", default=None,
-                   help="directory written by save_pretrained with trained LCIRC weights "
-                        "(default: freshly initialised weights from --seed)")
+    add_model_source(p)
     p.add_argument("--segment-len", type=int, default=None,
                    help="fixed segment length (default: the balanced ~2K rule)")
     p.add_argument("--max-segment-len", type=int, default=None,
@@ -47,7 +42,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--num-latents", type=int, default=None,
                    help=f"memory vectors per segment of fresh weights (default "
                         f"{DEFAULT_NUM_LATENTS}; a trained --lcirc model has its own)")
-    p.add_argument("--seed", type=int, default=0)
     add_backend_option(p)
     p.add_argument("--max-tokens", type=int, default=None,
                    help="refuse inputs longer than this many tokens (default: no limit)")
@@ -56,6 +50,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 DTYPES = ("float32", "bfloat16")
+
+
+def add_model_source(p) -> None:
+    """--base, --lcirc and --seed: which frozen base, and trained or fresh LCIRC weights (shared by
+    compress, ask and serve)."""
+    p.add_argument("--base", default=BUNDLED_BASE,
+                   help=f"frozen base model: '{BUNDLED_BASE}' (bundled, offline) or a local Hugging "
+                        "Face model directory of a supported family, with its tokenizer")
+    p.add_argument("--lcirc", default=None,
+                   help="directory written by save_pretrained with trained LCIRC weights "
+                        "(default: fresh weights from --seed)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of fresh LCIRC weights (and of sampling, where there is any; default 0)")
 
 
 def add_dtype(p) -> None:
