@@ -102,6 +102,29 @@ def throughput(engine, doc_id: str, questions: list[str], max_tokens: int, total
     return out
 
 
+def bf16_stage(res, base, tok, text, doc_ids, state, answers32, t32, h32, n) -> None:
+    """float32 against bfloat16: compression time, memory error, identical greedy answers."""
+    from lcirc_fast.assets import load_smollm2
+
+    base16, _ = load_smollm2(torch.bfloat16)
+    l16 = build(base16, qd=False, state=state)
+    t16 = [timed(lambda: l16.compress(doc_ids))[0] for _ in range(2)]
+    with torch.no_grad():
+        h16 = l16.compress(doc_ids).hidden.float()
+    e16 = engine_for(l16, tok, n)
+    info16, _ = e16.add_document(text)
+    answers16 = [ask(e16, q, info16["id"], n) for q in QUESTIONS]
+    e16.close()
+    same = [a == b for a, b in zip(answers32, answers16)]
+    tok_same = [sum(x == y for x, y in zip(a, b)) / max(len(a), 1) for a, b in zip(answers32, answers16)]
+    res["bf16"] = {"compress_fp32_s": min(t32), "compress_bf16_s": min(t16),
+                   "speedup": min(t32) / min(t16),
+                   "memory_rel_error": float((h16 - h32).norm() / h32.norm()),
+                   "answers_identical": f"{sum(same)}/{len(same)}",
+                   "answer_token_agreement": statistics.mean(tok_same)}
+    print("bf16", res["bf16"], file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", type=int, default=32768, help="document length in tokens")
@@ -109,6 +132,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--throughput-questions", type=int, default=32)
     p.add_argument("--skip-full", action="store_true", help="skip the full-attention baseline")
+    p.add_argument("--skip-throughput", action="store_true",
+                   help="skip the questions-per-second part")
+    p.add_argument("--skip-bf16", action="store_true", help="skip the float32 / bfloat16 comparison")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -142,21 +168,25 @@ def main(argv=None) -> int:
     res["lcirc"] = first_and_later(eng, text, QUESTIONS, n)
     log("lcirc", res["lcirc"]["first_s"], res["lcirc"]["later_s"])
     save(res)
-    res["throughput_qps"] = throughput(eng, res["lcirc"]["doc"]["id"], QUESTIONS, n,
-                                       args.throughput_questions)
-    log("throughput", res["throughput_qps"])
-    save(res)
+    if not args.skip_throughput:
+        res["throughput_qps"] = throughput(eng, res["lcirc"]["doc"]["id"], QUESTIONS, n,
+                                           args.throughput_questions)
+        log("throughput", res["throughput_qps"])
+        save(res)
     answers32 = [ask(eng, q, res["lcirc"]["doc"]["id"], n) for q in QUESTIONS]
+    res["lcirc"]["answers"] = answers32
     doc_ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
-    t32 = [timed(lambda: lcirc.compress(doc_ids))[0] for _ in range(2)]
-    with torch.no_grad():
-        h32 = lcirc.compress(doc_ids).hidden.float()
+    if not args.skip_bf16:
+        t32 = [timed(lambda: lcirc.compress(doc_ids))[0] for _ in range(2)]
+        with torch.no_grad():
+            h32 = lcirc.compress(doc_ids).hidden.float()
     state = lcirc.lcirc_state_dict()
     eng.close()
 
     qd = build(base, qd=True)
     qeng = engine_for(qd, tok, n)
     res["qd"] = first_and_later(qeng, text, QUESTIONS, n)
+    res["qd"]["answers"] = [ask(qeng, q, res["qd"]["doc"]["id"], n) for q in QUESTIONS]
 
     def scratch(q):
         qids = torch.tensor([tok(q, add_special_tokens=False).input_ids])
@@ -174,24 +204,9 @@ def main(argv=None) -> int:
     lcirc.remove_hooks()
     qd.remove_hooks()
 
-    base16, _ = load_smollm2(torch.bfloat16)
-    l16 = build(base16, qd=False, state=state)
-    t16 = [timed(lambda: l16.compress(doc_ids))[0] for _ in range(2)]
-    with torch.no_grad():
-        h16 = l16.compress(doc_ids).hidden.float()
-    e16 = engine_for(l16, tok, n)
-    info16, _ = e16.add_document(text)
-    answers16 = [ask(e16, q, info16["id"], n) for q in QUESTIONS]
-    e16.close()
-    same = [a == b for a, b in zip(answers32, answers16)]
-    tok_same = [sum(x == y for x, y in zip(a, b)) / max(len(a), 1) for a, b in zip(answers32, answers16)]
-    res["bf16"] = {"compress_fp32_s": min(t32), "compress_bf16_s": min(t16),
-                   "speedup": min(t32) / min(t16),
-                   "memory_rel_error": float((h16 - h32).norm() / h32.norm()),
-                   "answers_identical": f"{sum(same)}/{len(same)}",
-                   "answer_token_agreement": statistics.mean(tok_same)}
-    log("bf16", res["bf16"])
-    save(res)
+    if not args.skip_bf16:
+        bf16_stage(res, base, tok, text, doc_ids, state, answers32, t32, h32, n)
+        save(res)
     if not args.skip_full:
         full = build(base, qd=False)         # memory None: the plain base model, SDPA
         q_ids = tok(tok.apply_chat_template([{"role": "user", "content": QUESTIONS[1]}],

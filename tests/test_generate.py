@@ -106,3 +106,25 @@ def test_generate_bad_options(model):
         model.generate(x, do_sample=True, temperature=0.0)
     with pytest.raises(ValueError, match="masks out every token"):
         model.generate(x, attention_mask=torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_prefill_keeps_only_last_logits_and_tokens_unchanged(model, monkeypatch):
+    """The prompt's forward asks the base for the last position's logits only; the greedy tokens
+    equal those of a forward that returns every position's logits."""
+    from lcirc_fast.models import generation
+
+    torch.manual_seed(4)
+    mem = model.compress(torch.randint(0, 256, (2, 30)))
+    x = torch.randint(0, 256, (2, 9))
+    widths = []
+    hook = model.base.register_forward_hook(lambda m, a, out: widths.append(out.logits.shape[1]))
+    try:
+        fast = model.generate(x, memory=mem, max_new_tokens=6)
+        assert widths == [1] * 6                       # prefill included: one row of logits
+        monkeypatch.setattr(generation, "_last_logits_only", lambda base: {})
+        widths.clear()
+        full = model.generate(x, memory=mem, max_new_tokens=6)
+        assert widths[0] == 9
+    finally:
+        hook.remove()
+    assert torch.equal(fast, full)

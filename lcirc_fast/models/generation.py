@@ -7,6 +7,7 @@ the tests use as the oracle.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 
@@ -87,6 +88,16 @@ def _token_ids(value, name: str, vocab_size: int) -> list[int]:
     return [int(i) for i in items]
 
 
+def _last_logits_only(base) -> dict:
+    """{"logits_to_keep": 1} when the base model's forward takes it (only the last position's
+    logits are read, so the prompt's other rows skip the vocabulary projection), else {}."""
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+
 def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
              max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
@@ -161,6 +172,7 @@ def stream(model, input_ids: torch.Tensor, memory=None, attention_mask=None,
 
     cache = DynamicCache(config=base.config) if use_cache else None
     cache_arg = {cache_kw: cache} if use_cache else {}
+    cache_arg.update(_last_logits_only(base))
     out = ids
     for step in range(max_new_tokens):
         pos = positions(attention_mask)

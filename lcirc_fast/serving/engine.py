@@ -219,6 +219,8 @@ class Engine:
         if rows[0].doc_id is None:
             return None
         parts = [self.row_memory(r) for r in rows]
+        if len(parts) == 1:                 # a lone row reads its memory as it is (no copy)
+            return parts[0][0], None
         longest = max(m for _, m in parts)
         kv = {}
         for name in parts[0][0]:
