@@ -16,8 +16,10 @@ import torch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _isolated_process_state():
     """Each test starts from the same seeds and leaves torch's process-wide settings as it found
-    them (thread count, default dtype, grad mode, deterministic algorithms), so that no test's
-    outcome depends on which tests ran before it in the same process."""
+    them (environment variables, thread count, default dtype, grad mode, deterministic
+    algorithms), so that no test's outcome depends on which tests ran before it in the same
+    process (an in-process command that sets TRITON_F32_DEFAULT must not reach a later test)."""
+    env = dict(os.environ)
     threads = torch.get_num_threads()
     dtype, grad = torch.get_default_dtype(), torch.is_grad_enabled()
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -26,6 +28,9 @@ def _isolated_process_state():
     random.seed(0)
     np.random.seed(0)
     yield
+    if dict(os.environ) != env:
+        os.environ.clear()
+        os.environ.update(env)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     torch.set_default_dtype(dtype)
