@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 from lcirc_testutils import tiny_lcirc, tiny_llama
+from memory_testutils import load_refused, rewrite
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -221,39 +222,13 @@ def _saved(model, tmp_path, batch=1, tokens=20):
     return path
 
 
-def _rewrite(src, dst, meta_edit=None, tensor_edit=None, fix_checksum=True):
-    """Copy a memory file through `meta_edit(meta)` / `tensor_edit(tensors)`; re-sign it."""
-    from lcirc_fast.memory import content_checksum
-
-    with safe_open(str(src), framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    if meta_edit:
-        meta_edit(meta)
-    if tensor_edit:
-        tensor_edit(tensors)
-    if fix_checksum and "checksum" in meta:
-        meta["checksum"] = content_checksum(meta, tensors)
-    save_file(tensors, str(dst), metadata=meta)
-    return dst
-
-
-def _load_error(path, model, *words):
-    with pytest.raises(MemoryFileError) as err:
-        CompressedMemory.load(path, model)
-    msg = str(err.value)
-    assert str(path) in msg, msg
-    for w in words:
-        assert w in msg, msg
-    return msg
-
-
 def test_load_detects_a_flipped_data_byte(model, tmp_path):
     path = _saved(model, tmp_path)
     raw = bytearray(path.read_bytes())
     header = int.from_bytes(raw[:8], "little")
     raw[8 + header + 5] ^= 0x01                 # inside the first tensor's bytes
     path.write_bytes(bytes(raw))
-    _load_error(path, model, "checksum", "compress the context again")
+    load_refused(path, model, "checksum", "compress the context again")
 
 
 def test_load_detects_an_edited_metadata_value(model, tmp_path):
@@ -261,7 +236,7 @@ def test_load_detects_an_edited_metadata_value(model, tmp_path):
     raw = path.read_bytes()
     assert raw.count(b'"num_segments":"1"') == 1
     path.write_bytes(raw.replace(b'"num_segments":"1"', b'"num_segments":"2"'))
-    _load_error(path, model, "checksum")
+    load_refused(path, model, "checksum")
 
 
 def test_load_refuses_a_corrupt_header_or_truncated_file(model, tmp_path):
@@ -270,10 +245,10 @@ def test_load_refuses_a_corrupt_header_or_truncated_file(model, tmp_path):
     raw[9] = ord("#")                           # the header JSON's first key
     bad = tmp_path / "header.safetensors"
     bad.write_bytes(bytes(raw))
-    _load_error(bad, model, "not a safetensors memory file")
+    load_refused(bad, model, "not a safetensors memory file")
     short = tmp_path / "short.safetensors"
     short.write_bytes(path.read_bytes()[:-100])
-    _load_error(short, model, "not a safetensors memory file", "truncated")
+    load_refused(short, model, "not a safetensors memory file", "truncated")
 
 
 @pytest.mark.parametrize("name", ["hidden", "state"])
@@ -282,8 +257,8 @@ def test_load_refuses_non_finite_memory(model, tmp_path, name, value):
     def poison(t):
         t[name][0, 1, 2] = value
 
-    path = _rewrite(_saved(model, tmp_path), tmp_path / "nan.safetensors", tensor_edit=poison)
-    _load_error(path, model, f"'{name}' holds NaN or Inf")
+    path = rewrite(_saved(model, tmp_path), tmp_path / "nan.safetensors", tensor_edit=poison)
+    load_refused(path, model, f"'{name}' holds NaN or Inf")
 
 
 def test_save_refuses_non_finite_memory(model, tmp_path):
@@ -300,9 +275,9 @@ def test_save_refuses_non_finite_memory(model, tmp_path):
 @pytest.mark.parametrize("key", ["fingerprint", "num_segments", "uniform", "cap", "num_slots",
                                  "checksum"])
 def test_load_names_a_missing_metadata_key(model, tmp_path, key):
-    path = _rewrite(_saved(model, tmp_path), tmp_path / "k.safetensors",
+    path = rewrite(_saved(model, tmp_path), tmp_path / "k.safetensors",
                     meta_edit=lambda m: m.pop(key))
-    _load_error(path, model, f"lacks the metadata key(s) ['{key}']")
+    load_refused(path, model, f"lacks the metadata key(s) ['{key}']")
 
 
 @pytest.mark.parametrize("key,value,words", [
@@ -319,8 +294,8 @@ def test_load_names_a_bad_metadata_value(model, tmp_path, key, value, words):
     def edit(meta):
         meta[key] = value
 
-    path = _rewrite(_saved(model, tmp_path), tmp_path / "v.safetensors", meta_edit=edit)
-    _load_error(path, model, words)
+    path = rewrite(_saved(model, tmp_path), tmp_path / "v.safetensors", meta_edit=edit)
+    load_refused(path, model, words)
 
 
 def test_load_refuses_version_1_files(model, tmp_path):
@@ -328,8 +303,8 @@ def test_load_refuses_version_1_files(model, tmp_path):
         meta["version"] = "1"
         meta.pop("checksum")
 
-    path = _rewrite(_saved(model, tmp_path), tmp_path / "v1.safetensors", meta_edit=old)
-    _load_error(path, model, "version 1, which has no checksum", "compress the context again")
+    path = rewrite(_saved(model, tmp_path), tmp_path / "v1.safetensors", meta_edit=old)
+    load_refused(path, model, "version 1, which has no checksum", "compress the context again")
 
 
 @pytest.mark.parametrize("edit,words", [
@@ -355,8 +330,8 @@ def test_load_refuses_version_1_files(model, tmp_path):
      "only one of 'query_ids' / 'query_mask'"),
 ])
 def test_load_names_bad_tensors(model, tmp_path, edit, words):
-    path = _rewrite(_saved(model, tmp_path), tmp_path / "t.safetensors", tensor_edit=edit)
-    _load_error(path, model, words)
+    path = rewrite(_saved(model, tmp_path), tmp_path / "t.safetensors", tensor_edit=edit)
+    load_refused(path, model, words)
 
 
 def test_load_checks_the_query_tensors(tmp_path):
@@ -372,11 +347,11 @@ def test_load_checks_the_query_tensors(tmp_path):
     def zero_mask(t):
         t["query_mask"].zero_()
 
-    bad = _rewrite(tmp_path / "qd.safetensors", tmp_path / "q1.safetensors",
+    bad = rewrite(tmp_path / "qd.safetensors", tmp_path / "q1.safetensors",
                    tensor_edit=out_of_vocab)
-    _load_error(bad, model, "'query_ids' holds token ids outside the vocabulary [0, 256)")
-    bad = _rewrite(tmp_path / "qd.safetensors", tmp_path / "q2.safetensors", tensor_edit=zero_mask)
-    _load_error(bad, model, "'query_mask' must hold 0/1 with at least one 1 per row")
+    load_refused(bad, model, "'query_ids' holds token ids outside the vocabulary [0, 256)")
+    bad = rewrite(tmp_path / "qd.safetensors", tmp_path / "q2.safetensors", tensor_edit=zero_mask)
+    load_refused(bad, model, "'query_mask' must hold 0/1 with at least one 1 per row")
 
 
 def test_load_checks_stacked_lengths(model, tmp_path):
@@ -387,8 +362,8 @@ def test_load_checks_stacked_lengths(model, tmp_path):
     def too_long(t):
         t["lengths"][0] = 99
 
-    bad = _rewrite(tmp_path / "s.safetensors", tmp_path / "bad.safetensors", tensor_edit=too_long)
-    _load_error(bad, model, "'lengths' is [99, 8], expected multiples of 4 latents in [1, 8]")
+    bad = rewrite(tmp_path / "s.safetensors", tmp_path / "bad.safetensors", tensor_edit=too_long)
+    load_refused(bad, model, "'lengths' is [99, 8], expected multiples of 4 latents in [1, 8]")
 
 
 def test_save_refuses_a_memory_without_a_model(tmp_path):
@@ -452,7 +427,7 @@ def test_version_2_files_are_still_read(model, tmp_path):
         meta["version"] = "2"
         meta.pop("record_steps")
 
-    old = _rewrite(path, tmp_path / "v2.safetensors", meta_edit=as_v2)
+    old = rewrite(path, tmp_path / "v2.safetensors", meta_edit=as_v2)
     with safe_open(str(old), framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     assert meta["checksum"] == content_checksum(meta, tensors)

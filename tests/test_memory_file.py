@@ -1,18 +1,24 @@
 """Memory files edited on purpose and re-hashed (the checksum then passes): the values and counts
 are checked against each other and against the model. Also the memory's own operations and the
 errors of save / load for bad arguments."""
+import functools
 import math
 
 import pytest
 import torch
 from lcirc_testutils import tiny_lcirc
-from safetensors import safe_open
-from safetensors.torch import save_file
+from memory_testutils import load_refused, rewrite
 
 from lcirc_fast import CompressedMemory
 from lcirc_fast.errors import MemoryFileError
-from lcirc_fast.memory_file import content_checksum, output_bound
+from lcirc_fast.memory_file import output_bound
 
+_refused = functools.partial(load_refused, one_line=True)   # one line, naming the file
+
+
+def _hostile(src, dst, tensor_edit=None, meta_edit=None):
+    """A memory file edited on purpose and re-hashed as the format does (the checksum passes)."""
+    return rewrite(src, dst, meta_edit=meta_edit, tensor_edit=tensor_edit)
 
 def _compress(model, path, tokens=20, **kw):
     torch.manual_seed(0)
@@ -20,28 +26,6 @@ def _compress(model, path, tokens=20, **kw):
         mem = model.compress(torch.randint(0, 256, (1, tokens)), **kw)
     mem.save(path)
     return mem
-
-
-def _hostile(src, dst, tensor_edit=None, meta_edit=None):
-    """Load a memory file with safetensors, edit it, re-hash it as the format does, save it."""
-    with safe_open(str(src), framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    if tensor_edit:
-        tensor_edit(tensors)
-    if meta_edit:
-        meta_edit(meta)
-    meta["checksum"] = content_checksum(meta, tensors)
-    save_file(tensors, str(dst), metadata=meta)
-    return dst
-
-
-def _refused(path, model, *words):
-    with pytest.raises(MemoryFileError) as err:
-        CompressedMemory.load(path, model)
-    msg = str(err.value)
-    assert "\n" not in msg and str(path) in msg, msg
-    for w in words:
-        assert w in msg, msg
 
 
 def test_hidden_scaled_by_1e30_is_refused(model, tmp_path):

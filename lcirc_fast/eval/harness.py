@@ -98,3 +98,11 @@ def plot_lines(path: str | Path, series: dict[str, list[tuple[float, float]]], x
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def group_cells(records: list[dict], keys: tuple[str, ...]) -> list[list[dict]]:
+    """`records` grouped by their values of `keys`, each group (cell) in order of first appearance."""
+    cells: dict = {}
+    for r in records:
+        cells.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return list(cells.values())

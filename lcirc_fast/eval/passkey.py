@@ -11,7 +11,7 @@ from ..data.qa import SyntheticQA
 from ..data.templates import get_template
 from . import infinitebench
 from .generate import generate_answer
-from .harness import ScoreBoard, run_scored
+from .harness import ScoreBoard, group_cells, run_scored
 from .metrics import contains_answer, digit_accuracy, digit_hits
 
 SWAPPED_MODES = {"lcirc_swapped": "lcirc"}    # control mode -> the mode it runs with a partner's memory
@@ -49,10 +49,7 @@ def cell_row(records: list[dict]) -> dict:
 
 def rows_from_predictions(records: list[dict]) -> list[dict]:
     """`cell_row` of every (mode, length, depth) cell of the records, in their order."""
-    cells: dict = {}
-    for r in records:
-        cells.setdefault((r["mode"], r["length"], r["depth"]), []).append(r)
-    return [cell_row(c) for c in cells.values()]
+    return [cell_row(c) for c in group_cells(records, ("mode", "length", "depth"))]
 
 
 def passkey_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], window: int,

@@ -11,7 +11,7 @@ import torch
 from ..data.qa import SyntheticQA
 from ..data.ruler import TASKS
 from .generate import generate_answer
-from .harness import ScoreBoard, run_scored
+from .harness import ScoreBoard, group_cells, run_scored
 
 SWAPPED_MODES = {"lcirc_swapped": "lcirc", "qd_swapped": "qd"}   # control -> the mode run with a partner's memory
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f]")
@@ -64,10 +64,7 @@ def cell_row(records: list[dict]) -> dict:
 
 def rows_from_predictions(records: list[dict]) -> list[dict]:
     """`cell_row` of every (task, mode, length) cell of the records, in their order."""
-    cells: dict = {}
-    for r in records:
-        cells.setdefault((r["task"], r["mode"], r["length"]), []).append(r)
-    return [cell_row(c) for c in cells.values()]
+    return [cell_row(c) for c in group_cells(records, ("task", "mode", "length"))]
 
 
 def ruler_eval(model, tokenizer, docs: Sequence[tuple[str, torch.Tensor]], window: int, lengths: Sequence[int],
