@@ -8,7 +8,14 @@ the `lcirc` CLI's defaults; speed does not depend on training):
 * questions per second at concurrency 1, 4 and 16 (LCIRC, the document cached);
 * the base model with full attention (SDPA) over the whole document plus the question;
 * float32 against bfloat16: compression time, the memory's relative error, and how often the
-  greedy answers agree.
+  greedy answers agree;
+* later LCIRC questions and questions per second at concurrency 16 with the decoding steps'
+  products as torch runs them and as `FewRowLinear` runs them (`use_few_row_linears`, what the
+  engine does by default).
+
+Later questions and the QD question from scratch are also timed to their first token. The main
+thread stays at one torch thread and every measured torch call runs on an engine's torch thread
+(`Engine.call`), as in `lcirc serve` (why: `lcirc_fast.serving.batcher`).
 
     python benchmarks/serve_bench.py --tokens 32768 --threads 2 --out /tmp/serve_bench.json
     python benchmarks/serve_bench.py --tokens 2048 --threads 2     # a quick check
@@ -32,14 +39,18 @@ QUESTIONS = ["Who was the first man?", "What did God create on the first day?",
              "What happened at the tower of Babel?"]
 
 
-def ask(engine, question: str, doc_id: str | None, max_tokens: int) -> list[int]:
-    """Greedy answer tokens of one question through the engine's batcher."""
+def ask(engine, question: str, doc_id: str | None, max_tokens: int,
+        first_token: list | None = None) -> list[int]:
+    """Greedy answer tokens of one question through the engine's batcher; `first_token`, if
+    given, receives the perf_counter time of the first token."""
     from lcirc_fast.serving.engine import Row
 
     done, toks = threading.Event(), []
 
     def sink(kind, value):
         if kind == "token":
+            if not toks and first_token is not None:
+                first_token.append(time.perf_counter())
             toks.append(value)
         elif kind == "error":
             toks.append(value)
@@ -73,11 +84,42 @@ def build(base, qd: bool, seed: int = 0, state: dict | None = None):
     return model
 
 
+THREADS = 2       # the engines' torch threads (--threads); the main thread stays at one
+
+
 def engine_for(model, tok, max_tokens: int):
+    """An engine whose torch thread runs every measured torch call (`Engine.call`)."""
     from lcirc_fast.serving import Engine, EngineSettings
 
     return Engine(model, tok, tempfile.mkdtemp(prefix="serve-bench-"),
-                  EngineSettings(max_batch=16, max_tokens_limit=max_tokens))
+                  EngineSettings(max_batch=16, max_tokens_limit=max_tokens, threads=THREADS))
+
+
+def on_torch_thread(fn):
+    """`fn()` on a fresh thread at THREADS torch threads (for work with no engine alive)."""
+    out: list = []
+
+    def run():
+        torch.set_num_threads(THREADS)
+        with torch.no_grad():
+            out.append(fn())
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    return out[0]
+
+
+def later_questions(engine, doc_id: str, questions: list[str], max_tokens: int) -> dict:
+    """Each question's whole time and time to its first token (the document cached)."""
+    whole, first = [], []
+    for q in questions:
+        t0, stamp = time.perf_counter(), []
+        ask(engine, q, doc_id, max_tokens, stamp)
+        whole.append(time.perf_counter() - t0)
+        first.append(stamp[0] - t0)
+    return {"later_s": statistics.median(whole), "later_all_s": whole,
+            "later_first_token_s": statistics.median(first), "later_first_token_all_s": first}
 
 
 def first_and_later(engine, text: str, questions: list[str], max_tokens: int) -> dict:
@@ -86,14 +128,14 @@ def first_and_later(engine, text: str, questions: list[str], max_tokens: int) ->
         return info, ask(engine, questions[0], info["id"], max_tokens)
 
     t_first, (info, _) = timed(first)
-    later = [timed(lambda q=q: ask(engine, q, info["id"], max_tokens))[0] for q in questions[1:]]
-    return {"doc": info, "first_s": t_first, "later_s": statistics.median(later),
-            "later_all_s": later}
+    return {"doc": info, "first_s": t_first,
+            **later_questions(engine, info["id"], questions[1:], max_tokens)}
 
 
-def throughput(engine, doc_id: str, questions: list[str], max_tokens: int, total: int) -> dict:
+def throughput(engine, doc_id: str, questions: list[str], max_tokens: int, total: int,
+               levels=(1, 4, 16)) -> dict:
     out = {}
-    for conc in (1, 4, 16):
+    for conc in levels:
         work = [questions[i % len(questions)] for i in range(total)]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(conc) as pool:
@@ -102,16 +144,42 @@ def throughput(engine, doc_id: str, questions: list[str], max_tokens: int, total
     return out
 
 
+def few_row_stage(eng, doc_id: str, questions: list[str], max_tokens: int, total: int) -> dict:
+    """LCIRC later questions, and questions per second at concurrency 16, with plain
+    ``nn.Linear`` decoding products and with `FewRowLinear` (`use_few_row_linears`), switched
+    on one engine: questions alternate between the two, the throughput runs go A-B-B-A."""
+    from lcirc_fast.models.decode_linears import use_few_row_linears, use_plain_linears
+
+    switch = {False: use_plain_linears, True: use_few_row_linears}
+    times, answers = {False: [], True: []}, {False: [], True: []}
+    for q in questions:
+        for flag in (False, True):
+            eng.call(lambda: switch[flag](eng.model))
+            t, toks = timed(lambda: ask(eng, q, doc_id, max_tokens))
+            times[flag].append(t)
+            answers[flag].append(toks)
+    qps = {False: [], True: []}
+    for flag in (False, True, True, False):          # drift cancels in the mean
+        eng.call(lambda: switch[flag](eng.model))
+        qps[flag].append(throughput(eng, doc_id, questions, max_tokens, total, (16,))[16])
+    eng.call(lambda: use_few_row_linears(eng.model))
+    off, on = statistics.median(times[False]), statistics.median(times[True])
+    same = sum(a == b for a, b in zip(answers[False], answers[True]))
+    return {"later_s_linear": off, "later_s_few_row": on, "speedup": off / on,
+            "all_s_linear": times[False], "all_s_few_row": times[True],
+            "answers_identical": f"{same}/{len(questions)}",
+            "qps16_linear": statistics.mean(qps[False]), "qps16_few_row": statistics.mean(qps[True])}
+
+
 def bf16_stage(res, base, tok, text, doc_ids, state, answers32, t32, h32, n) -> None:
     """float32 against bfloat16: compression time, memory error, identical greedy answers."""
     from lcirc_fast.assets import load_smollm2
 
     base16, _ = load_smollm2(torch.bfloat16)
     l16 = build(base16, qd=False, state=state)
-    t16 = [timed(lambda: l16.compress(doc_ids))[0] for _ in range(2)]
-    with torch.no_grad():
-        h16 = l16.compress(doc_ids).hidden.float()
     e16 = engine_for(l16, tok, n)
+    t16 = [e16.call(lambda: timed(lambda: l16.compress(doc_ids))[0]) for _ in range(2)]
+    h16 = e16.call(lambda: l16.compress(doc_ids).hidden.detach().float())
     info16, _ = e16.add_document(text)
     answers16 = [ask(e16, q, info16["id"], n) for q in QUESTIONS]
     e16.close()
@@ -135,14 +203,18 @@ def main(argv=None) -> int:
     p.add_argument("--skip-throughput", action="store_true",
                    help="skip the questions-per-second part")
     p.add_argument("--skip-bf16", action="store_true", help="skip the float32 / bfloat16 comparison")
+    p.add_argument("--skip-few-row", action="store_true",
+                   help="skip the nn.Linear / FewRowLinear decoding comparison")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    global THREADS
+    THREADS = args.threads
+    torch.set_num_threads(1)      # measured work runs on one torch thread (see engine_for)
 
     from transformers.utils import logging
 
     from lcirc_fast.assets import kjv_text, load_smollm2
-    from lcirc_fast.models.generation import generate
+    from lcirc_fast.models.generation import generate, stream
     from lcirc_fast.models.segment_kv_cache import DocumentKV
 
     logging.disable_progress_bar()
@@ -168,6 +240,11 @@ def main(argv=None) -> int:
     res["lcirc"] = first_and_later(eng, text, QUESTIONS, n)
     log("lcirc", res["lcirc"]["first_s"], res["lcirc"]["later_s"])
     save(res)
+    if not args.skip_few_row:
+        res["few_row"] = few_row_stage(eng, res["lcirc"]["doc"]["id"], QUESTIONS, n,
+                                       args.throughput_questions)
+        log("few_row", res["few_row"])
+        save(res)
     if not args.skip_throughput:
         res["throughput_qps"] = throughput(eng, res["lcirc"]["doc"]["id"], QUESTIONS, n,
                                            args.throughput_questions)
@@ -177,9 +254,8 @@ def main(argv=None) -> int:
     res["lcirc"]["answers"] = answers32
     doc_ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
     if not args.skip_bf16:
-        t32 = [timed(lambda: lcirc.compress(doc_ids))[0] for _ in range(2)]
-        with torch.no_grad():
-            h32 = lcirc.compress(doc_ids).hidden.float()
+        t32 = [eng.call(lambda: timed(lambda: lcirc.compress(doc_ids))[0]) for _ in range(2)]
+        h32 = eng.call(lambda: lcirc.compress(doc_ids).hidden.detach().float())
     state = lcirc.lcirc_state_dict()
     eng.close()
 
@@ -189,15 +265,21 @@ def main(argv=None) -> int:
     res["qd"]["answers"] = [ask(qeng, q, res["qd"]["doc"]["id"], n) for q in QUESTIONS]
 
     def scratch(q):
+        """(whole time, time to the first token) of a question compressed from scratch."""
+        t0 = time.perf_counter()
         qids = torch.tensor([tok(q, add_special_tokens=False).input_ids])
         prompt = torch.tensor([qeng.encode(qeng.chat_prompt([{"role": "user", "content": q}]))])
+        first = None
         with torch.no_grad():
             mem = qd.compress(doc_ids, query_ids=qids)
-        return generate(qd, prompt, memory=mem, max_new_tokens=n, eos_token_id=tok.eos_token_id)
+            for _ in stream(qd, prompt, memory=mem, max_new_tokens=n, eos_token_id=tok.eos_token_id):
+                first = first if first is not None else time.perf_counter() - t0
+        return time.perf_counter() - t0, first
 
-    res["qd"]["scratch_s"] = statistics.median(timed(lambda q=q: scratch(q))[0]
-                                               for q in QUESTIONS[1:4])
-    res["qd"]["build_doc_kv_s"] = timed(lambda: DocumentKV.build(qd, doc_ids))[0]
+    runs = [qeng.call(lambda q=q: scratch(q)) for q in QUESTIONS[1:4]]
+    res["qd"]["scratch_s"] = statistics.median(r[0] for r in runs)
+    res["qd"]["scratch_first_token_s"] = statistics.median(r[1] for r in runs)
+    res["qd"]["build_doc_kv_s"] = qeng.call(lambda: timed(lambda: DocumentKV.build(qd, doc_ids))[0])
     log("qd", res["qd"]["first_s"], res["qd"]["later_s"], res["qd"]["scratch_s"])
     save(res)
     qeng.close()
@@ -213,7 +295,8 @@ def main(argv=None) -> int:
                                             add_generation_prompt=True, tokenize=False),
                     add_special_tokens=False).input_ids
         prompt = torch.tensor([doc_ids[0].tolist() + q_ids])
-        res["full_attention_s"] = timed(lambda: generate(full, prompt, max_new_tokens=n))[0]
+        res["full_attention_s"] = on_torch_thread(
+            lambda: timed(lambda: generate(full, prompt, max_new_tokens=n))[0])
         res["full_attention_attn"] = base.config._attn_implementation
         log("full", res["full_attention_s"])
         save(res)

@@ -43,13 +43,15 @@ def check_common(args) -> None:
     check_lcirc(args.lcirc)
 
 
-def load_model(args, command: str):
-    """(model, tokenizer) of the arguments; a note on stderr when the weights are fresh."""
+def load_model(args, command: str, threads: int | None = None):
+    """(model, tokenizer) of the arguments; a note on stderr when the weights are fresh.
+    `threads`: the calling thread's torch thread count (default: --threads, if given)."""
     import torch
     from transformers.utils import logging
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    threads = threads if threads is not None else args.threads
+    if threads is not None:
+        torch.set_num_threads(threads)
     logging.disable_progress_bar()           # stderr holds only the command's own lines
     model, tok = build_model(args)
     apply_backend(model, args.backend)
@@ -82,6 +84,7 @@ def run(args) -> int:
     import torch
 
     from ..memory import CompressedMemory
+    from ..models.decode_linears import use_few_row_linears
     from ..models.generation import stream
     from ..serving.engine import chat_prompt
     from .compress import read_text
@@ -100,6 +103,7 @@ def run(args) -> int:
         else:
             ids = encode(read_text(args.context))
             memory = model.compress(ids, query_ids=question if qd else None)
+    use_few_row_linears(model)
     prompt = encode(chat_prompt(tok, [{"role": "user", "content": args.question}]))
     window = getattr(model.base.config, "max_position_embeddings", None)
     if window is not None and prompt.shape[1] + args.max_new_tokens > window:

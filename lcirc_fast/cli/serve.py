@@ -51,6 +51,7 @@ def check_args(args) -> None:
 
 
 def run(args) -> int:
+    import torch
     import uvicorn
 
     from ..serving import Engine, EngineSettings
@@ -58,12 +59,15 @@ def run(args) -> int:
 
     check_args(args)
     api_key = args.api_key or os.environ.get("LCIRC_API_KEY") or None
-    model, tok = load_model(args, "serve")
+    threads = args.threads or torch.get_num_threads()
+    # the main thread loads at one torch thread, so the engine's torch thread holds the process's
+    # only OpenMP team (see lcirc_fast.serving.batcher)
+    model, tok = load_model(args, "serve", threads=1)
     name = args.model_name or ("lcirc-" + os.path.basename(os.path.normpath(args.lcirc or args.base)))
     engine = Engine(model, tok, args.store, EngineSettings(
         max_batch=args.max_batch, cache_bytes=args.cache_bytes,
         max_tokens_limit=args.max_tokens_limit, model_name=name,
-        batch_wait_s=args.batch_wait_ms / 1000))
+        batch_wait_s=args.batch_wait_ms / 1000, threads=threads))
     app = create_app(engine, api_key=api_key, max_body_bytes=args.max_body_bytes)
     print(f"lcirc serve: {name} on http://{args.host}:{args.port} (store {args.store}, "
           f"{'API key required' if api_key else 'no API key'})", file=sys.stderr, flush=True)

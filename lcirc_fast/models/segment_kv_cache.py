@@ -18,7 +18,7 @@ from .checks import check_ids
 class DocumentKV:
     """One document's token ids [1, N], its segment boundaries and, per segment, the
     compressor's K/V: a list over layers of (k, v), each [1, L, heads, head_dim] in the model's
-    dtype (no autograd graph)."""
+    dtype (no autograd graph; views into one buffer of N x layers x 2 x heads x head_dim)."""
 
     def __init__(self, ids: torch.Tensor, bounds: list[int], kvs: list):
         self.ids, self.bounds, self.kvs = ids, bounds, kvs
@@ -34,6 +34,9 @@ class DocumentKV:
         bounds = model.recurrence.segment_plan(ids.shape[1], segment_len, None)
         comp = model.compressor
         folded = comp.folded_kv_weight()
+        # one buffer for every segment's K/V; the products write into it and the cache keeps
+        # views (no per-layer copies: half the peak memory of a product followed by copies)
+        buf = torch.empty(ids.shape[1] * comp.kv_width, dtype=folded[0].dtype, device=ids.device)
         kvs: list = []
         first = 0
         while first < len(bounds) - 1:           # runs of equal-length segments
@@ -42,8 +45,8 @@ class DocumentKV:
             while last < len(bounds) - 1 and bounds[last + 1] - bounds[last] == length:
                 last += 1
             seg = ids[:, bounds[first]:bounds[last]].reshape(1, last - first, length)
-            kvs += [[(k.clone(), v.clone()) for k, v in step]
-                    for step in comp.segments_kv(model.inputs(seg), folded)]
+            out = buf[bounds[first] * comp.kv_width:bounds[last] * comp.kv_width]
+            kvs += comp.segments_kv(model.inputs(seg), folded, out=out)
             first = last
         return cls(ids, bounds, kvs)
 

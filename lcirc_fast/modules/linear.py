@@ -1,10 +1,11 @@
-"""`PackedLinear`: an ``nn.Linear`` whose CPU inference reuses a packed copy of its weight."""
+"""`PackedLinear`: an ``nn.Linear`` whose CPU inference reuses a packed copy of its weight;
+`FewRowLinear`: one whose products of few rows (a decoding step) run as a batched product."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from ..ops.cpu_gemm import PackCache, packed_linear
+from ..ops.cpu_gemm import PackCache, few_row_linear, packed_linear
 
 
 class PackedLinear(nn.Linear):
@@ -30,3 +31,12 @@ class PackedLinear(nn.Linear):
     def _apply(self, fn, *args, **kwargs):
         self._pack.clear()        # a move or cast leaves the copy (and the old weight) stale
         return super()._apply(fn, *args, **kwargs)
+
+
+class FewRowLinear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) whose fp32 CPU products of at most
+    `lcirc_fast.ops.cpu_gemm.FEW_ROWS` rows without an autograd graph use `few_row_linear`;
+    every other call is ``nn.Linear``'s. No extra memory."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return few_row_linear(x, self.weight, self.bias)

@@ -1,8 +1,17 @@
-"""The decoding thread: rows that arrive together are decoded as one batch.
+"""The engine's torch thread: rows that arrive together are decoded as one batch, and every other
+torch call of the engine (compression, reading stored documents) runs here too.
 
 Prompts are left-padded; rows with different documents read their memories padded and masked
 by length. Rows can share a batch when they agree on reading a document or not and on the
 sampling settings (a seeded row decodes alone, so its seed alone decides its tokens).
+
+Why one thread: each thread that runs torch's parallel CPU kernels gets its own OpenMP thread
+team, and once a process holds more OpenMP threads than it has cores, GNU OpenMP stops its
+workers from spinning between parallel regions. A decoding step runs hundreds of small parallel
+regions, so a second team (say, compression in a request thread, or a main thread that ran
+torch at 2 threads before the server started) made every question about a third slower on a
+2-core machine (docs/perf/serving.md). The thread sets its own torch thread count; `lcirc serve`
+keeps its main thread at one.
 """
 from __future__ import annotations
 
@@ -10,21 +19,35 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 
 import torch
 
 from ..models.generation import stream
 
 
+class _Job:
+    """A call to run on the batcher's thread; it never joins a batch."""
+
+    def __init__(self, fn):
+        self.fn, self.future = fn, Future()
+
+    def batch_key(self) -> tuple:
+        return ("job", id(self))
+
+
 class Batcher:
     """One thread that takes up to `max_batch` compatible queued rows at a time and decodes
-    them with `lcirc_fast.models.generation.stream`. After the first row of a batch it waits up
-    to `wait_s` seconds for more rows to join."""
+    them with `lcirc_fast.models.generation.stream`, and runs the calls given to `call`. After
+    the first row of a batch it waits up to `wait_s` seconds for more rows to join. `threads`:
+    the torch intra-op thread count of that thread (None: torch's default for a new thread)."""
 
-    def __init__(self, engine, max_batch: int, wait_s: float = 0.01):
+    def __init__(self, engine, max_batch: int, wait_s: float = 0.01, threads: int | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.engine, self.max_batch, self.wait_s, self.threads = engine, max_batch, wait_s, threads
         self._queue: queue.Queue = queue.Queue()
         self._held: deque = deque()
         self._stop = threading.Event()
@@ -34,9 +57,31 @@ class Batcher:
     def submit(self, row) -> None:
         self._queue.put(row)
 
+    def call(self, fn):
+        """Run `fn()` on the batcher's thread (between batches) and return its result or raise
+        its exception; called from that thread, it runs at once."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        if self._stop.is_set():
+            raise RuntimeError("the engine is closed")
+        job = _Job(fn)
+        self._queue.put(job)
+        return job.future.result()
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        pending = list(self._held)
+        while True:
+            try:
+                pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for item in pending:              # nothing waits forever on a closed engine
+            if isinstance(item, _Job):
+                item.future.set_exception(RuntimeError("the engine is closed"))
+            elif not item.extra.get("done"):
+                item.sink("error", RuntimeError("the engine is closed"))
 
     # ------------------------------------------------------------------ batching
     def _take(self) -> list:
@@ -48,6 +93,8 @@ class Batcher:
                 first = self._queue.get(timeout=0.1)
             except queue.Empty:
                 return []
+        if isinstance(first, _Job):
+            return [first]
         key, rows, skipped = first.batch_key(), [first], deque()
         while self._held and len(rows) < self.max_batch:
             row = self._held.popleft()
@@ -63,9 +110,14 @@ class Batcher:
         return rows
 
     def _loop(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)       # this thread's own count
         while not self._stop.is_set():
             rows = self._take()
             if not rows:
+                continue
+            if isinstance(rows[0], _Job):
+                self._run_job(rows[0])
                 continue
             try:
                 self.run(rows)
@@ -73,6 +125,15 @@ class Batcher:
                 for row in rows:
                     if not row.extra.get("done"):
                         row.sink("error", e)
+
+    @staticmethod
+    def _run_job(job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(job.fn())
+        except BaseException as e:  # noqa: BLE001 - the caller re-raises it
+            job.future.set_exception(e)
 
     # ------------------------------------------------------------------ decoding
     def run(self, rows: list) -> None:

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ..models.decode_linears import use_few_row_linears
 from ..models.segment_kv_cache import DocumentKV
 from .batcher import Batcher
 from .errors import RequestError
@@ -33,12 +34,16 @@ def chat_prompt(tokenizer, messages: list[dict]) -> str:
 class EngineSettings:
     """max_batch: rows decoded together; cache_bytes: bound of the memory cache;
     max_tokens_limit: the largest `max_tokens` a request may ask; model_name: the id that
-    /v1/models lists; batch_wait_s: how long a batch waits after its first row for more."""
+    /v1/models lists; batch_wait_s: how long a batch waits after its first row for more;
+    few_row_linears: run the decoding steps' products through `use_few_row_linears`;
+    threads: torch threads of the engine's one torch thread (None: the creating thread's count)."""
     max_batch: int = 8
     cache_bytes: int = 1 << 30
     max_tokens_limit: int = 1024
     model_name: str = "lcirc"
     batch_wait_s: float = 0.01
+    few_row_linears: bool = True
+    threads: int | None = None
 
 
 @dataclass
@@ -72,13 +77,16 @@ class Engine:
         self.qd = model.mixer is not None
         self.window = int(getattr(model.base.config, "max_position_embeddings", 2048))
         self.fingerprint = model.fingerprint()
+        if self.settings.few_row_linears:
+            use_few_row_linears(model)
         self.store = DocumentStore(store_dir, self.fingerprint)
         self.cache = ByteLRU(self.settings.cache_bytes)
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos or 0)
         self._doc_lock = threading.Lock()
         self._info: dict[str, dict] = {}
-        self.batcher = Batcher(self, self.settings.max_batch, self.settings.batch_wait_s)
+        self.batcher = Batcher(self, self.settings.max_batch, self.settings.batch_wait_s,
+                               threads=self.settings.threads or torch.get_num_threads())
 
     def close(self) -> None:
         self.batcher.close()
@@ -112,7 +120,16 @@ class Engine:
 
     # ------------------------------------------------------------------ documents
     def add_document(self, text: str) -> tuple[dict, bool]:
-        """(metadata, created): compress `text` once; the same text again is not compressed."""
+        """(metadata, created): compress `text` once; the same text again is not compressed.
+        Runs on the engine's torch thread (between decoding batches)."""
+        return self.batcher.call(lambda: self._add_document(text))
+
+    def call(self, fn):
+        """Run `fn()` on the engine's torch thread and return its result (for callers that run
+        torch work beside a live engine, such as benchmarks)."""
+        return self.batcher.call(fn)
+
+    def _add_document(self, text: str) -> tuple[dict, bool]:
         if not text.strip():
             raise RequestError(400, "empty_document", "the document text is empty")
         doc_id = document_id(text, self.fingerprint)
@@ -147,7 +164,7 @@ class Engine:
         if info is not None and self.store.exists(doc_id):
             return info
         self._info.pop(doc_id, None)
-        entry = self._load(doc_id) if self.store.exists(doc_id) else None
+        entry = self.batcher.call(lambda: self._load(doc_id)) if self.store.exists(doc_id) else None
         if entry is None:
             if missing_ok:
                 return None
