@@ -83,13 +83,11 @@ class Injection:
             if cur is None:
                 return None
             x = adapter.hidden_states(args, kwargs)
-            k, v = cur["kv"][name]
-            b = x.shape[0]
-            if k.shape[0] != b:
-                k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
+            k, v = cur["kv"][name]          # [B, M, H, Dh], or [1, ...] shared by every row
             lengths = cur["lengths"]
-            if lengths is not None and lengths.shape[0] != b:
-                lengths = lengths.expand(b)
+            if k.shape[0] != 1 and k.shape[0] != x.shape[0]:
+                raise ValueError(f"memory K/V for {k.shape[0]} rows, hidden states for "
+                                 f"{x.shape[0]}")
             x = self.gca[name](x, k, v, kv_lengths=lengths)
             return adapter.with_hidden_states(args, kwargs, x)
         return hook

@@ -71,11 +71,18 @@ class GatedCrossAttentionBlock(UsesOps, nn.Module):
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 kv_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, T, d] attends to projected memory k, v [B, M, H, Dh] -> [B, T, d] (x's dtype).
-        kv_lengths: optional int [B]; memory rows at positions >= kv_lengths[b] are padding."""
+        k, v may also be [1, M, H, Dh], one memory for every row: the B x T queries then attend
+        to it in one call (cross-attention has no mask between queries), reading it once.
+        kv_lengths: optional int [B] (or [1] with a shared memory); memory rows at positions
+        >= kv_lengths[b] are padding."""
         a, ops = self.attn, self.ops
         b, t, _ = x.shape
         h = ops.layer_norm(x, a.norm.weight, a.norm.bias, a.norm.eps)
         q = a.to_q(h).view(b, t, a.heads, a.head_dim)
-        o = ops.cross_attention(q, k, v, kv_lengths=kv_lengths)
+        if k.shape[0] == 1 and b > 1:
+            o = ops.cross_attention(q.reshape(1, b * t, a.heads, a.head_dim), k, v,
+                                    kv_lengths=kv_lengths).view(b, t, a.heads, a.head_dim)
+        else:
+            o = ops.cross_attention(q, k, v, kv_lengths=kv_lengths)
         x = ops.gated_residual(x, a.to_out(o.reshape(b, t, a.heads * a.head_dim)), self.attn_gate.reshape(()))
         return ops.gated_residual(x, self.ff(x), self.ff_gate.reshape(()))

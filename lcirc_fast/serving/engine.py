@@ -232,12 +232,14 @@ class Engine:
 
     def batch_memory(self, rows: list[Row]) -> tuple[dict, torch.Tensor | None] | None:
         """The rows' memories stacked: ({layer: (k, v)} [B, M_max, H, Dh], lengths int64 [B] or
-        None when all are equally long); None when the rows read no document."""
+        None when all are equally long), or [1, M, H, Dh] when every row reads the same LCIRC
+        memory; None when the rows read no document."""
         if rows[0].doc_id is None:
             return None
+        if len(rows) == 1 or (not self.qd and len({r.doc_id for r in rows}) == 1):
+            # one memory for every row: kept [1, M, H, Dh] (no copy); the GCA blocks read it once
+            return self.row_memory(rows[0])[0], None
         parts = [self.row_memory(r) for r in rows]
-        if len(parts) == 1:                 # a lone row reads its memory as it is (no copy)
-            return parts[0][0], None
         longest = max(m for _, m in parts)
         kv = {}
         for name in parts[0][0]:

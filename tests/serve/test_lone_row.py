@@ -43,3 +43,31 @@ def test_lone_row_reads_cached_kv_without_copy(load_tiny, tmp_path):
         assert done and got == want and len(got) >= 1
     finally:
         engine.close()
+
+
+def test_rows_of_one_document_share_its_memory(load_tiny, tmp_path):
+    model, tok = load_tiny("lcirc")
+    engine = Engine(model, tok, str(tmp_path), EngineSettings(max_batch=4))
+    try:
+        doc = engine.add_document(TEXT)[0]["id"]
+        questions = ["Who counted ships?", "When?", "What did the keeper count each morning?"]
+
+        def row(q, sink=lambda *a: None):
+            return Row(engine.encode(q), 6, sink, doc_id=doc)
+
+        kv, lengths = engine.batch_memory([row(q) for q in questions])
+        cached, m = engine.cached(doc)
+        assert lengths is None
+        for name, (k, v) in kv.items():                  # the cached tensors, batch 1, no copy
+            assert k.shape[0] == 1 and k.data_ptr() == cached[name][0].data_ptr()
+        alone = []
+        for q in questions:
+            got = []
+            engine.batcher.run([row(q, lambda kind, val, g=got: g.append(val) if kind == "token" else 0)])
+            alone.append(got)
+        together = [[] for _ in questions]
+        engine.batcher.run([row(q, lambda kind, val, g=g: g.append(val) if kind == "token" else 0)
+                            for q, g in zip(questions, together)])
+        assert together == alone and all(alone)
+    finally:
+        engine.close()
