@@ -134,6 +134,12 @@ def first_and_later(engine, text: str, questions: list[str], max_tokens: int) ->
 
 def throughput(engine, doc_id: str, questions: list[str], max_tokens: int, total: int,
                levels=(1, 4, 16)) -> dict:
+    """Questions per second at each concurrency; with several levels, each runs twice, in
+    order and in reverse order (1, 4, 16, 16, 4, 1), and the two rates are averaged."""
+    if len(levels) > 1:
+        runs = [throughput(engine, doc_id, questions, max_tokens, total, (c,))
+                for c in (*levels, *reversed(levels))]
+        return {c: statistics.mean(r[c] for r in runs if c in r) for c in levels}
     out = {}
     for conc in levels:
         work = [questions[i % len(questions)] for i in range(total)]
@@ -276,9 +282,19 @@ def main(argv=None) -> int:
                 first = first if first is not None else time.perf_counter() - t0
         return time.perf_counter() - t0, first
 
-    runs = [qeng.call(lambda q=q: scratch(q)) for q in QUESTIONS[1:4]]
-    res["qd"]["scratch_s"] = statistics.median(r[0] for r in runs)
-    res["qd"]["scratch_first_token_s"] = statistics.median(r[1] for r in runs)
+    doc_id = res["qd"]["doc"]["id"]
+    paired = []                      # each later question, then the same one from scratch
+    for q in QUESTIONS[1:]:
+        later = later_questions(qeng, doc_id, [q], n)
+        paired.append((later["later_s"], later["later_first_token_s"], *qeng.call(lambda: scratch(q))))
+    res["qd"]["paired"] = [dict(zip(("later_s", "later_first_token_s", "scratch_s",
+                                     "scratch_first_token_s"), p)) for p in paired]
+    res["qd"]["paired_later_s"] = statistics.median(p[0] for p in paired)
+    res["qd"]["paired_later_first_token_s"] = statistics.median(p[1] for p in paired)
+    res["qd"]["scratch_s"] = statistics.median(p[2] for p in paired)
+    res["qd"]["scratch_first_token_s"] = statistics.median(p[3] for p in paired)
+    res["qd"]["scratch_over_later"] = statistics.median(p[2] / p[0] for p in paired)
+    res["qd"]["scratch_over_later_first_token"] = statistics.median(p[3] / p[1] for p in paired)
     res["qd"]["build_doc_kv_s"] = qeng.call(lambda: timed(lambda: DocumentKV.build(qd, doc_ids))[0])
     log("qd", res["qd"]["first_s"], res["qd"]["later_s"], res["qd"]["scratch_s"])
     save(res)
