@@ -51,6 +51,7 @@ class Batcher:
         self._queue: queue.Queue = queue.Queue()
         self._held: deque = deque()
         self._stop = threading.Event()
+        self._closing = threading.Lock()       # no job is queued after close() has drained
         self._thread = threading.Thread(target=self._loop, name="lcirc-batcher", daemon=True)
         self._thread.start()
 
@@ -62,14 +63,16 @@ class Batcher:
         its exception; called from that thread, it runs at once."""
         if threading.current_thread() is self._thread:
             return fn()
-        if self._stop.is_set():
-            raise RuntimeError("the engine is closed")
         job = _Job(fn)
-        self._queue.put(job)
+        with self._closing:
+            if self._stop.is_set():
+                raise RuntimeError("the engine is closed")
+            self._queue.put(job)
         return job.future.result()
 
     def close(self) -> None:
-        self._stop.set()
+        with self._closing:
+            self._stop.set()
         self._thread.join(timeout=30)
         pending = list(self._held)
         while True:

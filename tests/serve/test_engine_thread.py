@@ -1,6 +1,7 @@
 """The engine's one torch thread: compression and stored-document reads run there, at its own
 thread count; the decoding products go through `FewRowLinear` unless told otherwise."""
 import threading
+import time
 
 import pytest
 import torch
@@ -52,3 +53,31 @@ def test_torch_work_runs_on_the_engine_thread(load_tiny, tmp_path, kind):
         engine.close()
     with pytest.raises(RuntimeError, match="closed"):
         engine.call(lambda: 0)
+
+
+def test_close_fails_queued_calls(load_tiny, tmp_path):
+    model, tok = load_tiny("lcirc")
+    engine = Engine(model, tok, str(tmp_path))
+    started, results = threading.Event(), {}
+
+    def slow():
+        started.set()
+        time.sleep(0.5)
+        return "slow"
+
+    def run(name, fn):
+        try:
+            results[name] = engine.call(fn)
+        except RuntimeError as e:
+            results[name] = str(e)
+
+    first = threading.Thread(target=run, args=("first", slow))
+    first.start()
+    started.wait(10)
+    second = threading.Thread(target=run, args=("second", lambda: "ran"))
+    second.start()
+    time.sleep(0.1)                              # queued behind the running call
+    engine.close()
+    first.join(10)
+    second.join(10)
+    assert results == {"first": "slow", "second": "the engine is closed"}
