@@ -21,3 +21,16 @@ def test_shared_memory_equals_repeated(lengths):
                     kv_lengths=None if kl is None else kl.expand(3))
     assert shared.shape == x.shape
     torch.testing.assert_close(shared, rep, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_memory_with_per_row_lengths():
+    torch.manual_seed(1)
+    block = GatedCrossAttentionBlock(32, 4, 8, 64).eval()
+    with torch.no_grad():
+        block.attn_gate.fill_(0.7)
+        x = torch.randn(2, 3, 32)
+        k, v = block.project_memory(torch.randn(1, 9, 32))
+        lengths = torch.tensor([4, 9])
+        got = block(x, k, v, kv_lengths=lengths)
+        want = torch.cat([block(x[i:i + 1], k[:, :n], v[:, :n]) for i, n in enumerate((4, 9))])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -79,10 +79,12 @@ class GatedCrossAttentionBlock(UsesOps, nn.Module):
         b, t, _ = x.shape
         h = ops.layer_norm(x, a.norm.weight, a.norm.bias, a.norm.eps)
         q = a.to_q(h).view(b, t, a.heads, a.head_dim)
-        if k.shape[0] == 1 and b > 1:
+        if k.shape[0] == 1 and b > 1 and (kv_lengths is None or kv_lengths.numel() == 1):
             o = ops.cross_attention(q.reshape(1, b * t, a.heads, a.head_dim), k, v,
                                     kv_lengths=kv_lengths).view(b, t, a.heads, a.head_dim)
         else:
+            if k.shape[0] != b:
+                k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
             o = ops.cross_attention(q, k, v, kv_lengths=kv_lengths)
         x = ops.gated_residual(x, a.to_out(o.reshape(b, t, a.heads * a.head_dim)), self.attn_gate.reshape(()))
         return ops.gated_residual(x, self.ff(x), self.ff_gate.reshape(()))
