@@ -130,10 +130,10 @@ def few_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """``F.linear(x, weight, bias)`` for inputs of at most `FEW_ROWS` rows (a decoding step).
 
     On the CPU, torch multiplies one row by a row-major [out, in] weight with a single-threaded
-    kernel that streams the weight at a third or less of the memory bandwidth. The same product
-    as a batched product over row blocks of the weight (``bmm`` of [blocks, out/blocks, in] by
-    the rows) runs MKL's batched kernel, 3-4.5x faster at one row and still faster at 16
-    (docs/perf/serving.md). Results equal ``F.linear``'s up to summation order.
+    kernel. The same product as a batched product over row blocks of the weight (``bmm`` of
+    [blocks, out/blocks, in] by the rows) runs MKL's batched kernel: 1.3-2.9x faster at one row
+    with the SmolLM2 shapes, 0.9-1.2x at 16 (`benchmarks/decode_cpu.py`, docs/perf/serving.md).
+    Results equal ``F.linear``'s up to summation order.
 
     Args:
         x: [..., in]; weight: [out, in] contiguous; bias: [out] or None.
