@@ -84,23 +84,21 @@ def build(base, qd: bool, seed: int = 0, state: dict | None = None):
     return model
 
 
-THREADS = 2       # the engines' torch threads (--threads); the main thread stays at one
-
-
-def engine_for(model, tok, max_tokens: int):
-    """An engine whose torch thread runs every measured torch call (`Engine.call`)."""
+def engine_for(model, tok, max_tokens: int, threads: int):
+    """An engine whose torch thread, at `threads` torch threads, runs every measured torch call
+    (`Engine.call`); the main thread stays at one."""
     from lcirc_fast.serving import Engine, EngineSettings
 
     return Engine(model, tok, tempfile.mkdtemp(prefix="serve-bench-"),
-                  EngineSettings(max_batch=16, max_tokens_limit=max_tokens, threads=THREADS))
+                  EngineSettings(max_batch=16, max_tokens_limit=max_tokens, threads=threads))
 
 
-def on_torch_thread(fn):
-    """`fn()` on a fresh thread at THREADS torch threads (for work with no engine alive)."""
+def on_torch_thread(fn, threads: int):
+    """`fn()` on a fresh thread at `threads` torch threads (for work with no engine alive)."""
     out: list = []
 
     def run():
-        torch.set_num_threads(THREADS)
+        torch.set_num_threads(threads)
         with torch.no_grad():
             out.append(fn())
 
@@ -177,13 +175,13 @@ def few_row_stage(eng, doc_id: str, questions: list[str], max_tokens: int, total
             "qps16_linear": statistics.mean(qps[False]), "qps16_few_row": statistics.mean(qps[True])}
 
 
-def bf16_stage(res, base, tok, text, doc_ids, state, answers32, t32, h32, n) -> None:
+def bf16_stage(res, base, tok, text, doc_ids, state, answers32, t32, h32, n, threads) -> None:
     """float32 against bfloat16: compression time, memory error, identical greedy answers."""
     from lcirc_fast.assets import load_smollm2
 
     base16, _ = load_smollm2(torch.bfloat16)
     l16 = build(base16, qd=False, state=state)
-    e16 = engine_for(l16, tok, n)
+    e16 = engine_for(l16, tok, n, threads)
     t16 = [e16.call(lambda: timed(lambda: l16.compress(doc_ids))[0]) for _ in range(2)]
     h16 = e16.call(lambda: l16.compress(doc_ids).hidden.detach().float())
     info16, _ = e16.add_document(text)
@@ -213,8 +211,6 @@ def main(argv=None) -> int:
                    help="skip the nn.Linear / FewRowLinear decoding comparison")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
-    global THREADS
-    THREADS = args.threads
     torch.set_num_threads(1)      # measured work runs on one torch thread (see engine_for)
 
     from transformers.utils import logging
@@ -242,7 +238,7 @@ def main(argv=None) -> int:
                 json.dump(res, f, indent=1, default=str)
 
     lcirc = build(base, qd=False)
-    eng = engine_for(lcirc, tok, n)
+    eng = engine_for(lcirc, tok, n, args.threads)
     res["lcirc"] = first_and_later(eng, text, QUESTIONS, n)
     log("lcirc", res["lcirc"]["first_s"], res["lcirc"]["later_s"])
     save(res)
@@ -266,29 +262,35 @@ def main(argv=None) -> int:
     eng.close()
 
     qd = build(base, qd=True)
-    qeng = engine_for(qd, tok, n)
+    qeng = engine_for(qd, tok, n, args.threads)
     res["qd"] = first_and_later(qeng, text, QUESTIONS, n)
     res["qd"]["answers"] = [ask(qeng, q, res["qd"]["doc"]["id"], n) for q in QUESTIONS]
 
     def scratch(q):
-        """(whole time, time to the first token) of a question compressed from scratch."""
+        """(whole time, time to the first token, answer tokens) of a question compressed from
+        scratch."""
         t0 = time.perf_counter()
         qids = torch.tensor([tok(q, add_special_tokens=False).input_ids])
         prompt = torch.tensor([qeng.encode(qeng.chat_prompt([{"role": "user", "content": q}]))])
-        first = None
+        first, answer = None, []
         with torch.no_grad():
             mem = qd.compress(doc_ids, query_ids=qids)
-            for _ in stream(qd, prompt, memory=mem, max_new_tokens=n, eos_token_id=tok.eos_token_id):
+            for t in stream(qd, prompt, memory=mem, max_new_tokens=n, eos_token_id=tok.eos_token_id):
                 first = first if first is not None else time.perf_counter() - t0
-        return time.perf_counter() - t0, first
+                answer.append(int(t[0]))
+        return time.perf_counter() - t0, first, answer
 
     doc_id = res["qd"]["doc"]["id"]
     paired = []                      # each later question, then the same one from scratch
-    for q in QUESTIONS[1:]:
+    same_answers = []                # the scratch answer equals the engine's (the cached path)
+    for i, q in enumerate(QUESTIONS[1:], start=1):
         later = later_questions(qeng, doc_id, [q], n)
-        paired.append((later["later_s"], later["later_first_token_s"], *qeng.call(lambda: scratch(q))))
+        whole, first, answer = qeng.call(lambda: scratch(q))
+        paired.append((later["later_s"], later["later_first_token_s"], whole, first))
+        same_answers.append(answer == res["qd"]["answers"][i])
     res["qd"]["paired"] = [dict(zip(("later_s", "later_first_token_s", "scratch_s",
                                      "scratch_first_token_s"), p)) for p in paired]
+    res["qd"]["scratch_answers_identical"] = f"{sum(same_answers)}/{len(same_answers)}"
     res["qd"]["paired_later_s"] = statistics.median(p[0] for p in paired)
     res["qd"]["paired_later_first_token_s"] = statistics.median(p[1] for p in paired)
     res["qd"]["scratch_s"] = statistics.median(p[2] for p in paired)
@@ -303,7 +305,7 @@ def main(argv=None) -> int:
     qd.remove_hooks()
 
     if not args.skip_bf16:
-        bf16_stage(res, base, tok, text, doc_ids, state, answers32, t32, h32, n)
+        bf16_stage(res, base, tok, text, doc_ids, state, answers32, t32, h32, n, args.threads)
         save(res)
     if not args.skip_full:
         full = build(base, qd=False)         # memory None: the plain base model, SDPA
@@ -312,7 +314,7 @@ def main(argv=None) -> int:
                     add_special_tokens=False).input_ids
         prompt = torch.tensor([doc_ids[0].tolist() + q_ids])
         res["full_attention_s"] = on_torch_thread(
-            lambda: timed(lambda: generate(full, prompt, max_new_tokens=n))[0])
+            lambda: timed(lambda: generate(full, prompt, max_new_tokens=n))[0], args.threads)
         res["full_attention_attn"] = base.config._attn_implementation
         log("full", res["full_attention_s"])
         save(res)
