@@ -102,3 +102,37 @@ def test_center_positions_uses_the_contextual_input_mean():
     torch.testing.assert_close(model.compressor.pos_emb.detach(), before - want)
     emb_mean = model.base.get_input_embeddings()(ids).mean(0)
     assert not torch.allclose(mean, emb_mean, atol=1e-3)  # not the token-embedding mean
+
+
+def test_autocast_contextual_pass_runs_its_products_in_bfloat16():
+    base = tiny_llama()
+    exact = tiny_lcirc(base=base, compressor_input_layers=2)
+    fast = tiny_lcirc(base=base, compressor_input_layers=2, compressor_input_autocast="bfloat16")
+    ids = torch.randint(0, 256, (2, 3, 8))
+    dtypes = []
+    handle = base.model.layers[0].mlp.down_proj.register_forward_hook(
+        lambda m, a, out: dtypes.append(out.dtype))
+    want, got = exact.segment_inputs(ids), fast.segment_inputs(ids)
+    handle.remove()
+    assert dtypes == [torch.float32, torch.bfloat16]
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    err = float((got - want).norm() / want.norm())
+    assert 0 < err < 0.03                          # bfloat16's ~3 significant digits
+    # the option is the model's: compression, training and the fingerprint all follow it
+    mem = fast.compress(ids.reshape(2, 24), segment_len=8)
+    assert torch.isfinite(torch.cat(mem.slots, 1)).all()
+    assert fast.fingerprint() != exact.fingerprint()
+
+
+def test_autocast_option_is_saved_and_validated(tmp_path):
+    from lcirc_fast.models import LCIRCForCausalLM
+
+    model = tiny_lcirc(compressor_input_layers=1, compressor_input_autocast="bfloat16")
+    model.save_pretrained(tmp_path)
+    loaded = LCIRCForCausalLM.from_pretrained(tmp_path, base=model.base)
+    assert loaded.config.compressor_input_autocast == "bfloat16"
+    for bad in ("float64", "bf16", 16, True):
+        with pytest.raises(ValueError, match=r"compressor_input_autocast = .*must be bfloat16 or None"):
+            LCIRCConfig(compressor_input_autocast=bad).validate()
+    with pytest.raises(ValueError, match="applies to the contextual input only"):
+        LCIRCConfig(compressor_input_autocast="bfloat16")

@@ -46,13 +46,21 @@ class SegmentInputs:
             self._rms_cache = (key, rms)
         return self._rms_cache[1]
 
+    def _precision(self, device: torch.device) -> ContextManager:
+        """The contextual pass's autocast (`config.compressor_input_autocast`), or nothing."""
+        name = self.config.compressor_input_autocast
+        if name is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=getattr(torch, name))
+
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         """Segments of token ids int64 [..., L] -> the Perceiver's input [..., L, d].
 
         `config.compressor_input_layers` = 0: `embed_tokens` (the paper). k > 0: the frozen
         LLM's hidden states after its first k decoder layers, each segment run alone (positions
         from 0, no memory, no gradient), RMS-normalised per token and scaled to `embed_rms`; in
-        the base model's dtype.
+        the base model's dtype. With `config.compressor_input_autocast` those k layers run under
+        `torch.autocast` at that dtype.
         """
         k = self.config.compressor_input_layers
         if k == 0:
@@ -66,7 +74,7 @@ class SegmentInputs:
 
         handle = self.adapter.decoder_layers(self.base)[k - 1].register_forward_hook(grab)
         try:
-            with self.no_injection(), torch.no_grad():
+            with self.no_injection(), torch.no_grad(), self._precision(flat.device):
                 try:
                     self.adapter.decoder_stack(self.base)(input_ids=flat, use_cache=False)
                 except _StopForward:

@@ -24,7 +24,7 @@ def test_every_field_is_settable_from_yaml(tiny_cfg):
               "mixer_heads": 1, "mixer_head_dim": 6, "mixer_ffn": 12, "query_dependent": True,
               "norm_eps": "1e-6", "backend": "torch", "allow_tf32": False,
               "kv_hoist_max_segments": 3, "kv_hoist_budget_bytes": 1024, "cuda_graphs": False,
-              "compressor_input_layers": 1,
+              "compressor_input_layers": 1, "compressor_input_autocast": "bfloat16",
               "init": {"latents_std": 0.02, "attn_gate_init": 0.25}}
     untouched = {"hidden_size", "num_hidden_layers", "vocab_size"}   # copied from the base
     fields = {f.name for f in dataclasses.fields(LCIRCConfig)}
