@@ -22,6 +22,15 @@ def test_the_qd_and_lcirc_configs_differ_only_in_query_dependence():
     assert qd["lcirc"]["num_latents"] < qd["data"]["segment_max"]       # fewer vectors than segment tokens
 
 
+def test_the_ruler_config_starts_from_a_pass_key_model_it_fits():
+    ruler, passkey = _yaml("smollm2_kjv_ruler.yaml"), _yaml("smollm2_kjv_passkey_probe.yaml")
+    assert ruler["init_from"].startswith("runs/smollm2_kjv_passkey_probe") and ruler["init_from"].endswith("/final")
+    shape = ("num_latents", "compressor_layers", "max_segment_len", "gca_layers", "compressor_input_layers",
+             "query_dependent")
+    assert {k: ruler["lcirc"][k] for k in shape} == {k: passkey["lcirc"][k] for k in shape}
+    assert ruler["base"] == passkey["base"]
+
+
 @pytest.fixture(scope="module")
 def tiny_base_dir(tmp_path_factory):
     from lcirc_testutils import tiny_llama
@@ -46,6 +55,7 @@ def test_ruler_config_trains_two_steps_on_a_tiny_model(name, eval_every, tiny_ba
     torch.manual_seed(0)
     d = copy.deepcopy(_yaml(name))
     d["output_dir"] = str(tmp_path / "run")
+    d["init_from"] = None                       # the pass-key model does not fit the tiny base
     d["base"] = {"name": tiny_base_dir, "dtype": "float32"}
     d["lcirc"].update(num_latents=2, compressor_layers=1, gca_layers=[1], compressor_input_layers=1)
     d["data"].update(qa_context=[330, 360], hay_schedule=None, qa_val_lengths=[330], val_docs=1)
