@@ -36,7 +36,9 @@ class EngineSettings:
     max_tokens_limit: the largest `max_tokens` a request may ask; model_name: the id that
     /v1/models lists; batch_wait_s: how long a batch waits after its first row for more;
     few_row_linears: run the decoding steps' products through `use_few_row_linears`;
-    threads: torch threads of the engine's one torch thread (None: the creating thread's count)."""
+    threads: torch threads of the engine's one torch thread (None: the creating thread's count).
+    torch keeps one default for threads it has not seen yet, so threads started after the
+    engine's begin at this count too (a thread that has run torch keeps its own)."""
     max_batch: int = 8
     cache_bytes: int = 1 << 30
     max_tokens_limit: int = 1024
