@@ -202,9 +202,9 @@ class LCIRCConfig:
             order of a number's digits, say), which order-blind embeddings + positions do not.
         compressor_input_autocast: None (exact, the base model's dtype) or "bfloat16": the
             contextual pass of `compressor_input_layers` runs under `torch.autocast` at
-            bfloat16 (its products in bfloat16, ~0.7% relative error in the normalised input;
-            ~2x faster on CPUs with avx512_bf16, slower on CPUs without). Part of the memory
-            fingerprint.
+            bfloat16 (its products in bfloat16: 0.6% relative error in the normalised input and
+            1.73x faster on a 2-core avx512_bf16 CPU, docs/perf/contextual-input.md; slower on
+            CPUs without bfloat16 instructions). Part of the memory fingerprint.
         hidden_size / num_hidden_layers / vocab_size: copied from the base model by `resolve`.
     Every integer field has the range of `SIZES`.
     """
