@@ -88,8 +88,6 @@ class Injection:
             if k.shape[0] != 1 and k.shape[0] != x.shape[0]:
                 raise ValueError(f"memory K/V for {k.shape[0]} rows, hidden states for "
                                  f"{x.shape[0]}")
-            if lengths is not None and k.shape[0] != 1 and lengths.shape[0] != x.shape[0]:
-                lengths = lengths.expand(x.shape[0])
             x = self.gca[name](x, k, v, kv_lengths=lengths)
             return adapter.with_hidden_states(args, kwargs, x)
         return hook

@@ -85,6 +85,8 @@ class GatedCrossAttentionBlock(UsesOps, nn.Module):
         else:
             if k.shape[0] != b:
                 k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
+            if kv_lengths is not None and kv_lengths.shape[0] != b:
+                kv_lengths = kv_lengths.expand(b)
             o = ops.cross_attention(q, k, v, kv_lengths=kv_lengths)
         x = ops.gated_residual(x, a.to_out(o.reshape(b, t, a.heads * a.head_dim)), self.attn_gate.reshape(()))
         return ops.gated_residual(x, self.ff(x), self.ff_gate.reshape(()))
