@@ -147,6 +147,28 @@ def test_training_step_reaches_lcirc_weights(case):
     assert all(p.grad is None for p in base.parameters())
 
 
+@pytest.mark.parametrize("case", FAMILIES)
+def test_answer_loss_equals_the_full_logits_loss(case):
+    """`model.loss` (logits only from the first labelled position) equals forward's loss and
+    its gradients, with each family's own logit scaling / soft-capping applied."""
+    model = LCIRCForCausalLM.from_base(family_base(case), LCIRCConfig(**LCIRC))
+    open_gates(model, 0.3)
+    x, ctx = ids(2, 12), ids(2, 24, seed=5)
+    labels = torch.full_like(x, -100)
+    labels[0, 7:], labels[1, 9:] = x[0, 7:], x[1, 9:]
+    grads = []
+    for fn in (lambda m: model(x, memory=m, labels=labels).loss,
+               lambda m: model.loss(x, labels, memory=m)):
+        model.zero_grad(set_to_none=True)
+        loss = fn(model.compress(ctx))
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (full, g_full), (part, g_part) = grads
+    torch.testing.assert_close(part, full, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_part, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_adapter_finds_hidden_states_by_position_or_keyword():
     from lcirc_fast.models import BaseAdapter
 

@@ -88,14 +88,20 @@ def _token_ids(value, name: str, vocab_size: int) -> list[int]:
     return [int(i) for i in items]
 
 
-def _last_logits_only(base) -> dict:
-    """{"logits_to_keep": 1} when the base model's forward takes it (only the last position's
-    logits are read, so the prompt's other rows skip the vocabulary projection), else {}."""
+def takes_logits_to_keep(base) -> bool:
+    """Whether the base model's forward takes `logits_to_keep` (compute the last n positions'
+    logits only)."""
     try:
         params = inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
-        return {}
-    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        return False
+    return "logits_to_keep" in params
+
+
+def _last_logits_only(base) -> dict:
+    """{"logits_to_keep": 1} when the base model's forward takes it (only the last position's
+    logits are read, so the prompt's other rows skip the vocabulary projection), else {}."""
+    return {"logits_to_keep": 1} if takes_logits_to_keep(base) else {}
 
 
 def generate(model, input_ids: torch.Tensor, memory=None, attention_mask=None,

@@ -56,7 +56,9 @@ class Injection:
         w = torch.cat(whole(*(b.attn.to_kv.weight for _, b in blocks)), 0)
         bsz, m, _ = hidden.shape
         kv = F.linear(hidden, w).view(bsz, m, len(blocks), 2, self.heads, self.head_dim)
-        return {name: (kv[:, :, j, 0], kv[:, :, j, 1]) for j, (name, _) in enumerate(blocks)}
+        # unbind, not indexing: the backward of an index allocates a zeroed gradient of the whole
+        # product per view (8 for 4 layers), that of unbind stacks the views' gradients once
+        return {name: tuple(layer.unbind(2)) for (name, _), layer in zip(blocks, kv.unbind(2))}
 
     def memory_kv(self, memory: CompressedMemory, use_cache: bool = True) -> dict:
         """`project(memory.hidden)`; outside autograd the result is cached in the memory, keyed

@@ -31,7 +31,7 @@ from ..modules.linear import PackedLinear
 from ..ops.registry import bind
 from . import generation, official, pretrained
 from .base_adapter import BaseAdapter, resolve_adapter
-from .checks import check_ids, check_labels, check_like
+from .checks import IGNORE_INDEX, check_ids, check_labels, check_like
 from .fingerprint import Fingerprint
 from .init_recipe import apply_init
 from .injection import Injection
@@ -267,6 +267,46 @@ class LCIRCForCausalLM(nn.Module):
         with self.inject(memory, ids.shape[0]):
             return self.base(input_ids=ids, attention_mask=attention_mask, labels=labels,
                              **kwargs)
+
+    def answer_logits(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                      memory: CompressedMemory | None = None,
+                      attention_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits where a label is predicted, and those labels.
+
+        input_ids / labels int64 [B, T] (labels: HF convention, -100 where there is no loss).
+        Returns (logits float32 [B, K, vocab], gold int64 [B, K]): the K = T - 1 - first
+        positions from the first one whose next token is labelled in some row (a QA batch:
+        from its earliest answer on), and the labels they predict (-100 included). The
+        vocabulary projection runs over those positions only (`logits_to_keep`), so the
+        [B, T, vocab] logits are never built; a base model whose forward lacks
+        `logits_to_keep` projects every position (then K = T - 1).
+        """
+        ids = check_ids(input_ids, "input_ids", self.device, self.config.vocab_size, allow_1d=False)
+        labels = check_labels(labels, ids, self.config.vocab_size)
+        if attention_mask is not None:
+            attention_mask = check_like(attention_mask, ids, "attention_mask")
+        target = labels[:, 1:]
+        predicting = (target != IGNORE_INDEX).any(0).nonzero()
+        first = int(predicting[0]) if predicting.numel() else 0
+        keep = {}
+        if first > 0 and generation.takes_logits_to_keep(self.base):
+            keep = {"logits_to_keep": ids.shape[1] - first}
+        else:
+            first = 0
+        with self.inject(memory, ids.shape[0]):
+            logits = self.base(input_ids=ids, attention_mask=attention_mask, **keep).logits
+        return logits[:, :-1].float(), target[:, first:]
+
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor,
+             memory: CompressedMemory | None = None,
+             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward(..., labels=labels).loss` (the mean next-token cross-entropy over the
+        labelled positions, 0-dim float32) from `answer_logits`: the vocabulary projection and
+        its softmax only where a label is predicted."""
+        logits, gold = self.answer_logits(input_ids, labels, memory, attention_mask)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
+                                           ignore_index=IGNORE_INDEX)
 
     def generate(self, input_ids, memory: CompressedMemory | None = None, **kwargs):
         """Decode with the self-attention KV cache and memory K/V projected once per layer.

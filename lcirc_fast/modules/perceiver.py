@@ -137,8 +137,9 @@ class PerceiverCompressor(UsesOps, nn.Module):
         w, bias = folded if folded is not None else self.folded_kv_weight()
         kv = self._kv_product(xhat, w, bias, out).view(b, c, length, len(self.layers), 2,
                                                        self.heads, self.head_dim)
-        return [[(kv[:, j, :, n, 0], kv[:, j, :, n, 1]) for n in range(len(self.layers))]
-                for j in range(c)]
+        # unbind (one stacked gradient in backward), not indexing (a zeroed whole-size gradient
+        # per view)
+        return [[tuple(layer.unbind(2)) for layer in seg.unbind(2)] for seg in kv.unbind(1)]
 
     @staticmethod
     def _kv_product(xhat: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,

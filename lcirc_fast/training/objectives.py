@@ -30,11 +30,12 @@ class Objectives:
         self.streams: list = [None] * parts.cfg.train.batch_size
 
     def llm_loss(self, ids, labels, memory, mask=None) -> torch.Tensor:
-        """The model's mean token loss (a 0-dim float tensor), activation-checkpointed when asked."""
+        """The model's mean token loss (a 0-dim float tensor; `LCIRCForCausalLM.loss`: logits only
+        from the first labelled position on), activation-checkpointed when asked."""
         model = self.parts.model
 
         def fn():
-            return model(ids, memory=memory, attention_mask=mask, labels=labels).loss
+            return model.loss(ids, labels, memory=memory, attention_mask=mask)
         if self.parts.cfg.train.activation_checkpointing and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(fn, use_reentrant=False)
         return fn()

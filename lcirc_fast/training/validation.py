@@ -68,8 +68,7 @@ class Validator:
     def score_rows(self, ids, mask, labels, memory, tasks) -> torch.Tensor:
         """Teacher-forced answer scores of each row: float64 [B, _WIDTH]. Pass-key digits are the
         answer tokens that decode to one digit (needs a tokenizer)."""
-        logits = self.parts.model(ids, memory=memory, attention_mask=mask).logits[:, :-1].float()
-        gold = labels[:, 1:]
+        logits, gold = self.parts.model.answer_logits(ids, labels, memory, mask)
         valid = gold != -100
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), gold.clamp(min=0), reduction="none")
         hit = (logits.argmax(-1) == gold) & valid
