@@ -31,6 +31,24 @@ def test_the_ruler_config_starts_from_a_pass_key_model_it_fits():
     assert ruler["base"] == passkey["base"]
 
 
+@pytest.mark.parametrize("half", ["lcirc", "qd"])
+def test_the_capacity_pair_starts_from_the_pass_key_model_at_its_memory_size(half):
+    cap, passkey = _yaml(f"smollm2_kjv_ruler_cap_{half}.yaml"), _yaml("smollm2_kjv_passkey_probe_cap.yaml")
+    assert cap["init_from"] == passkey["output_dir"] + "/final"
+    shape = ("num_latents", "compressor_layers", "max_segment_len", "segment_len", "gca_layers",
+             "compressor_input_layers")
+    assert {k: cap["lcirc"][k] for k in shape} == {k: passkey["lcirc"][k] for k in shape}
+    assert passkey["lcirc"]["query_dependent"] is False          # QD's mixer starts fresh on top
+    assert cap["base"] == passkey["base"] and cap["seed"] == passkey["seed"]
+    probe = _yaml("smollm2_kjv_passkey_probe.yaml")               # the §13 recipe but for the size
+    for section in ("train", "init"):
+        a = probe[section] if section == "train" else probe["lcirc"]["init"]
+        b = passkey[section] if section == "train" else passkey["lcirc"]["init"]
+        assert a == b
+    differ = {k for k in probe["data"] if probe["data"][k] != passkey["data"][k]}
+    assert differ == {"segment_min", "segment_max"}
+
+
 @pytest.fixture(scope="module")
 def tiny_base_dir(tmp_path_factory):
     from lcirc_testutils import tiny_llama

@@ -11,8 +11,9 @@ Activations are the tensors autograd saves in one micro-step, counted per module
 shapes this package's modules and Hugging Face's Llama save (`tests/train/test_paper_recipe.py`
 checks the count against a run on the CPU): the decoder layers from the first GCA block on
 (layers before it see no trainable input and save nothing), the GCA blocks over the capped
-memory, the fp32 logits of the loss, and every compression step that keeps its graph under the
-BPTT policy, at the longest segment (`data.segment_max`).
+memory, the fp32 logits of the loss (every window position: an upper bound in stage 2, whose
+answer loss projects only from the first answer position on), and every compression step that
+keeps its graph under the BPTT policy, at the longest segment (`data.segment_max`).
 """
 from __future__ import annotations
 
