@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,7 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(args.threads)
 
+    from lcirc_fast.bench.report import write_json
     from lcirc_fast.training.config import load_config
     from lcirc_fast.training.trainer import Trainer
 
@@ -108,8 +109,7 @@ def main(argv=None) -> int:
               f"{', '.join(f'{t:.2f}' for t in r['all_s'])} | {r['speedup']:.2f}x | "
               f"{', '.join(f'{x:.4f}' for x in r['losses'])} |")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(Path(args.out), res)
     return 0
 
 
