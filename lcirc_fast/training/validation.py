@@ -96,7 +96,7 @@ class Validator:
         its own memory, with the memory of the previous sample of the same context length (the
         swapped control) and without memory; answer NLL, token accuracy, exact answers and, for
         pass keys, digit accuracy overall and per key position. Per length under `by_length`
-        when there are several."""
+        and per task under `by_task` when there are several."""
         p = self.parts
         d = p.cfg.data
         samples = p.data.qa_val
@@ -110,6 +110,8 @@ class Validator:
                 partner[i] = idx[k - 1] if len(idx) > 1 else i
         acc = torch.zeros(len(by_len), 3, self._WIDTH, dtype=torch.float64)   # length, own/swapped/none
         slot = {name: k for k, name in enumerate(by_len)}
+        task_slot = {t: k for k, t in enumerate(dict.fromkeys(s.task for s in samples))}
+        acc_task = torch.zeros(len(task_slot), 3, self._WIDTH, dtype=torch.float64)
         prepared = {}
 
         def prep(i):
@@ -141,14 +143,22 @@ class Validator:
                 for r, i in enumerate(rows):
                     for m in range(3):
                         acc[slot[labels_of[i]], m] += scores[m][r]
+                        acc_task[task_slot[samples[i].task], m] += scores[m][r]
         if p.engine.world > 1:
-            flat = [p.engine.all_reduce_mean(float(x)) * p.engine.world for x in acc.flatten()]
-            acc = torch.tensor(flat, dtype=torch.float64).view_as(acc)
+            acc, acc_task = (self._summed_over_ranks(a) for a in (acc, acc_task))
         p.model.train()
         out = self.qa_metrics(acc.sum(0))
         if len(by_len) > 1:
             out["by_length"] = {str(name): self.qa_metrics(acc[k]) for name, k in slot.items()}
+        if len(task_slot) > 1:
+            out["by_task"] = {task: self.qa_metrics(acc_task[k]) for task, k in task_slot.items()}
         return out
+
+    def _summed_over_ranks(self, acc: torch.Tensor) -> torch.Tensor:
+        """`acc` summed over the ranks (each scores its share of the samples)."""
+        e = self.parts.engine
+        flat = [e.all_reduce_mean(float(x)) * e.world for x in acc.flatten()]
+        return torch.tensor(flat, dtype=torch.float64).view_as(acc)
 
     def qa_metrics(self, acc: torch.Tensor) -> dict:
         """Validation metrics from summed scores acc [3 (own, swapped, none), _WIDTH]."""

@@ -129,6 +129,28 @@ def test_contrast_and_centering(tiny_cfg):
         tr.close()
 
 
+def test_validation_reports_each_task_when_there_are_several(tiny_cfg):
+    import dataclasses
+
+    cfg = _cfg(tiny_cfg, S2, data={"qa_val_lengths": [40, 60], "val_docs": 3},
+               train={"batch_size": 2, "eval_every": 0, "save_every": 0})
+    tr = Trainer(cfg, resume="none", quiet=True)
+    try:
+        assert "by_task" not in tr.validate()                 # one task: no breakdown
+        val = tr.validator.parts.data.qa_val
+        val[:] = [dataclasses.replace(s, task="niah_single" if k % 3 else "niah_multikey")
+                  for k, s in enumerate(val)]
+        m = tr.validate()
+        assert set(m["by_task"]) == {"niah_single", "niah_multikey"}
+        parts = m["by_task"].values()
+        assert sum(t["val_tokens"] for t in parts) == m["val_tokens"]
+        loss = sum(t["val_loss"] * t["val_tokens"] for t in parts) / m["val_tokens"]
+        assert loss == pytest.approx(m["val_loss"], rel=1e-12)
+        assert m["by_task"]["niah_single"]["val_loss"] != m["by_task"]["niah_multikey"]["val_loss"]
+    finally:
+        tr.close()
+
+
 class _DigitTokenizer:
     pad_token_id = 0
 
