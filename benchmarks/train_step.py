@@ -63,11 +63,25 @@ def main(argv=None) -> int:
     except ValueError:
         print(f"--hay {args.hay!r}: give haystack lengths as integers, e.g. 256,4096", file=sys.stderr)
         return 2
+    if args.repeats < 1 or args.threads < 1:
+        print(f"--repeats {args.repeats} / --threads {args.threads}: both must be >= 1", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
 
     from lcirc_fast.bench.report import write_json
+    from lcirc_fast.errors import LCIRCError
     from lcirc_fast.training.config import load_config
     from lcirc_fast.training.trainer import Trainer
+
+    def config(hay: int, out: str):
+        return load_config(args.config, [f"output_dir={out}", "init_from=null", "train.eval_every=0",
+                                         f"data.hay_schedule=[[{hay}, 0]]"])
+    try:            # every length checked before any model is built
+        for hay in hays:
+            config(hay, "unused")
+    except (LCIRCError, FileNotFoundError) as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 2
 
     variants = {"full logits, indexed K/V views": True, "answer logits, unbound K/V views": False}
     res = {"config": args.config, "threads": args.threads, "torch": torch.__version__,
@@ -75,9 +89,7 @@ def main(argv=None) -> int:
            "date": time.strftime("%Y-%m-%d %H:%M"), "rows": []}
     for hay in hays:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = load_config(args.config, [f"output_dir={tmp}/run", "init_from=null",
-                                            "train.eval_every=0", f"data.hay_schedule=[[{hay}, 0]]"])
-            trainer = Trainer(cfg, resume="none", quiet=True)
+            trainer = Trainer(config(hay, f"{tmp}/run"), resume="none", quiet=True)
             try:
                 model, obj = trainer.model, trainer.objectives
                 model.train()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,12 @@ def test_train_step_times_both_variants_on_the_same_batches(tmp_path):
     assert "| 96 | answer logits, unbound K/V views |" in proc.stdout
 
 
-def test_bad_hay_is_one_line_and_exit_2():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--hay", "1k"], capture_output=True,
+@pytest.mark.parametrize("args, names", [
+    (["--hay", "1k"], "--hay"),
+    (["--repeats", "0"], "--repeats"),
+    (["--config", "/nonexistent/run.yaml"], "/nonexistent/run.yaml"),
+    (["--hay", "0"], "hay_schedule")])
+def test_bad_input_is_one_line_and_exit_2(args, names):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
                           text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--hay" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and names in proc.stderr
